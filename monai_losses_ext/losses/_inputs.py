@@ -1,0 +1,255 @@
+"""One input path for every loss: check, choose the activation, align the target, build the ignore mask.
+
+Nothing here builds a float one-hot target: index labels stay (B, 1, N) integers and the statistics
+and per-voxel kernels read them directly. The activation itself is applied later, fused into the
+statistics (``_stats``) or per-voxel (``pixel``) kernels, so that no probability tensor has to be kept
+for backward.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+
+__all__ = ["Prepared", "prepare", "check_activation_flags", "check_reduction", "as_class_vector"]
+
+REDUCTIONS = ("mean", "sum", "none")
+
+
+def check_reduction(reduction: str) -> str:
+    value = getattr(reduction, "value", reduction)
+    if value not in REDUCTIONS:
+        raise ValueError(f"reduction={reduction!r} is not supported: use one of {REDUCTIONS}.")
+    return value
+
+
+def check_activation_flags(sigmoid: bool, softmax: bool, other_act: Callable | None) -> None:
+    if other_act is not None and not callable(other_act):
+        raise TypeError(f"other_act must be None or a callable, got {type(other_act).__name__}.")
+    if int(bool(sigmoid)) + int(bool(softmax)) + int(other_act is not None) > 1:
+        raise ValueError(
+            f"conflicting activation flags: sigmoid={sigmoid}, softmax={softmax}, other_act={other_act!r}; "
+            "choose one (softmax for mutually exclusive classes, sigmoid for binary or overlapping channels)."
+        )
+
+
+def as_class_vector(value, name: str, allow_negative: bool = False) -> torch.Tensor | None:
+    """Turn a per-class argument (scalar, sequence or tensor) into a float64 tensor, checked once at init."""
+    if value is None:
+        return None
+    vec = torch.as_tensor(value, dtype=torch.float64).detach().clone()
+    if vec.ndim > 1:
+        raise ValueError(f"{name} must be a scalar or a 1-D sequence of per-class values, got shape {tuple(vec.shape)}.")
+    if not torch.isfinite(vec).all():
+        raise ValueError(f"{name} must be finite, got {vec.tolist()}.")
+    if not allow_negative and (vec < 0).any():
+        raise ValueError(f"{name} values must be >= 0, got {vec.tolist()}.")
+    return vec
+
+
+@dataclass
+class Prepared:
+    """Inputs of one loss call in the layout every kernel reads.
+
+    x: (B, C, N) raw input (logits or probabilities), spatial dimensions flattened.
+    act: activation still to apply to ``x``: "softmax", "sigmoid" or "none".
+    target: (B, 1, N) int64 index labels (``is_index``) or (B, C, N) dense one-hot / soft target.
+    valid: (B, 1, N) bool mask of voxels that count (``ignore_index``), or None when all count.
+    spatial: the spatial shape, for losses that return per-voxel maps.
+    """
+
+    x: torch.Tensor
+    act: str
+    target: torch.Tensor
+    is_index: bool
+    valid: torch.Tensor | None
+    spatial: tuple[int, ...]
+
+    @property
+    def num_classes(self) -> int:
+        return self.x.shape[1]
+
+
+def _describe(values: torch.Tensor, limit: int = 10) -> str:
+    vals = torch.unique(values.detach()).cpu().tolist()
+    shown = ", ".join(f"{v:g}" if isinstance(v, float) else str(v) for v in vals[:limit])
+    return "{" + shown + (", ..." if len(vals) > limit else "") + "}"
+
+
+def _check_input(x: torch.Tensor, probabilities: bool) -> None:
+    lo, hi = torch.aminmax(x.detach())
+    lo, hi = float(lo), float(hi)
+    if not (torch.isfinite(torch.tensor([lo, hi])).all()):
+        bad = (~torch.isfinite(x.detach())).sum().item()
+        raise ValueError(
+            f"input holds {bad} NaN/Inf values (range [{lo}, {hi}]): the network diverged or the data holds "
+            "NaN; check the learning rate, the AMP loss scaling and the input images."
+        )
+    if probabilities and (lo < -1e-6 or hi > 1 + 1e-6):
+        raise ValueError(
+            f"input values lie in [{lo:.4g}, {hi:.4g}] but no activation was asked for, so they are read as "
+            "probabilities in [0, 1]: these look like logits. Pass softmax=True (mutually exclusive classes) "
+            "or sigmoid=True (binary / overlapping channels), or other_act=..., or apply it before the loss."
+        )
+
+
+def _check_index_target(t: torch.Tensor, n_classes: int, ignore_index: int | None) -> None:
+    if t.is_floating_point():
+        if not torch.isfinite(t).all():
+            raise ValueError("target index labels hold NaN/Inf values; check the label files.")
+        if (t != torch.round(t)).any():
+            frac = t[t != torch.round(t)]
+            raise ValueError(
+                f"target index labels hold non-integer values such as {_describe(frac, 5)}: labels were "
+                "probably resampled with linear interpolation; resample labels with mode='nearest', "
+                "or pass a one-hot / soft target with one channel per class."
+            )
+    lo, hi = torch.aminmax(t.detach())
+    if int(lo) >= 0 and int(hi) < n_classes:
+        return
+    bad = t[(t < 0) | (t >= n_classes)]
+    if ignore_index is not None:
+        bad = bad[bad != ignore_index]
+    if bad.numel() == 0:
+        return
+    found = _describe(t)
+    hint = ""
+    if int(hi) == 255:
+        hint = " Masks saved as 0/255 must be remapped: ValidateLabeld(keys='label', num_classes=2, remap={255: 1})."
+    elif n_classes == 1:
+        hint = " A single-channel (binary) input needs a {0, 1} target."
+    raise ValueError(
+        f"target holds labels {found} but input has {n_classes} channel(s), so labels must lie in "
+        f"[0, {n_classes - 1}]" + (f" (or equal ignore_index={ignore_index})" if ignore_index is not None else "")
+        + f"; out of range: {_describe(bad)}.{hint} If the network should predict more classes, give it more "
+        "output channels."
+    )
+
+
+def _check_dense_target(t: torch.Tensor, act: str, soft_label: bool, valid: torch.Tensor | None) -> None:
+    lo, hi = torch.aminmax(t.detach())
+    lo, hi = float(lo), float(hi)
+    if lo != lo or hi != hi or abs(lo) == float("inf") or abs(hi) == float("inf"):
+        raise ValueError("target holds NaN/Inf values; check the label files.")
+    if lo < 0 or hi > 1:
+        hint = (
+            " Masks saved as 0/255 must be remapped: ValidateLabeld(keys='label', num_classes=2, remap={255: 1})."
+            if hi == 255
+            else ""
+        )
+        raise ValueError(
+            f"target values lie in [{lo:g}, {hi:g}] but a one-hot/soft target must lie in [0, 1]. For index "
+            f"labels (B, 1, ...) with several classes pass to_onehot_y=True.{hint}"
+        )
+    if act == "softmax" and t.shape[1] > 1 and not soft_label:
+        sums = t.sum(1, keepdim=True)
+        off = (sums - 1).abs() > 1e-3
+        if valid is not None:
+            off &= valid
+        if off.any():
+            raise ValueError(
+                f"with softmax=True each voxel of a one-hot target must sum to 1 over its {t.shape[1]} channels, "
+                f"but {int(off.sum())} voxels sum to {_describe(sums[off], 5)}. Overlapping region channels (e.g. "
+                "BraTS TC/WT/ET) need sigmoid=True; missing labels need ignore_index."
+            )
+
+
+def prepare(
+    input: torch.Tensor,
+    target: torch.Tensor,
+    *,
+    sigmoid: bool = False,
+    softmax: bool = False,
+    other_act: Callable | None = None,
+    to_onehot_y: bool | None = False,
+    ignore_index: int | None = None,
+    validate: bool = True,
+    probabilities: bool = True,
+    soft_label: bool = False,
+) -> Prepared:
+    """Check and align ``input``/``target`` for every loss.
+
+    Args:
+        to_onehot_y: MONAI's flag. True: a (B, 1, ...) target holds index labels. False: the target must have
+            as many channels as the input (a single-channel input takes a (B, 1, ...) binary target). None: decide
+            from the shape (index labels when the target has one channel and the input several), as
+            cross-entropy does.
+        probabilities: whether the loss reads probabilities when no activation is given (overlap losses);
+            False for losses that always read logits (cross-entropy, focal).
+    """
+    if not isinstance(input, torch.Tensor) or not isinstance(target, torch.Tensor):
+        raise TypeError(
+            f"input and target must be torch.Tensors, got {type(input).__name__} and {type(target).__name__}."
+        )
+    if not input.is_floating_point():
+        raise TypeError(f"input must be a floating point tensor (logits or probabilities), got {input.dtype}.")
+    if input.ndim < 3:
+        raise ValueError(
+            f"input must be (B, C, *spatial) with at least one spatial dimension, got shape {tuple(input.shape)}."
+        )
+    if target.ndim != input.ndim or target.shape[0] != input.shape[0] or target.shape[2:] != input.shape[2:]:
+        raise ValueError(
+            f"target shape {tuple(target.shape)} does not match input shape {tuple(input.shape)}: expected "
+            f"(B, 1, *spatial) index labels or (B, C, *spatial) one-hot with B={input.shape[0]} and "
+            f"spatial={tuple(input.shape[2:])}. A (B, *spatial) label needs a channel axis: target.unsqueeze(1)."
+        )
+    n_ch, t_ch = input.shape[1], target.shape[1]
+    if t_ch not in (1, n_ch):
+        raise ValueError(
+            f"target has {t_ch} channels but input has {n_ch}: give index labels (B, 1, ...) or a one-hot target "
+            f"with {n_ch} channels (input {tuple(input.shape)}, target {tuple(target.shape)})."
+        )
+    if other_act is not None:
+        input = other_act(input)
+    act = "sigmoid" if sigmoid else "softmax" if softmax else "none"
+    if act == "softmax" and n_ch == 1:
+        warnings.warn("single channel prediction, `softmax=True` ignored.", stacklevel=3)
+        act = "none"
+    if to_onehot_y and n_ch == 1:
+        warnings.warn("single channel prediction, `to_onehot_y=True` ignored.", stacklevel=3)
+    is_index = n_ch > 1 and t_ch == 1
+    if is_index and to_onehot_y is False:
+        raise ValueError(
+            f"target has 1 channel but input has {n_ch}: for index labels (B, 1, ...) pass to_onehot_y=True, "
+            f"or give a one-hot target with {n_ch} channels (input {tuple(input.shape)}, target {tuple(target.shape)})."
+        )
+    if to_onehot_y and n_ch > 1 and t_ch != 1:
+        raise ValueError(
+            f"to_onehot_y=True expects index labels with 1 channel, got a target with {t_ch} channels "
+            f"{tuple(target.shape)}: it already looks one-hot, so pass to_onehot_y=False."
+        )
+    if target.dtype == torch.bool:
+        target = target.to(torch.uint8)
+    if validate:
+        _check_input(input, probabilities and act == "none" and other_act is None)
+    b = input.shape[0]
+    x = input.reshape(b, n_ch, -1)
+    if is_index:
+        if validate:
+            _check_index_target(target, n_ch, ignore_index)
+        t = target.reshape(b, 1, -1)
+        valid = (t != ignore_index) if ignore_index is not None else None
+        t = t.long()
+        if valid is not None:
+            t = torch.where(valid, t, 0)
+    else:
+        t = target.reshape(b, t_ch, -1)
+        if not t.is_floating_point():
+            t = t.to(x.dtype if x.dtype == torch.float64 else torch.float32)
+        valid = None
+        if ignore_index is not None:
+            if t_ch == 1:
+                valid = t != ignore_index
+            elif 0 <= ignore_index < t_ch:
+                valid = t[:, ignore_index : ignore_index + 1] == 0
+            else:
+                valid = t.sum(1, keepdim=True) > 0
+        if validate:
+            checked = t if valid is None or t_ch > 1 else torch.where(valid, t, 0)
+            _check_dense_target(checked, act, soft_label, valid)
+        if valid is not None and t_ch == 1:
+            t = torch.where(valid, t, 0)
+    return Prepared(x=x, act=act, target=t, is_index=is_index, valid=valid, spatial=tuple(input.shape[2:]))

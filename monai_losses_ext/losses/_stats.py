@@ -1,0 +1,214 @@
+"""One place for the statistics: fused per-(sample, class) sums, batch pooling and DDP all-reduce.
+
+Every overlap loss is a formula over a few sums per sample b and class c, taken over the valid voxels:
+
+    tp  = sum p*g          sp  = sum p          sg  = sum g
+    sp2 = sum p^2          sg2 = sum g^2        p2g = sum p^2 * g        n = number of valid voxels
+
+``region_sums`` computes the requested sums in one fused pass that applies the activation on the fly,
+in chunks, in float32 (float64 for float64 input). It keeps only the raw input and the target for
+backward and recomputes the activation there, so no probability map, float one-hot target or product
+is stored under autograd. Index targets are read through gather/bincount and never expanded.
+
+``pool`` sums the statistics over the batch (batch Dice) and, with ``distributed=True``, over all ranks
+with an all-reduce that keeps autograd: every rank then holds the full-batch statistics, and after
+DDP's gradient averaging the parameter gradients equal those of one process on the whole batch.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+from torch.autograd.function import once_differentiable
+
+__all__ = ["MOMENTS", "region_sums", "pool", "all_reduce_sum", "compute_dtype", "is_distributed"]
+
+MOMENTS = ("tp", "sp", "sg", "sp2", "sg2", "p2g", "n")
+# voxels per chunk of the fused kernels: small enough to stay in cache-sized temporaries, large enough
+# that the Python loop costs nothing next to the arithmetic.
+CHUNK = 1 << 17
+
+
+def compute_dtype(x: torch.Tensor) -> torch.dtype:
+    """float64 stays float64 (gradient checks); everything else accumulates in float32."""
+    return torch.float64 if x.dtype == torch.float64 else torch.float32
+
+
+def activate(x: torch.Tensor, act: str, dim: int) -> torch.Tensor:
+    if act == "softmax":
+        return torch.softmax(x, dim)
+    if act == "sigmoid":
+        return torch.sigmoid(x)
+    return x
+
+
+def activation_backward(dp: torch.Tensor, p: torch.Tensor, act: str, dim: int) -> torch.Tensor:
+    """Gradient w.r.t. the pre-activation input given dL/dp and p = act(x)."""
+    if act == "softmax":
+        return p * (dp - (p * dp).sum(dim, keepdim=True))
+    if act == "sigmoid":
+        return dp * p * (1 - p)
+    return dp
+
+
+def _chunks(n: int):
+    for start in range(0, n, CHUNK):
+        yield slice(start, min(start + CHUNK, n))
+
+
+class _RegionSums(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, target, valid, act, moments, soft_label):
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            b, c, n = x.shape
+            dt = compute_dtype(x)
+            out = torch.zeros(len(moments), b, c, dtype=dt, device=x.device)
+            idx = {m: i for i, m in enumerate(moments)}
+            is_index = target.shape[1] == 1 and c > 1
+            for bi in range(b):
+                for sl in _chunks(n):
+                    p = activate(x[bi, :, sl].to(dt), act, 0)
+                    v = valid[bi, :, sl] if valid is not None else None
+                    if is_index:
+                        _index_sums(out[:, bi], idx, p, target[bi, 0, sl], v, c)
+                    else:
+                        _dense_sums(out[:, bi], idx, p, target[bi, :, sl].to(dt), v, soft_label)
+            ctx.save_for_backward(x, target, valid)
+            ctx.act, ctx.idx, ctx.soft_label, ctx.is_index = act, idx, soft_label, is_index
+        return out
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_out):
+        x, target, valid = ctx.saved_tensors
+        idx, act = ctx.idx, ctx.act
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            b, c, n = x.shape
+            dt = compute_dtype(x)
+            grad_out = grad_out.to(dt)
+            gx = torch.empty_like(x)
+            for bi in range(b):
+                g = {m: grad_out[i, bi] for m, i in idx.items()}
+                for sl in _chunks(n):
+                    p = activate(x[bi, :, sl].to(dt), act, 0)
+                    v = valid[bi, :, sl] if valid is not None else None
+                    dp = _sums_backward(g, p, target[bi, :, sl], v, ctx.is_index, ctx.soft_label, dt)
+                    gx[bi, :, sl] = activation_backward(dp, p, act, 0)
+        return gx, None, None, None, None, None
+
+
+def _index_sums(out, idx, p, t, v, c):
+    """Sums for one chunk, index labels t (N,), probabilities p (C, N); out (M, C) is accumulated in place."""
+    bins = t if v is None else torch.where(v[0], t, c)  # ignored voxels go to an extra bin, dropped
+    nb = c + 1
+    pt = None
+    if "tp" in idx or "p2g" in idx:
+        pt = p.gather(0, t.unsqueeze(0))[0]
+    if "tp" in idx:
+        out[idx["tp"]] += torch.bincount(bins, weights=pt, minlength=nb)[:c].to(out.dtype)
+    if "p2g" in idx:
+        out[idx["p2g"]] += torch.bincount(bins, weights=pt * pt, minlength=nb)[:c].to(out.dtype)
+    if "sg" in idx or "sg2" in idx:
+        counts = torch.bincount(bins, minlength=nb)[:c].to(out.dtype)
+        for m in ("sg", "sg2"):
+            if m in idx:
+                out[idx[m]] += counts
+    pm = p if v is None else p * v
+    if "sp" in idx:
+        out[idx["sp"]] += pm.sum(1)
+    if "sp2" in idx:
+        out[idx["sp2"]] += (pm * p).sum(1)
+    if "n" in idx:
+        out[idx["n"]] += t.numel() if v is None else v.sum()
+
+
+def _dense_sums(out, idx, p, g, v, soft_label):
+    if v is not None:
+        g = g * v
+        pm = p * v
+    else:
+        pm = p
+    if "tp" in idx:
+        out[idx["tp"]] += (torch.minimum(pm, g) if soft_label else pm * g).sum(1)
+    if "sp" in idx:
+        out[idx["sp"]] += pm.sum(1)
+    if "sg" in idx:
+        out[idx["sg"]] += g.sum(1)
+    if "sp2" in idx:
+        out[idx["sp2"]] += (pm * p).sum(1)
+    if "sg2" in idx:
+        out[idx["sg2"]] += (g * g).sum(1)
+    if "p2g" in idx:
+        out[idx["p2g"]] += (pm * p * g).sum(1)
+    if "n" in idx:
+        out[idx["n"]] += g.shape[1] if v is None else v.sum()
+
+
+def _sums_backward(g, p, t, v, is_index, soft_label, dt):
+    """dL/dp for one chunk given dL/d(sum) per class: g[m] is (C,)."""
+    col = lambda m: g[m].unsqueeze(1)  # noqa: E731
+    dp = torch.zeros_like(p)
+    if "sp" in g:
+        dp += col("sp")
+    if "sp2" in g:
+        dp += 2 * col("sp2") * p
+    if is_index:
+        ti = t[0].unsqueeze(0)
+        if "tp" in g:
+            dp.scatter_add_(0, ti, g["tp"][ti])
+        if "p2g" in g:
+            dp.scatter_add_(0, ti, 2 * g["p2g"][ti] * p.gather(0, ti))
+    else:
+        gt = t.to(dt)
+        if "tp" in g:
+            if soft_label:  # d/dp sum(min(p, g)), split evenly at ties as |p - g| does
+                dp += col("tp") * (1 - torch.sign(p - gt)) / 2
+            else:
+                dp += col("tp") * gt
+        if "p2g" in g:
+            dp += 2 * col("p2g") * p * gt
+    if v is not None:
+        dp *= v
+    return dp
+
+
+def region_sums(prep, moments, soft_label: bool = False) -> dict[str, torch.Tensor]:
+    """Per-(sample, class) sums over the valid voxels of a ``Prepared`` input, as (B, C) tensors."""
+    unknown = set(moments) - set(MOMENTS)
+    if unknown:
+        raise ValueError(f"unknown statistics {sorted(unknown)}; known: {MOMENTS}.")
+    moments = tuple(moments)
+    out = _RegionSums.apply(prep.x, prep.target, prep.valid, prep.act, moments, soft_label)
+    return {m: out[i] for i, m in enumerate(moments)}
+
+
+def is_distributed(flag: bool) -> bool:
+    return bool(flag) and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def all_reduce_sum(t: torch.Tensor, distributed: bool) -> torch.Tensor:
+    """Sum over ranks when ``distributed`` and a process group is up; keeps autograd (its backward is
+    again a sum over ranks, which DDP's gradient averaging turns into the exact full-batch gradient)."""
+    if not is_distributed(distributed):
+        return t
+    if t.requires_grad:
+        from torch.distributed.nn.functional import all_reduce
+
+        return all_reduce(t)
+    t = t.clone()
+    dist.all_reduce(t)
+    return t
+
+
+def pool(stats: dict[str, torch.Tensor], batch: bool, distributed: bool) -> dict[str, torch.Tensor]:
+    """Batch statistics: sum over the batch (B, C) -> (C,), then over ranks when distributed.
+
+    Without ``batch`` the statistics stay per sample and nothing crosses ranks: per-sample scores need
+    no pooling, only the final mean does (see ``reduce_loss``).
+    """
+    if not batch:
+        return stats
+    keys = list(stats)
+    stacked = torch.stack([stats[k].sum(0) for k in keys])
+    stacked = all_reduce_sum(stacked, distributed)
+    return {k: stacked[i] for i, k in enumerate(keys)}

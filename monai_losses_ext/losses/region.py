@@ -1,0 +1,313 @@
+"""Overlap losses: each one a formula on the per-(sample, class) sums of ``_stats``.
+
+Notation per sample b and class c, over the valid voxels: TP = sum p*g, FP = sum p - TP, FN = sum g - TP.
+With ``batch=True`` the sums run over the whole batch (and, with ``distributed=True``, over every rank)
+before the formula. ``smooth_nr``/``smooth_dr`` keep the scores defined: with the defaults (equal
+smoothing) an empty target with an empty prediction scores as a perfect match, loss 0 for that term.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+
+from ._base import LossBase, apply_class_weight, reduce_loss
+from ._inputs import Prepared
+from ._stats import pool, region_sums
+
+__all__ = [
+    "RegionLoss",
+    "DiceLoss",
+    "JaccardLoss",
+    "TverskyLoss",
+    "FocalTverskyLoss",
+    "GeneralizedDiceLoss",
+    "LogCoshDiceLoss",
+    "SensitivitySpecificityLoss",
+]
+
+_EPS_POW = 1e-7  # floor of the base of fractional powers, so gradients stay finite at a perfect match
+
+
+class RegionLoss(LossBase):
+    """Base of the overlap losses. A subclass names the sums it needs (``moments``) and maps them to a
+    per-class loss in ``score``; input preparation, pooling, class weights and reduction live here."""
+
+    moments: tuple[str, ...] = ("tp", "sp", "sg")
+    none_keeps_spatial = True  # MONAI's Dice returns (B, C, 1, ..., 1) for reduction="none"; Tversky (B, C)
+
+    def __init__(
+        self,
+        include_background: bool = True,
+        to_onehot_y: bool = False,
+        sigmoid: bool = False,
+        softmax: bool = False,
+        other_act: Callable | None = None,
+        reduction: str = "mean",
+        smooth_nr: float = 1e-5,
+        smooth_dr: float = 1e-5,
+        batch: bool = False,
+        weight: Sequence[float] | float | torch.Tensor | None = None,
+        soft_label: bool = False,
+        ignore_index: int | None = None,
+        distributed: bool = False,
+        validate: bool = True,
+    ) -> None:
+        super().__init__(
+            include_background=include_background,
+            to_onehot_y=to_onehot_y,
+            sigmoid=sigmoid,
+            softmax=softmax,
+            other_act=other_act,
+            reduction=reduction,
+            ignore_index=ignore_index,
+            soft_label=soft_label,
+            distributed=distributed,
+            validate=validate,
+        )
+        self.smooth_nr = float(smooth_nr)
+        self.smooth_dr = float(smooth_dr)
+        self.batch = batch
+        self._register_class_vector("class_weight", weight)
+
+    def statistics(self, prep: Prepared) -> dict[str, torch.Tensor]:
+        """The pooled sums of the scored classes: (B, C_kept) tensors, or (C_kept,) with ``batch``."""
+        stats = region_sums(prep, self.moments, soft_label=self.soft_label)
+        first = self._first_kept(prep.num_classes)
+        stats = {k: v[:, first:] for k, v in stats.items()}
+        return pool(stats, self.batch, self.distributed)
+
+    def score(self, s: dict[str, torch.Tensor]) -> torch.Tensor:
+        raise NotImplementedError  # abstract: every concrete loss defines its formula
+
+    def from_prepared(self, prep: Prepared) -> torch.Tensor:
+        """The loss of an already prepared input (compound losses prepare once for all their terms)."""
+        f = self.score(self.statistics(prep))
+        f = apply_class_weight(f, self.class_weight, f.shape[-1])
+        none_shape = list(f.shape) + [1] * len(prep.spatial) if self.none_keeps_spatial else None
+        return reduce_loss(f, self.reduction, self.distributed and not self.batch, none_shape)
+
+
+def dice_score(s, squared: bool, jaccard: bool, smooth_nr: float, smooth_dr: float) -> torch.Tensor:
+    tp = s["tp"]
+    union = s["sp2"] + s["sg2"] if squared else s["sp"] + s["sg"]
+    if jaccard:
+        return (tp + smooth_nr) / (union - tp + smooth_dr)
+    return (2 * tp + smooth_nr) / (union + smooth_dr)
+
+
+def tversky_index(s, alpha: float, beta: float, smooth_nr: float, smooth_dr: float) -> torch.Tensor:
+    tp = s["tp"]
+    fp, fn = s["sp"] - tp, s["sg"] - tp
+    return (tp + smooth_nr) / (tp + alpha * fp + beta * fn + smooth_dr)
+
+
+class DiceLoss(RegionLoss):
+    """Soft Dice loss, drop-in for ``monai.losses.DiceLoss`` (same arguments, values and gradients).
+
+    ``1 - (2 TP + smooth_nr) / (sum p + sum g + smooth_dr)`` per sample and class; with ``squared_pred`` the
+    V-Net denominator ``sum p^2 + sum g^2`` (Milletari et al., 2016); with ``jaccard`` the soft IoU
+    ``1 - (TP + smooth_nr) / (sum p + sum g - TP + smooth_dr)``. ``weight`` scales each scored class;
+    ``soft_label`` uses ``TP = sum min(p, g)`` for soft targets (Wang et al., 2023), as MONAI does.
+
+    Extra arguments: ``distributed`` (with ``batch=True`` the sums are pooled over every DDP rank; without it
+    the mean runs over every rank's samples), ``validate`` (cheap input checks; False skips them).
+    Index-label targets (``to_onehot_y=True``) are never expanded to a float one-hot.
+
+    Empty patch: with smooth_nr == smooth_dr, a class absent from target and prediction scores 0; a class
+    absent from the target but predicted scores close to 1 (per-sample Dice punishes every false positive
+    in an empty patch; ``batch=True`` pools such patches with the rest of the batch).
+    """
+
+    def __init__(
+        self,
+        include_background: bool = True,
+        to_onehot_y: bool = False,
+        sigmoid: bool = False,
+        softmax: bool = False,
+        other_act: Callable | None = None,
+        squared_pred: bool = False,
+        jaccard: bool = False,
+        reduction: str = "mean",
+        smooth_nr: float = 1e-5,
+        smooth_dr: float = 1e-5,
+        batch: bool = False,
+        weight: Sequence[float] | float | torch.Tensor | None = None,
+        soft_label: bool = False,
+        ignore_index: int | None = None,
+        distributed: bool = False,
+        validate: bool = True,
+    ) -> None:
+        super().__init__(
+            include_background, to_onehot_y, sigmoid, softmax, other_act, reduction, smooth_nr, smooth_dr,
+            batch, weight, soft_label, ignore_index, distributed, validate,
+        )  # fmt: skip
+        self.squared_pred = squared_pred
+        self.jaccard = jaccard
+        self.moments = ("tp", "sp2", "sg2") if squared_pred else ("tp", "sp", "sg")
+
+    def score(self, s):
+        return 1 - dice_score(s, self.squared_pred, self.jaccard, self.smooth_nr, self.smooth_dr)
+
+
+class JaccardLoss(DiceLoss):
+    """Soft Jaccard (IoU) loss: ``DiceLoss(jaccard=True)``, ``1 - (TP + smooth_nr) / (TP + FP + FN + smooth_dr)``."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        kwargs["jaccard"] = True
+        super().__init__(*args, **kwargs)
+
+
+class TverskyLoss(RegionLoss):
+    """Tversky loss (Salehi et al., 2017), drop-in for ``monai.losses.TverskyLoss``.
+
+    ``1 - (TP + smooth_nr) / (TP + alpha FP + beta FN + smooth_dr)``: ``alpha`` weighs false positives,
+    ``beta`` false negatives (beta > alpha favours recall, as for small lesions). alpha = beta = 0.5 is Dice.
+    ``reduction="none"`` gives (B, C) as MONAI's does. Empty patch: as ``DiceLoss``.
+    """
+
+    none_keeps_spatial = False
+
+    def __init__(
+        self,
+        include_background: bool = True,
+        to_onehot_y: bool = False,
+        sigmoid: bool = False,
+        softmax: bool = False,
+        other_act: Callable | None = None,
+        alpha: float = 0.5,
+        beta: float = 0.5,
+        reduction: str = "mean",
+        smooth_nr: float = 1e-5,
+        smooth_dr: float = 1e-5,
+        batch: bool = False,
+        soft_label: bool = False,
+        ignore_index: int | None = None,
+        weight: Sequence[float] | float | torch.Tensor | None = None,
+        distributed: bool = False,
+        validate: bool = True,
+    ) -> None:
+        super().__init__(
+            include_background, to_onehot_y, sigmoid, softmax, other_act, reduction, smooth_nr, smooth_dr,
+            batch, weight, soft_label, ignore_index, distributed, validate,
+        )  # fmt: skip
+        if alpha < 0 or beta < 0:
+            raise ValueError(f"alpha and beta must be >= 0, got alpha={alpha}, beta={beta}.")
+        self.alpha = float(alpha)
+        self.beta = float(beta)
+
+    def score(self, s):
+        return 1 - tversky_index(s, self.alpha, self.beta, self.smooth_nr, self.smooth_dr)
+
+
+class FocalTverskyLoss(TverskyLoss):
+    """Focal Tversky loss (Abraham & Khan, 2019): ``(1 - TI)^gamma`` per sample and class.
+
+    TI is the Tversky index of ``TverskyLoss`` (``alpha`` weighs FP, ``beta`` FN). The paper's recommended
+    setting, "alpha = 0.7 on false negatives, exponent 1/gamma = 0.75", is ``beta=0.7, alpha=0.3, gamma=0.75``
+    here (the defaults). gamma < 1 keeps the gradient large near a good match, where small lesions live.
+    The base is floored at 1e-7 so the gradient stays finite at a perfect match.
+    Empty patch: as ``DiceLoss`` (0 for an empty class predicted empty).
+    """
+
+    def __init__(self, *args, alpha: float = 0.3, beta: float = 0.7, gamma: float = 0.75, **kwargs) -> None:
+        super().__init__(*args, alpha=alpha, beta=beta, **kwargs)
+        if gamma <= 0:
+            raise ValueError(f"gamma must be > 0, got {gamma}.")
+        self.gamma = float(gamma)
+
+    def score(self, s):
+        return super().score(s).clamp_min(_EPS_POW) ** self.gamma
+
+
+class GeneralizedDiceLoss(RegionLoss):
+    """Generalised Dice loss (Sudre et al., 2017), drop-in for ``monai.losses.GeneralizedDiceLoss``.
+
+    ``1 - (2 sum_c w_c TP_c + smooth_nr) / (sum_c w_c (sum p_c + sum g_c) + smooth_dr)`` with class weights
+    from the reference volume: ``w_type="square"`` 1/V^2, ``"simple"`` 1/V, ``"uniform"`` 1. As in MONAI, a
+    class absent from the reference takes the largest finite weight of its sample (of the batch with
+    ``batch=True``). With ``batch`` and ``distributed`` the class volumes are pooled over every rank.
+    Returns one value per sample: ``reduction="none"`` gives (B, 1, 1, ..., 1).
+    Empty patch (all classes empty, e.g. include_background=False on a lesion-free patch): every weight is
+    infinite, so all become 0 and the loss is 1 - smooth_nr / smooth_dr = 0 with the defaults.
+    """
+
+    def __init__(
+        self,
+        include_background: bool = True,
+        to_onehot_y: bool = False,
+        sigmoid: bool = False,
+        softmax: bool = False,
+        other_act: Callable | None = None,
+        w_type: str = "square",
+        reduction: str = "mean",
+        smooth_nr: float = 1e-5,
+        smooth_dr: float = 1e-5,
+        batch: bool = False,
+        soft_label: bool = False,
+        ignore_index: int | None = None,
+        distributed: bool = False,
+        validate: bool = True,
+    ) -> None:
+        super().__init__(
+            include_background, to_onehot_y, sigmoid, softmax, other_act, reduction, smooth_nr, smooth_dr,
+            batch, None, soft_label, ignore_index, distributed, validate,
+        )  # fmt: skip
+        w_type = str(getattr(w_type, "value", w_type))
+        if w_type not in ("square", "simple", "uniform"):
+            raise ValueError(f"w_type={w_type!r} is not supported: use 'square', 'simple' or 'uniform'.")
+        self.w_type = w_type
+
+    def score(self, s):
+        tp, sg = s["tp"], s["sg"]
+        vol = sg.detach()
+        if self.w_type == "square":
+            w = 1 / (vol * vol)
+        elif self.w_type == "simple":
+            w = 1 / vol
+        else:
+            w = torch.ones_like(vol)
+        infs = torch.isinf(w)
+        w = torch.where(infs, torch.zeros_like(w), w)
+        wmax = w.max() if self.batch else w.max(dim=-1, keepdim=True).values
+        w = w + infs * wmax
+        numer = 2 * (tp * w).sum(-1, keepdim=True) + self.smooth_nr
+        denom = ((s["sp"] + sg) * w).sum(-1, keepdim=True) + self.smooth_dr
+        return 1 - numer / denom
+
+
+class LogCoshDiceLoss(DiceLoss):
+    """Log-cosh Dice loss (Jadon, 2020): ``log(cosh(dice_loss))`` per sample and class, a smoothed Dice loss
+    whose gradient is small near the optimum. Same arguments as ``DiceLoss``; range [0, log cosh 1 = 0.434].
+    Empty patch: as ``DiceLoss``."""
+
+    def score(self, s):
+        d = super().score(s)
+        # log(cosh(d)) = d + log1p(exp(-2d)) - log 2, stable for any d
+        return d + torch.nn.functional.softplus(-2 * d) - torch.log(torch.tensor(2.0, dtype=d.dtype))
+
+
+class SensitivitySpecificityLoss(RegionLoss):
+    """Sensitivity-specificity loss (Brosch et al., 2015), for very small lesions.
+
+    Per sample and class: ``r * sum((g - p)^2 g) / sum(g) + (1 - r) * sum((g - p)^2 (1 - g)) / sum(1 - g)``
+    (``smooth_dr`` added to both denominators). The first term is the squared error on the lesion voxels
+    (sensitivity), the second on the background (specificity); ``r`` trades them (paper: r = 0.05). Targets
+    are read as binary (soft targets give the expansion ``sum g - 2 sum pg + sum p^2 g``).
+    Empty patch: the sensitivity term is 0, the loss is the specificity error of the prediction.
+    """
+
+    moments = ("tp", "sg", "sp2", "p2g", "n")
+    none_keeps_spatial = False
+
+    def __init__(self, *args, r: float = 0.05, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        if not 0 <= r <= 1:
+            raise ValueError(f"r must lie in [0, 1], got {r}.")
+        self.r = float(r)
+
+    def score(self, s):
+        sens = (s["sg"] - 2 * s["tp"] + s["p2g"]) / (s["sg"] + self.smooth_dr)
+        spec = (s["sp2"] - s["p2g"]) / (s["n"] - s["sg"] + self.smooth_dr)
+        return self.r * sens + (1 - self.r) * spec
