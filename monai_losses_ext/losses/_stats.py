@@ -26,7 +26,7 @@ __all__ = ["MOMENTS", "region_sums", "pool", "all_reduce_sum", "compute_dtype", 
 MOMENTS = ("tp", "sp", "sg", "sp2", "sg2", "p2g", "n")
 # voxels per chunk of the fused kernels: small enough to stay in cache-sized temporaries, large enough
 # that the Python loop costs nothing next to the arithmetic.
-CHUNK = 1 << 17
+CHUNK = 1 << 18
 
 
 def compute_dtype(x: torch.Tensor) -> torch.dtype:
@@ -57,6 +57,10 @@ def _chunks(n: int):
 
 
 class _RegionSums(torch.autograd.Function):
+    """Fused activation + sums, one sample at a time. The probabilities (and, for index labels, the probability
+    of the true class) are kept for backward: one copy of the logits, which is cheaper in time than
+    recomputing the softmax and far cheaper in memory than autograd's graph of the same computation."""
+
     @staticmethod
     def forward(ctx, x, target, valid, act, moments, soft_label):
         with torch.autocast(device_type=x.device.type, enabled=False):
@@ -65,49 +69,84 @@ class _RegionSums(torch.autograd.Function):
             out = torch.zeros(len(moments), b, c, dtype=dt, device=x.device)
             idx = {m: i for i, m in enumerate(moments)}
             is_index = target.shape[1] == 1 and c > 1
+            probs, pts = [], []
             for bi in range(b):
-                for sl in _chunks(n):
-                    p = activate(x[bi, :, sl].to(dt), act, 0)
-                    v = valid[bi, :, sl] if valid is not None else None
-                    if is_index:
-                        _index_sums(out[:, bi], idx, p, target[bi, 0, sl], v, c)
-                    else:
-                        _dense_sums(out[:, bi], idx, p, target[bi, :, sl].to(dt), v, soft_label)
-            ctx.save_for_backward(x, target, valid)
-            ctx.act, ctx.idx, ctx.soft_label, ctx.is_index = act, idx, soft_label, is_index
+                p = activate(x[bi].to(dt), act, 0)
+                v = valid[bi] if valid is not None else None
+                if is_index:
+                    pts.append(_index_sums(out[:, bi], idx, p, target[bi], v, c))
+                else:
+                    _dense_sums(out[:, bi], idx, p, target[bi].to(dt), v, soft_label)
+                probs.append(p)
+            ctx.save_for_backward(target, valid, *probs, *pts)
+            ctx.act, ctx.idx, ctx.soft_label, ctx.is_index, ctx.x_dtype = act, idx, soft_label, is_index, x.dtype
         return out
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_out):
-        x, target, valid = ctx.saved_tensors
+        target, valid, *saved = ctx.saved_tensors
+        b = target.shape[0]
+        probs, pts = saved[:b], saved[b:]
         idx, act = ctx.idx, ctx.act
-        with torch.autocast(device_type=x.device.type, enabled=False):
-            b, c, n = x.shape
-            dt = compute_dtype(x)
+        c, n = probs[0].shape
+        dt = probs[0].dtype
+        with torch.autocast(device_type=probs[0].device.type, enabled=False):
             grad_out = grad_out.to(dt)
-            gx = torch.empty_like(x)
+            gx = torch.empty((b, c, n), dtype=ctx.x_dtype, device=probs[0].device)
+            fast = set(idx) <= _LINEAR and ctx.is_index and act == "softmax"
             for bi in range(b):
                 g = {m: grad_out[i, bi] for m, i in idx.items()}
-                for sl in _chunks(n):
-                    p = activate(x[bi, :, sl].to(dt), act, 0)
-                    v = valid[bi, :, sl] if valid is not None else None
-                    dp = _sums_backward(g, p, target[bi, :, sl], v, ctx.is_index, ctx.soft_label, dt)
-                    gx[bi, :, sl] = activation_backward(dp, p, act, 0)
+                p = probs[bi]
+                v = valid[bi] if valid is not None else None
+                if fast and gx.dtype == dt:
+                    _softmax_index_backward(gx[bi], g, p, pts[bi], target[bi], v)
+                    continue
+                dp = _sums_backward(g, p, target[bi], v, ctx.is_index, ctx.soft_label, dt)
+                gx[bi] = activation_backward(dp, p, act, 0)
         return gx, None, None, None, None, None
 
 
+# statistics whose gradient w.r.t. p does not depend on p (tp, sp) or that take none (target-only sums)
+_LINEAR = {"tp", "sp", "sg", "sg2", "n"}
+
+
+def _take(vec: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """vec[t] for a small per-class vector and index labels t (1, n); index_select is the fast path."""
+    return vec.index_select(0, t.reshape(-1)).reshape(t.shape)
+
+
+def _softmax_index_backward(out, g, p, pt, t, v):
+    """Softmax backward of sum_c a_c sp_c + b_c tp_c for index labels, written into ``out`` (C, N) without
+    building dL/dp: dx_c = m (p_c (a_c - s) + [t == c] p_t b_t), s = sum_c p_c a_c + p_t b_t, m the valid mask.
+    Every step writes in place: on CPU each fresh large buffer costs page faults as well as a pass."""
+    c = p.shape[0]
+    a = g["sp"] if "sp" in g else p.new_zeros(c)
+    s = a @ p  # one pass (gemv)
+    pbt = None
+    if "tp" in g:
+        pbt = pt * _take(g["tp"], t)
+        s += pbt[0]
+    torch.mul(p, a.unsqueeze(1).to(p.dtype), out=out)
+    out.addcmul_(p, s.unsqueeze(0), value=-1)
+    if pbt is not None:
+        out.scatter_add_(0, t, pbt)
+    if v is not None:
+        out *= v
+
+
 def _index_sums(out, idx, p, t, v, c):
-    """Sums for one chunk, index labels t (N,), probabilities p (C, N); out (M, C) is accumulated in place."""
-    bins = t if v is None else torch.where(v[0], t, c)  # ignored voxels go to an extra bin, dropped
+    """Sums for one sample, index labels t (1, N), probabilities p (C, N); out (M, C) is accumulated in place.
+    Returns p_t (1, N), the probability of the true class, which backward reuses."""
+    t = t.reshape(1, -1)
+    bins = t[0] if v is None else torch.where(v[0], t[0], c)  # ignored voxels go to an extra bin, dropped
     nb = c + 1
-    pt = None
-    if "tp" in idx or "p2g" in idx:
-        pt = p.gather(0, t.unsqueeze(0))[0]
+    pt = p.gather(0, t)
+    # scatter_add rather than a weighted bincount: bincount scans its input for min/max first
     if "tp" in idx:
-        out[idx["tp"]] += torch.bincount(bins, weights=pt, minlength=nb)[:c].to(out.dtype)
+        out[idx["tp"]] += p.new_zeros(nb).scatter_add_(0, bins, pt[0])[:c]
     if "p2g" in idx:
-        out[idx["p2g"]] += torch.bincount(bins, weights=pt * pt, minlength=nb)[:c].to(out.dtype)
+        out[idx["p2g"]] += p.new_zeros(nb).scatter_add_(0, bins, pt[0] * pt[0])[:c]
     if "sg" in idx or "sg2" in idx:
         counts = torch.bincount(bins, minlength=nb)[:c].to(out.dtype)
         for m in ("sg", "sg2"):
@@ -120,6 +159,7 @@ def _index_sums(out, idx, p, t, v, c):
         out[idx["sp2"]] += (pm * p).sum(1)
     if "n" in idx:
         out[idx["n"]] += t.numel() if v is None else v.sum()
+    return pt
 
 
 def _dense_sums(out, idx, p, g, v, soft_label):
@@ -153,11 +193,11 @@ def _sums_backward(g, p, t, v, is_index, soft_label, dt):
     if "sp2" in g:
         dp += 2 * col("sp2") * p
     if is_index:
-        ti = t[0].unsqueeze(0)
+        ti = t.reshape(1, -1)
         if "tp" in g:
-            dp.scatter_add_(0, ti, g["tp"][ti])
+            dp.scatter_add_(0, ti, _take(g["tp"], ti))
         if "p2g" in g:
-            dp.scatter_add_(0, ti, 2 * g["p2g"][ti] * p.gather(0, ti))
+            dp.scatter_add_(0, ti, 2 * _take(g["p2g"], ti) * p.gather(0, ti))
     else:
         gt = t.to(dt)
         if "tp" in g:
