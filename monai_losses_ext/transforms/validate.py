@@ -1,0 +1,173 @@
+"""``ValidateLabel`` / ``ValidateLabeld``: stop bad label maps at loading time, with a message that says why.
+
+The classic mistakes this catches, each as a ``ValueError`` naming the file, the values seen, the
+allowed values and the fix:
+
+* masks saved as 0/255 (``remap={255: 1}`` fixes them here, explicitly);
+* label values >= the number of classes (BraTS label 4, an ignore value 255 or -1);
+* labels resampled with linear interpolation (fractions such as 0.5);
+* a label whose spatial shape differs from its image (dict version, ``image_key=``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from monai.config import KeysCollection
+from monai.data import MetaTensor
+from monai.transforms import MapTransform, Transform
+
+from ._common import check_label_values, describe, torch_dtype, unique_values, wrap_like
+
+__all__ = ["ValidateLabel", "ValidateLabeld", "allowed_values"]
+
+
+def allowed_values(num_classes: int | None, labels: Sequence[int] | None, owner: str) -> list[int] | None:
+    """The declared label values: ``range(num_classes)`` or ``labels``; None when neither is given."""
+    if num_classes is not None and labels is not None:
+        raise ValueError(f"{owner}: give num_classes= or labels=, not both (got {num_classes!r} and {labels!r})")
+    if num_classes is not None:
+        if isinstance(num_classes, bool) or not isinstance(num_classes, (int, np.integer)) or num_classes < 1:
+            raise ValueError(f"{owner}: num_classes must be a positive int (classes 0..num_classes-1), got {num_classes!r}")
+        return list(range(int(num_classes)))
+    if labels is not None:
+        vals = [float(v) for v in labels]
+        if not vals or any(not v.is_integer() for v in vals):
+            raise ValueError(f"{owner}: labels must be a non-empty list of whole numbers, got {labels!r}")
+        return sorted({int(v) for v in vals})
+    return None
+
+
+def _remap(arr: np.ndarray | torch.Tensor, remap: Mapping[float, float]) -> np.ndarray | torch.Tensor:
+    """Replace values ``old -> new``; masks are taken on the original values, so chains do not cascade."""
+    masks = [(arr == old, new) for old, new in remap.items()]
+    out = arr.clone() if isinstance(arr, torch.Tensor) else arr.copy()
+    for m, new in masks:
+        out[m] = new
+    return out
+
+
+def _number(v: Any) -> int | float:
+    """``255``, ``255.0`` or ``"255"`` (JSON/YAML bundle configs have string keys) -> 255."""
+    f = float(v)
+    return int(f) if f.is_integer() else f
+
+
+def _parse_remap(remap: Any) -> dict[int | float, int | float]:
+    if not isinstance(remap, Mapping):
+        raise TypeError(f"remap must be a dict {{old: new}} such as {{255: 1}}, got {type(remap).__name__}")
+    try:
+        return {_number(k): _number(v) for k, v in remap.items()}
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"remap={remap!r}: keys and values must be numbers (or numeric strings), e.g. {{255: 1}}") from e
+
+
+class ValidateLabel(Transform):
+    """Check a label map's values (and optionally remap / cast it); return it otherwise unchanged.
+
+    Args:
+        num_classes: allowed values are ``0 .. num_classes-1``.
+        labels: explicit allowed values instead, e.g. ``[0, 1, 2, 4]`` for original BraTS labels.
+            With neither, only "whole numbers" is checked.
+        remap: ``{old: new}`` applied before the check, e.g. ``{255: 1}`` for 0/255 masks. Explicit on
+            purpose: nothing is guessed. Numeric-string keys (``{"255": 1}``, as JSON configs write them)
+            are accepted.
+        dtype: cast the (remapped) label to this dtype (torch dtype or name); ``None`` keeps the dtype.
+
+    Cost: one ``unique()`` over the label (plus one comparison per ``remap`` entry).
+    Raises ``ValueError`` naming the file (MetaTensor ``meta["filename_or_obj"]``, else
+    ``"<in-memory label>"``), the sorted distinct values found (first 10), the allowed values and the
+    fix, e.g. ``use ValidateLabeld(keys, num_classes=2, remap={255: 1})``.
+    """
+
+    def __init__(
+        self,
+        num_classes: int | None = None,
+        labels: Sequence[int] | None = None,
+        remap: Mapping[float, float] | None = None,
+        dtype: Any = None,
+    ) -> None:
+        self.allowed = allowed_values(num_classes, labels, type(self).__name__)
+        self.remap = _parse_remap(remap) if remap else None
+        self.dtype = torch_dtype(dtype) if dtype is not None else None
+
+    def __call__(self, label: Any, name: str | None = None) -> Any:
+        """Validate ``label``; ``name`` overrides the source description used in messages."""
+        if not isinstance(label, (torch.Tensor, np.ndarray)):
+            raise TypeError(
+                f"{type(self).__name__} expects a torch.Tensor, MetaTensor or numpy.ndarray label, got "
+                f"{type(label).__name__}; load it with LoadImaged first"
+            )
+        name = name or describe(label)
+        arr = label.as_tensor() if isinstance(label, MetaTensor) else label
+        changed = False
+        if self.remap:
+            arr = _remap(arr, self.remap)
+            changed = True
+        check_label_values(unique_values(arr), self.allowed, name)
+        if self.dtype is not None:
+            if isinstance(arr, np.ndarray):
+                arr = torch.from_numpy(np.ascontiguousarray(arr))
+            if arr.dtype != self.dtype:
+                arr = arr.to(self.dtype)
+                changed = True
+        return wrap_like(arr, label) if changed else label
+
+
+class ValidateLabeld(MapTransform):
+    """Dictionary version of :class:`ValidateLabel`, plus a spatial-shape check against an image.
+
+    Args:
+        keys: label keys to check.
+        num_classes, labels, remap, dtype: see :class:`ValidateLabel`.
+        image_key: when given, each label must have the same number of dims and the same spatial shape
+            (all dims after the channel) as ``data[image_key]``.
+        allow_missing_keys: skip missing label keys instead of raising.
+    """
+
+    def __init__(
+        self,
+        keys: KeysCollection,
+        num_classes: int | None = None,
+        labels: Sequence[int] | None = None,
+        remap: Mapping[float, float] | None = None,
+        dtype: Any = None,
+        image_key: Hashable | None = None,
+        allow_missing_keys: bool = False,
+    ) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.validator = ValidateLabel(num_classes=num_classes, labels=labels, remap=remap, dtype=dtype)
+        self.image_key = image_key
+
+    def _check_shape(self, label: Any, image: Any, name: str) -> None:
+        ls, im = tuple(label.shape), tuple(image.shape)
+        if len(ls) != len(im):
+            raise ValueError(
+                f"{name} has shape {ls} but image '{self.image_key}' has shape {im} (different number of dims); "
+                "both must be channel-first (C, *spatial): add EnsureChannelFirstd(keys=[image, label]) after "
+                "LoadImaged."
+            )
+        if ls[1:] != im[1:]:
+            raise ValueError(
+                f"{name} has spatial shape {ls[1:]} but image '{self.image_key}' has {im[1:]}; label and image must "
+                "cover the same voxel grid: check that the files belong to the same case, and resample the label "
+                "onto the image grid with nearest-neighbour interpolation (e.g. ResampleToMatchd(keys='label', "
+                "key_dst='image', mode='nearest'))."
+            )
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        if self.image_key is not None and self.image_key not in d:
+            raise ValueError(
+                f"{type(self).__name__}: image_key '{self.image_key}' is not in the data (keys: {list(d)}); "
+                "set image_key=None to skip the shape check"
+            )
+        for key in self.key_iterator(d):
+            name = describe(d[key], d, key)
+            if self.image_key is not None:
+                self._check_shape(d[key], d[self.image_key], name)
+            d[key] = self.validator(d[key], name=name)
+        return d
