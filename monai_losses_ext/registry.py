@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import inspect
+
 import torch
 
 __all__ = ["get_loss", "list_losses", "register_loss"]
@@ -30,11 +32,26 @@ def list_losses() -> list[str]:
     return sorted(_NAMES)
 
 
-def get_loss(name: str, **kwargs) -> torch.nn.Module:
-    """Build the loss registered as ``name`` (registry name or class name; case, '-' and '_' do not matter)."""
+def get_loss(name: str, defaults: dict | None = None, **kwargs) -> torch.nn.Module:
+    """Build the loss registered as ``name`` (registry name or class name; case, '-' and '_' do not matter).
+
+    ``kwargs`` go to the constructor as they are (an argument the loss does not take is an error).
+    ``defaults`` are applied only where the constructor takes them: a config that lets the user pick any
+    loss by name can pass the input format once, e.g.
+    ``get_loss(name, defaults={"softmax": True, "to_onehot_y": True, "distributed": True})``; cross-entropy,
+    which always reads logits and index labels, simply does not take ``softmax``.
+    """
     if not isinstance(name, str):
         raise TypeError(f"loss name must be a string, got {type(name).__name__}.")
     cls = _LOOKUP.get(_key(name))
     if cls is None:
         raise ValueError(f"unknown loss {name!r}; known losses: {', '.join(list_losses())}.")
-    return cls(**kwargs)
+    if defaults:
+        params = inspect.signature(cls.__init__).parameters
+        takes_all = any(p.kind == p.VAR_KEYWORD for p in params.values())
+        kwargs = {**{k: v for k, v in defaults.items() if takes_all or k in params}, **kwargs}
+    try:
+        return cls(**kwargs)
+    except TypeError as err:
+        accepted = [p for p in inspect.signature(cls.__init__).parameters if p != "self"]
+        raise TypeError(f"{cls.__name__} ({name!r}): {err}; it takes {accepted}.") from err
