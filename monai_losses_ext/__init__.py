@@ -31,6 +31,11 @@ _NAMES = {
     "exp_log": "ExpLogLoss",
     "compound": "CompoundLoss",
     "lovasz_softmax": "LovaszSoftmaxLoss",
+    "weight_map_ce": "WeightMapCELoss",
+    "boundary": "BoundaryLoss",
+    "dice_boundary": "DiceBoundaryLoss",
+    "hausdorff_dt": "HausdorffDTLoss",
+    "blob": "BlobLoss",
 }
 for _name, _cls in _NAMES.items():
     register_loss(_name, globals()[_cls])

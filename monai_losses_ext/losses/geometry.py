@@ -1,0 +1,376 @@
+"""Losses that read maps precomputed by the transforms: weight-map CE, boundary, Hausdorff-DT, blob.
+
+The maps (distance maps, U-Net weight maps, lesion instances) belong in the data pipeline: computed once per
+case on the whole volume by ``monai_losses_ext.transforms`` (cached, then cropped together with the image),
+and passed to the loss as forward keyword arguments, batched by the data loader:
+
+    BoundaryLoss(softmax=True)(logits, target, distance_map=batch["label_sdf"])       # (B, C, *spatial)
+    HausdorffDTLoss(softmax=True)(logits, target, distance_map=batch["label_dt"])     # (B, C, *spatial)
+    WeightMapCELoss()(logits, target, weight_map=batch["label_weight"])               # (B, 1, *spatial)
+    BlobLoss(softmax=True, to_onehot_y=True)(logits, target, instances=batch["label_instances"])  # (B, 1, ...)
+
+Without a map the loss computes it from the target with the same transform, on the CPU, at every call, and
+warns once: that is the slow path MONAI takes (seconds per step at 96^3), kept for convenience and testing.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import torch
+
+from ._base import LossBase, reduce_loss
+from ._inputs import Prepared
+from ._stats import activate, all_reduce_sum, compute_dtype
+from .pixel import cross_entropy_map, masked_mean
+from .region import DiceLoss
+
+__all__ = ["WeightMapCELoss", "BoundaryLoss", "DiceBoundaryLoss", "BoundaryAlphaScheduler", "HausdorffDTLoss", "BlobLoss"]
+
+_warned: set[str] = set()
+
+
+def _warn_on_the_fly(loss: str, key: str, transform: str) -> None:
+    if loss in _warned:
+        return
+    _warned.add(loss)
+    warnings.warn(
+        f"{loss}: no {key}= given, so it is computed from the target with {transform} at every call (on the CPU, "
+        f"slow for 3D). Compute it once in the data pipeline ({transform}d, before random cropping) and pass "
+        f"{key}=batch[...] instead.",
+        stacklevel=5,  # the user's call: _warn -> forward -> Module._call_impl -> Module.__call__ -> caller
+    )
+
+
+def _check_map(m: torch.Tensor, name: str, input: torch.Tensor, channels: Sequence[int]) -> torch.Tensor:
+    if not isinstance(m, torch.Tensor):
+        m = torch.as_tensor(np.asarray(m))
+    ok = m.ndim == input.ndim and m.shape[0] == input.shape[0] and m.shape[2:] == input.shape[2:]
+    if not ok or m.shape[1] not in channels:
+        want = " or ".join(f"({input.shape[0]}, {c}, {', '.join(map(str, input.shape[2:]))})" for c in channels)
+        raise ValueError(
+            f"{name} has shape {tuple(m.shape)} but input is {tuple(input.shape)}: expected {want}. Maps must be "
+            "computed on the whole volume and cropped together with the image (list the map's key in the crop "
+            "transform's keys)."
+        )
+    return m.to(input.device)
+
+
+def _per_case(target: torch.Tensor, n_classes: int, make) -> torch.Tensor:
+    """Apply a one-case transform to each sample of a (B, 1|C, ...) target, stacking the results."""
+    outs = [torch.as_tensor(make(n_classes)(target[b].detach().cpu())) for b in range(target.shape[0])]
+    return torch.stack(outs).to(target.device)
+
+
+class WeightMapCELoss(LossBase):
+    """Cross-entropy weighted per voxel by a map: the U-Net loss (Ronneberger et al., 2015),
+    ``sum_x w(x) CE(x) / N`` over the N valid voxels, with ``w`` from ``UNetWeightMapd`` (class balance plus
+    a border term that makes the thin gaps between touching lesions count).
+
+    forward(input, target, weight_map=None): input logits (B, C, ...); target index labels (B, 1, ...) or
+    one-hot; weight_map (B, 1, ...) (B, C, ... is not accepted: the map weighs voxels). One output channel:
+    binary CE with logits. Without ``weight_map`` it is computed with ``UNetWeightMap(w0, sigma)`` (slow).
+    """
+
+    probabilities = False
+
+    def __init__(
+        self,
+        ignore_index: int | None = None,
+        label_smoothing: float = 0.0,
+        reduction: str = "mean",
+        w0: float = 10.0,
+        sigma: float = 5.0,
+        distributed: bool = False,
+        validate: bool = True,
+    ) -> None:
+        super().__init__(to_onehot_y=None, reduction=reduction, ignore_index=ignore_index, distributed=distributed,
+                         validate=validate)  # fmt: skip
+        self.label_smoothing, self.w0, self.sigma = float(label_smoothing), float(w0), float(sigma)
+
+    def forward(self, input: torch.Tensor, target: torch.Tensor, weight_map: torch.Tensor | None = None) -> torch.Tensor:
+        prep = self._prepare(input, target)
+        if weight_map is None:
+            from ..transforms import UNetWeightMap
+
+            _warn_on_the_fly("WeightMapCELoss", "weight_map", "UNetWeightMap")
+            weight_map = _per_case(target, input.shape[1], lambda c: UNetWeightMap(w0=self.w0, sigma=self.sigma))
+        w = _check_map(weight_map, "weight_map", input, (1,))
+        if self.validate and (not torch.isfinite(w).all() or (w < 0).any()):
+            raise ValueError("weight_map must be finite and >= 0; recompute it with UNetWeightMapd.")
+        loss, norm = cross_entropy_map(prep, None, self.label_smoothing)
+        loss = loss * w.reshape(loss.shape).to(loss.dtype)
+        if self.reduction == "mean":
+            return masked_mean(loss.sum(), norm.sum(), self.distributed)
+        if self.reduction == "sum":
+            return all_reduce_sum(loss.sum(), self.distributed)
+        return loss.reshape(loss.shape[0], 1, *prep.spatial)
+
+
+class _MapRegionLoss(LossBase):
+    """Per-(sample, class) mean over the voxels of a term that reads the probabilities and a distance map."""
+
+    map_mode = "signed"
+
+    def __init__(
+        self,
+        include_background: bool = True,
+        to_onehot_y: bool = False,
+        sigmoid: bool = False,
+        softmax: bool = False,
+        other_act: Callable | None = None,
+        reduction: str = "mean",
+        batch: bool = False,
+        spacing: float | Sequence[float] | None = None,
+        ignore_index: int | None = None,
+        distributed: bool = False,
+        validate: bool = True,
+    ) -> None:
+        super().__init__(include_background=include_background, to_onehot_y=to_onehot_y, sigmoid=sigmoid,
+                         softmax=softmax, other_act=other_act, reduction=reduction, ignore_index=ignore_index,
+                         distributed=distributed, validate=validate)  # fmt: skip
+        self.batch, self.spacing = batch, spacing
+
+    def _distance_map(self, target, distance_map, input):
+        if distance_map is None:
+            from ..transforms import SignedDistanceMap
+
+            _warn_on_the_fly(type(self).__name__, "distance_map", "SignedDistanceMap")
+            n = input.shape[1]
+            distance_map = _per_case(
+                target, n, lambda c: SignedDistanceMap(num_classes=c if target.shape[1] == 1 else None,
+                                                      mode=self.map_mode, spacing=self.spacing, backend="scipy"),
+            )  # fmt: skip
+        return _check_map(distance_map, "distance_map", input, (input.shape[1],))
+
+    def forward(self, input: torch.Tensor, target: torch.Tensor, distance_map: torch.Tensor | None = None) -> torch.Tensor:
+        prep = self._prepare(input, target)
+        dmap = self._distance_map(target, distance_map, input)
+        dt = compute_dtype(prep.x)
+        p = activate(prep.x.to(dt), prep.act, 1)
+        first = self._first_kept(prep.num_classes)
+        d = dmap.reshape(p.shape).to(dt)
+        f = self.term(p, prep, d)[:, first:]
+        if prep.valid is not None:
+            f = f * prep.valid
+            n = prep.valid.sum(-1).clamp_min(1)
+        else:
+            n = f.shape[-1]
+        f = f.sum(-1) / n
+        if self.batch:
+            f = all_reduce_sum(f.sum(0), self.distributed) / all_reduce_sum(
+                torch.tensor(float(f.shape[0]), device=f.device), self.distributed
+            )
+        return reduce_loss(f, self.reduction, self.distributed and not self.batch)
+
+
+def _dense(prep: Prepared, dt) -> torch.Tensor:
+    if not prep.is_index:
+        return prep.target.to(dt)
+    return torch.zeros(prep.x.shape, dtype=dt, device=prep.x.device).scatter_(1, prep.target, 1.0)
+
+
+class BoundaryLoss(_MapRegionLoss):
+    """Boundary loss (Kervadec et al., MIDL 2019): ``mean over voxels of p_c(x) * phi_c(x)`` per sample and
+    class, with phi_c the signed distance to the boundary of class c in the target (negative inside). It is
+    minimal when the prediction covers exactly the inside of the object (boundary voxels have phi = 0, so a
+    prediction one layer thinner ties with it); it is negative at the optimum, not bounded below by 0.
+    Same formula, arguments and reductions as ``monai.losses.BoundaryLoss`` (the values agree when given the
+    same map); the difference is that the map comes precomputed (``distance_map=`` from
+    ``SignedDistanceMapd``) instead of two Euclidean distance transforms per class at every step.
+    Use it with a region loss (``DiceBoundaryLoss``): alone it can collapse to an empty prediction.
+    Empty patch: phi is 0 for an absent class (``SignedDistanceMap``), so that class contributes 0.
+    """
+
+    def term(self, p, prep, d):
+        return p * d
+
+
+class HausdorffDTLoss(_MapRegionLoss):
+    """Hausdorff distance-transform loss (Karimi & Salcudean, IEEE TMI 2019):
+    ``mean over voxels of (p - g)^2 * (d_G^alpha + d_P^alpha)`` per sample and class, where d_G is the
+    unsigned distance to the target's boundary (``SignedDistanceMapd(mode="unsigned")``, passed as
+    ``distance_map=``) and d_P the same for the thresholded prediction.
+
+    d_P changes at every step and cannot be precomputed: by default (``include_pred_dt=False``) the loss uses
+    the target term only, the one-sided form that costs one pass; ``include_pred_dt=True`` adds d_P computed
+    on the fly with SciPy, the paper's two-sided form at MONAI's cost. ``alpha`` = 2 as in the paper.
+    Defaults as ``monai.losses.HausdorffDTLoss`` (include_background=False). Empty patch: d_G is 0 for an
+    absent class, so only the two-sided form penalises a false positive there.
+    """
+
+    map_mode = "unsigned"
+
+    def __init__(self, alpha: float = 2.0, include_background: bool = False, *args, include_pred_dt: bool = False,
+                 **kwargs) -> None:  # fmt: skip
+        super().__init__(include_background, *args, **kwargs)
+        if alpha <= 0:
+            raise ValueError(f"alpha must be > 0, got {alpha}.")
+        self.alpha, self.include_pred_dt = float(alpha), include_pred_dt
+
+    def term(self, p, prep, d):
+        g = _dense(prep, p.dtype)
+        dist = d.clamp_min(0) ** self.alpha
+        if self.include_pred_dt:
+            from ..transforms import SignedDistanceMap
+
+            pred = (p.detach() > 0.5).to(torch.uint8).reshape(p.shape[0], p.shape[1], *prep.spatial).cpu()
+            sdm = SignedDistanceMap(num_classes=None if p.shape[1] > 1 else 1, mode="unsigned", spacing=self.spacing,
+                                    backend="scipy")  # fmt: skip
+            dp = torch.stack([torch.as_tensor(sdm(pred[b])) for b in range(pred.shape[0])])
+            dist = dist + dp.reshape(p.shape).to(p) ** self.alpha
+        return (p - g) ** 2 * dist
+
+
+class DiceBoundaryLoss(torch.nn.Module):
+    """``alpha * region + (1 - alpha) * BoundaryLoss`` with the rebalancing schedule of Kervadec et al.: alpha
+    starts at 1 (region loss only) and falls by ``step`` after every epoch down to ``min_alpha``, so the
+    boundary term takes over once the region loss has found the object. Call ``.step_alpha()`` at the end
+    of each epoch, or attach ``BoundaryAlphaScheduler(loss)`` to an ignite/MONAI trainer.
+
+    forward(input, target, distance_map=None). ``region`` defaults to ``DiceLoss`` with the same input
+    arguments (the paper uses generalised Dice); the boundary term scores the foreground classes only.
+    """
+
+    def __init__(
+        self,
+        region: torch.nn.Module | None = None,
+        alpha: float = 1.0,
+        step: float = 0.01,
+        min_alpha: float = 0.01,
+        include_background: bool = False,
+        to_onehot_y: bool = False,
+        sigmoid: bool = False,
+        softmax: bool = False,
+        other_act: Callable | None = None,
+        spacing: float | Sequence[float] | None = None,
+        distributed: bool = False,
+        validate: bool = True,
+    ) -> None:
+        super().__init__()
+        if not 0 <= min_alpha <= alpha <= 1 or step < 0:
+            raise ValueError(f"need 0 <= min_alpha <= alpha <= 1 and step >= 0, got {min_alpha}, {alpha}, {step}.")
+        common = dict(to_onehot_y=to_onehot_y, sigmoid=sigmoid, softmax=softmax, other_act=other_act,
+                      distributed=distributed, validate=validate)  # fmt: skip
+        self.region = region if region is not None else DiceLoss(include_background=include_background, **common)
+        self.boundary = BoundaryLoss(include_background=include_background, spacing=spacing, **common)
+        self.alpha, self.step, self.min_alpha = float(alpha), float(step), float(min_alpha)
+
+    def step_alpha(self) -> float:
+        self.alpha = max(self.min_alpha, self.alpha - self.step)
+        return self.alpha
+
+    def forward(self, input: torch.Tensor, target: torch.Tensor, distance_map: torch.Tensor | None = None) -> torch.Tensor:
+        region = self.region(input, target)
+        if self.alpha >= 1:
+            return region
+        return self.alpha * region + (1 - self.alpha) * self.boundary(input, target, distance_map=distance_map)
+
+
+class BoundaryAlphaScheduler:
+    """Ignite/MONAI handler: lowers ``DiceBoundaryLoss.alpha`` by its step after every epoch.
+    ``BoundaryAlphaScheduler(loss).attach(trainer)``; in a bundle config list it among the train handlers."""
+
+    def __init__(self, loss: DiceBoundaryLoss) -> None:
+        if not hasattr(loss, "step_alpha"):
+            raise TypeError(f"BoundaryAlphaScheduler needs a DiceBoundaryLoss, got {type(loss).__name__}.")
+        self.loss = loss
+
+    def attach(self, engine) -> None:
+        from ignite.engine import Events
+
+        engine.add_event_handler(Events.EPOCH_COMPLETED, self)
+
+    def __call__(self, engine=None) -> None:
+        self.loss.step_alpha()
+
+
+class BlobLoss(LossBase):
+    """Blob loss (Kofler et al., IPMI 2023): ``alpha * global + beta * mean over lesions of blob_n``, so that a
+    10-voxel lesion weighs as much as a 1000-voxel one.
+
+    blob_n is the region loss of lesion n alone: the prediction is restricted to lesion n and the background
+    (the other lesions are masked out of both prediction and target), scored on the foreground probability
+    (sum of the foreground classes with softmax, the channel with one sigmoid channel). ``region="dice"``
+    (1 - 2TP/(P+G)) or ``"tversky"`` (``tversky_alpha`` on FP, ``tversky_beta`` on FN). All lesions are
+    scored in one pass (per-lesion sums by scatter-add), not one loss call per lesion. The global term is
+    ``global_loss`` (default: ``DiceLoss`` with the same input arguments). Paper defaults: alpha 2, beta 1.
+
+    forward(input, target, instances=None): instances (B, 1, ...) lesion ids from ``LesionInstancesd``
+    (0 background, 1..K); computed on the fly with ``LesionInstances`` when absent. The blob term is the
+    mean over every lesion of the batch (over every rank's lesions with ``distributed``). Empty patch:
+    no lesion, the blob term is 0 and only the global term remains.
+    """
+
+    def __init__(
+        self,
+        global_loss: torch.nn.Module | None = None,
+        alpha: float = 2.0,
+        beta: float = 1.0,
+        region: str = "dice",
+        tversky_alpha: float = 0.3,
+        tversky_beta: float = 0.7,
+        to_onehot_y: bool = False,
+        sigmoid: bool = False,
+        softmax: bool = False,
+        other_act: Callable | None = None,
+        smooth_nr: float = 1e-5,
+        smooth_dr: float = 1e-5,
+        ignore_index: int | None = None,
+        distributed: bool = False,
+        validate: bool = True,
+    ) -> None:
+        super().__init__(to_onehot_y=to_onehot_y, sigmoid=sigmoid, softmax=softmax, other_act=other_act,
+                         ignore_index=ignore_index, distributed=distributed, validate=validate)  # fmt: skip
+        if region not in ("dice", "tversky"):
+            raise ValueError(f"region must be 'dice' or 'tversky', got {region!r}.")
+        if alpha < 0 or beta < 0:
+            raise ValueError(f"alpha and beta must be >= 0, got {alpha}, {beta}.")
+        self.global_loss = global_loss if global_loss is not None else DiceLoss(
+            include_background=False, to_onehot_y=to_onehot_y, sigmoid=sigmoid, softmax=softmax, other_act=other_act,
+            ignore_index=ignore_index, distributed=distributed, validate=False)  # fmt: skip
+        self.alpha, self.beta, self.region = float(alpha), float(beta), region
+        self.tversky_alpha, self.tversky_beta = float(tversky_alpha), float(tversky_beta)
+        self.smooth_nr, self.smooth_dr = float(smooth_nr), float(smooth_dr)
+
+    def forward(self, input: torch.Tensor, target: torch.Tensor, instances: torch.Tensor | None = None) -> torch.Tensor:
+        prep = self._prepare(input, target)
+        if instances is None:
+            from ..transforms import LesionInstances
+
+            _warn_on_the_fly("BlobLoss", "instances", "LesionInstances")
+            fg = (target > 0).to(torch.uint8) if target.shape[1] == 1 else target[:, 1:].sum(1, keepdim=True).gt(0.5).to(torch.uint8)
+            instances = _per_case(fg, 1, lambda c: LesionInstances())
+        inst = _check_map(instances, "instances", input, (1,))
+        if inst.is_floating_point() and (inst != inst.round()).any():
+            raise ValueError("instances must hold integer lesion ids (0 background, 1..K) from LesionInstancesd.")
+        inst = inst.reshape(inst.shape[0], -1).long()
+        if self.validate and int(inst.min()) < 0:
+            raise ValueError(f"instances hold negative ids (min {int(inst.min())}); expected 0 background, 1..K lesions.")
+        blob = self._blob_term(prep, inst)
+        total = self.beta * blob
+        if self.alpha:
+            total = total + self.alpha * self.global_loss(input, target)
+        return total
+
+    def _blob_term(self, prep: Prepared, inst: torch.Tensor) -> torch.Tensor:
+        dt = compute_dtype(prep.x)
+        p = activate(prep.x.to(dt), prep.act, 1)
+        pf = p[:, 1:].sum(1) if p.shape[1] > 1 else p[:, 0]  # (B, N) foreground probability
+        if prep.valid is not None:
+            pf = pf * prep.valid[:, 0]
+        k = int(inst.max()) + 1 if inst.numel() else 1
+        # per lesion n: TP_n = sum of p over lesion n; P_n = TP_n + sum of p over background; G_n = |lesion n|
+        s_lesion = pf.new_zeros(inst.shape[0], k).scatter_add_(1, inst, pf)
+        counts = torch.zeros(inst.shape[0], k, dtype=dt, device=pf.device).scatter_add_(1, inst, torch.ones_like(pf))
+        tp, bg_p, g = s_lesion[:, 1:], s_lesion[:, :1], counts[:, 1:]
+        fp, fn = bg_p, g - tp
+        if self.region == "dice":
+            score = (2 * tp + self.smooth_nr) / (2 * tp + fp + fn + self.smooth_dr)
+        else:
+            score = (tp + self.smooth_nr) / (tp + self.tversky_alpha * fp + self.tversky_beta * fn + self.smooth_dr)
+        present = g > 0
+        losses = (1 - score) * present
+        return masked_mean(losses.sum(), present.sum(), self.distributed)
