@@ -92,8 +92,8 @@ class RegionLoss(LossBase):
 def dice_score(s, squared: bool, jaccard: bool, smooth_nr: float, smooth_dr: float) -> torch.Tensor:
     tp = s["tp"]
     union = s["sp2"] + s["sg2"] if squared else s["sp"] + s["sg"]
-    if jaccard:
-        return (tp + smooth_nr) / (union - tp + smooth_dr)
+    if jaccard:  # written as MONAI does, so the smoothing terms weigh the same: 2 TP / 2 (TP + FP + FN)
+        return (2 * tp + smooth_nr) / (2 * (union - tp) + smooth_dr)
     return (2 * tp + smooth_nr) / (union + smooth_dr)
 
 
@@ -108,7 +108,7 @@ class DiceLoss(RegionLoss):
 
     ``1 - (2 TP + smooth_nr) / (sum p + sum g + smooth_dr)`` per sample and class; with ``squared_pred`` the
     V-Net denominator ``sum p^2 + sum g^2`` (Milletari et al., 2016); with ``jaccard`` the soft IoU
-    ``1 - (TP + smooth_nr) / (sum p + sum g - TP + smooth_dr)``. ``weight`` scales each scored class;
+    ``1 - (2 TP + smooth_nr) / (2 (sum p + sum g - TP) + smooth_dr)``. ``weight`` scales each scored class;
     ``soft_label`` uses ``TP = sum min(p, g)`` for soft targets (Wang et al., 2023), as MONAI does.
 
     Extra arguments: ``distributed`` (with ``batch=True`` the sums are pooled over every DDP rank; without it
@@ -152,7 +152,8 @@ class DiceLoss(RegionLoss):
 
 
 class JaccardLoss(DiceLoss):
-    """Soft Jaccard (IoU) loss: ``DiceLoss(jaccard=True)``, ``1 - (TP + smooth_nr) / (TP + FP + FN + smooth_dr)``."""
+    """Soft Jaccard (IoU) loss: ``DiceLoss(jaccard=True)``, ``1 - (2 TP + smooth_nr) / (2 (TP + FP + FN) + smooth_dr)``
+    (MONAI's form of the smoothing)."""
 
     def __init__(self, *args, **kwargs) -> None:
         kwargs["jaccard"] = True
