@@ -4,11 +4,13 @@ Every overlap loss is a formula over a few sums per sample b and class c, taken 
 
     tp  = sum p*g          sp  = sum p          sg  = sum g
     sp2 = sum p^2          sg2 = sum g^2        p2g = sum p^2 * g        n = number of valid voxels
+    nll = sum -g * log softmax(x)   (cross-entropy, per true class; needs the softmax activation)
 
-``region_sums`` computes the requested sums in one fused pass that applies the activation on the fly,
-in chunks, in float32 (float64 for float64 input). It keeps only the raw input and the target for
-backward and recomputes the activation there, so no probability map, float one-hot target or product
-is stored under autograd. Index targets are read through gather/bincount and never expanded.
+``region_sums`` computes the requested sums in one fused pass per sample that applies the activation on
+the fly, in float32 (float64 for float64 input). Backward keeps one tensor of the size of the logits (the
+probabilities) and, for index labels, the probability of the true class; no float one-hot target, product
+or autograd graph is stored, and index targets are read through gather/scatter-add, never expanded.
+Because cross-entropy is one more sum (``nll``), Dice + CE costs one softmax, not two.
 
 ``pool`` sums the statistics over the batch (batch Dice) and, with ``distributed=True``, over all ranks
 with an all-reduce that keeps autograd: every rank then holds the full-batch statistics, and after
@@ -23,7 +25,7 @@ from torch.autograd.function import once_differentiable
 
 __all__ = ["MOMENTS", "region_sums", "pool", "all_reduce_sum", "compute_dtype", "is_distributed"]
 
-MOMENTS = ("tp", "sp", "sg", "sp2", "sg2", "p2g", "n")
+MOMENTS = ("tp", "sp", "sg", "sp2", "sg2", "p2g", "n", "nll")
 # voxels per chunk of the fused kernels: small enough to stay in cache-sized temporaries, large enough
 # that the Python loop costs nothing next to the arithmetic.
 CHUNK = 1 << 18
@@ -69,14 +71,17 @@ class _RegionSums(torch.autograd.Function):
             out = torch.zeros(len(moments), b, c, dtype=dt, device=x.device)
             idx = {m: i for i, m in enumerate(moments)}
             is_index = target.shape[1] == 1 and c > 1
+            if "nll" in idx and act != "softmax":
+                raise ValueError("the cross-entropy statistic needs softmax=True (it is a softmax cross-entropy).")
             probs, pts = [], []
             for bi in range(b):
-                p = activate(x[bi].to(dt), act, 0)
+                logp = torch.log_softmax(x[bi].to(dt), 0) if "nll" in idx else None
+                p = logp.exp() if logp is not None else activate(x[bi].to(dt), act, 0)
                 v = valid[bi] if valid is not None else None
                 if is_index:
-                    pts.append(_index_sums(out[:, bi], idx, p, target[bi], v, c))
+                    pts.append(_index_sums(out[:, bi], idx, p, logp, target[bi], v, c))
                 else:
-                    _dense_sums(out[:, bi], idx, p, target[bi].to(dt), v, soft_label)
+                    _dense_sums(out[:, bi], idx, p, logp, target[bi].to(dt), v, soft_label)
                 probs.append(p)
             ctx.save_for_backward(target, valid, *probs, *pts)
             ctx.act, ctx.idx, ctx.soft_label, ctx.is_index, ctx.x_dtype = act, idx, soft_label, is_index, x.dtype
@@ -103,12 +108,24 @@ class _RegionSums(torch.autograd.Function):
                     _softmax_index_backward(gx[bi], g, p, pts[bi], target[bi], v)
                     continue
                 dp = _sums_backward(g, p, target[bi], v, ctx.is_index, ctx.soft_label, dt)
-                gx[bi] = activation_backward(dp, p, act, 0)
+                dx = activation_backward(dp, p, act, 0)
+                if "nll" in g:  # d/dx sum_c e_c (-g_c log p_c) = p * sum_c e_c g_c - e * g, on valid voxels
+                    eg = g["nll"].unsqueeze(1) * dense_chunk(target[bi], c, dt)
+                    nll_dx = p * eg.sum(0, keepdim=True) - eg
+                    dx += nll_dx if v is None else nll_dx * v
+                gx[bi] = dx
         return gx, None, None, None, None, None
 
 
-# statistics whose gradient w.r.t. p does not depend on p (tp, sp) or that take none (target-only sums)
-_LINEAR = {"tp", "sp", "sg", "sg2", "n"}
+# statistics whose gradient w.r.t. p does not depend on p (tp, sp), that take none (target-only sums), or
+# whose gradient w.r.t. the logits is as simple (nll)
+_LINEAR = {"tp", "sp", "sg", "sg2", "n", "nll"}
+
+
+def dense_chunk(t: torch.Tensor, c: int, dt) -> torch.Tensor:
+    if t.shape[0] == 1 and c > 1:
+        return torch.zeros(c, t.shape[-1], dtype=dt, device=t.device).scatter_(0, t.reshape(1, -1).long(), 1.0)
+    return t.to(dt)
 
 
 def _take(vec: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
@@ -117,31 +134,42 @@ def _take(vec: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
 
 
 def _softmax_index_backward(out, g, p, pt, t, v):
-    """Softmax backward of sum_c a_c sp_c + b_c tp_c for index labels, written into ``out`` (C, N) without
-    building dL/dp: dx_c = m (p_c (a_c - s) + [t == c] p_t b_t), s = sum_c p_c a_c + p_t b_t, m the valid mask.
+    """Softmax backward of sum_c (a_c sp_c + b_c tp_c + e_c nll_c) for index labels, written into ``out``
+    (C, N) without building dL/dp. With k = e_t (per voxel), s = sum_c p_c a_c + p_t b_t - k:
+        dx_c = m (p_c (a_c - s) + [t == c] (p_t b_t - k)),  m the valid mask.
     Every step writes in place: on CPU each fresh large buffer costs page faults as well as a pass."""
     c = p.shape[0]
     a = g["sp"] if "sp" in g else p.new_zeros(c)
     s = a @ p  # one pass (gemv)
-    pbt = None
+    extra = None  # the per-voxel term added at the true class
     if "tp" in g:
-        pbt = pt * _take(g["tp"], t)
-        s += pbt[0]
+        extra = pt * _take(g["tp"], t)
+    if "nll" in g:
+        k = _take(g["nll"], t)
+        extra = -k if extra is None else extra - k
+    if extra is not None:
+        s += extra[0]
     torch.mul(p, a.unsqueeze(1).to(p.dtype), out=out)
     out.addcmul_(p, s.unsqueeze(0), value=-1)
-    if pbt is not None:
-        out.scatter_add_(0, t, pbt)
+    if extra is not None:
+        out.scatter_add_(0, t, extra)
     if v is not None:
         out *= v
 
 
-def _index_sums(out, idx, p, t, v, c):
-    """Sums for one sample, index labels t (1, N), probabilities p (C, N); out (M, C) is accumulated in place.
-    Returns p_t (1, N), the probability of the true class, which backward reuses."""
+def _index_sums(out, idx, p, logp, t, v, c):
+    """Sums for one sample, index labels t (1, N), probabilities p (C, N) (and their log when the
+    cross-entropy is asked for); out (M, C) is accumulated in place. Returns p_t (1, N), the probability of
+    the true class, which backward reuses."""
     t = t.reshape(1, -1)
     bins = t[0] if v is None else torch.where(v[0], t[0], c)  # ignored voxels go to an extra bin, dropped
     nb = c + 1
-    pt = p.gather(0, t)
+    if logp is not None:
+        lpt = logp.gather(0, t)
+        out[idx["nll"]] -= p.new_zeros(nb).scatter_add_(0, bins, lpt[0])[:c]
+        pt = lpt.exp()
+    else:
+        pt = p.gather(0, t)
     # scatter_add rather than a weighted bincount: bincount scans its input for min/max first
     if "tp" in idx:
         out[idx["tp"]] += p.new_zeros(nb).scatter_add_(0, bins, pt[0])[:c]
@@ -162,7 +190,10 @@ def _index_sums(out, idx, p, t, v, c):
     return pt
 
 
-def _dense_sums(out, idx, p, g, v, soft_label):
+def _dense_sums(out, idx, p, logp, g, v, soft_label):
+    if "nll" in idx:
+        nll = -(g * logp)
+        out[idx["nll"]] += (nll if v is None else nll * v).sum(1)
     if v is not None:
         g = g * v
         pm = p * v

@@ -12,7 +12,17 @@ import torch.nn.functional as F
 from ._base import LossBase
 from ._inputs import Prepared
 from ._stats import activate, all_reduce_sum, pool, region_sums
-from .pixel import FocalLoss, TopKCELoss, WeightedCELoss, focal_terms, masked_mean, voxel_sums
+from .pixel import (
+    CE_MOMENTS,
+    FocalLoss,
+    TopKCELoss,
+    WeightedCELoss,
+    ce_from_sums,
+    focal_terms,
+    fused_ce_applies,
+    masked_mean,
+    voxel_sums,
+)
 from .region import DiceLoss, tversky_index
 
 __all__ = [
@@ -101,6 +111,16 @@ class DiceCELoss(_DicePlus):
         ce = WeightedCELoss(weight, ignore_index, label_smoothing, reduction, distributed, validate=False)
         self._combine(dice, ce, lambda_dice, lambda_ce)
         self.lambda_ce = self.lambda_other
+
+    def from_prepared(self, prep: Prepared) -> torch.Tensor:
+        if prep.act != "softmax" or not fused_ce_applies(prep, self.other.label_smoothing, self.reduction):
+            return super().from_prepared(prep)
+        # one pass: the Dice sums and the cross-entropy sums come from the same softmax
+        moments = tuple(dict.fromkeys(self.dice.moments + CE_MOMENTS))
+        sums = region_sums(prep, moments, soft_label=self.dice.soft_tp)
+        dice = self.dice.from_sums(sums, len(prep.spatial))
+        ce = ce_from_sums(sums, self.other.class_weight, prep.is_index, self.reduction, self.other.distributed)
+        return self.lambda_dice * dice + self.lambda_ce * ce
 
 
 class DiceFocalLoss(_DicePlus):

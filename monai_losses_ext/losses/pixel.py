@@ -18,7 +18,9 @@ from torch.autograd.function import once_differentiable
 
 from ._base import LossBase, reduce_loss
 from ._inputs import Prepared
-from ._stats import _chunks, all_reduce_sum, compute_dtype, is_distributed
+import dataclasses
+
+from ._stats import _chunks, all_reduce_sum, dense_chunk, compute_dtype, is_distributed, region_sums
 
 __all__ = ["WeightedCELoss", "WeightedBCELoss", "FocalLoss", "TopKCELoss", "cross_entropy_map", "masked_mean"]
 
@@ -37,15 +39,13 @@ def cross_entropy_map(prep: Prepared, weight: torch.Tensor | None, label_smoothi
 
     Index targets: loss_i weighted by weight[t_i], normaliser weight[t_i] (0 where ignored).
     Dense (probability) targets: normaliser 1 per valid voxel, as PyTorch's mean for probability targets.
-    C == 1: binary cross-entropy with logits, ``weight`` as pos_weight (as MONAI's DiceCELoss).
+    C == 1: binary cross-entropy with logits, ``weight`` as pos_weight, no label smoothing (as MONAI's DiceCELoss).
     """
     x = prep.x
     dt = compute_dtype(x)
     w = weight.to(device=x.device, dtype=dt) if weight is not None else None
-    if prep.num_classes == 1:
+    if prep.num_classes == 1:  # as MONAI's DiceCELoss: BCE, no label smoothing
         t = prep.target.to(dt)
-        if label_smoothing:
-            t = t * (1 - label_smoothing) + 0.5 * label_smoothing
         loss = F.binary_cross_entropy_with_logits(x.to(dt), t, pos_weight=w, reduction="none")[:, 0]
         norm = torch.ones_like(loss)
     elif prep.is_index:
@@ -62,6 +62,30 @@ def cross_entropy_map(prep: Prepared, weight: torch.Tensor | None, label_smoothi
         loss = loss * v
         norm = norm * v
     return loss, norm
+
+
+CE_MOMENTS = ("nll", "sg", "n")
+
+
+def fused_ce_applies(prep: Prepared, label_smoothing: float, reduction: str) -> bool:
+    """Cross-entropy can come from the fused statistics (one softmax shared with Dice) unless it needs
+    per-voxel values, label smoothing, or is the binary (one-channel) case."""
+    return prep.num_classes > 1 and not label_smoothing and reduction in ("mean", "sum")
+
+
+def ce_from_sums(s: dict, weight: torch.Tensor | None, is_index: bool, reduction: str, distributed: bool):
+    """Softmax cross-entropy from the per-(sample, class) sums nll_c = sum -g_c log p_c, sg_c and n, with
+    PyTorch's normalisation: index labels divide by sum_c w_c sg_c (the weights of the valid voxels),
+    probability targets by the number of valid voxels."""
+    w = weight.to(s["nll"]) if weight is not None else None
+    num = (s["nll"] * w).sum() if w is not None else s["nll"].sum()
+    if reduction == "sum":
+        return all_reduce_sum(num, distributed)
+    if is_index:
+        den = (s["sg"] * w).sum() if w is not None else s["sg"].sum()
+    else:
+        den = s["n"][:, 0].sum()
+    return masked_mean(num, den, distributed)
 
 
 def _ce_reduce(loss: torch.Tensor, norm: torch.Tensor, reduction: str, distributed: bool, spatial) -> torch.Tensor:
@@ -105,6 +129,9 @@ class WeightedCELoss(LossBase):
         w = self.class_weight
         if w is not None and w.ndim == 1 and prep.num_classes > 1 and w.numel() != prep.num_classes:
             raise ValueError(f"weight has {w.numel()} values but the input has {prep.num_classes} classes.")
+        if fused_ce_applies(prep, self.label_smoothing, self.reduction):
+            sums = region_sums(dataclasses.replace(prep, act="softmax"), CE_MOMENTS)
+            return ce_from_sums(sums, w, prep.is_index, self.reduction, self.distributed)
         loss, norm = cross_entropy_map(prep, w, self.label_smoothing)
         return _ce_reduce(loss, norm, self.reduction, self.distributed, prep.spatial)
 
@@ -394,18 +421,23 @@ class TopKCELoss(LossBase):
         return topk_mean(values, self.k, self.distributed)
 
 
+def _topk_count(k_percent: float, n: int) -> int:
+    """ceil(k% of n), robust to floating point (7/100 * 100 is 7.000000000000001)."""
+    return max(1, math.ceil(k_percent * n / 100 - 1e-9))
+
+
 def topk_mean(values: torch.Tensor, k_percent: float, distributed: bool) -> torch.Tensor:
     """Mean of the ceil(k% * n) largest entries of ``values`` (n pooled over ranks when distributed)."""
     n_local = values.numel()
     if not is_distributed(distributed):
-        k = max(1, math.ceil(k_percent / 100 * n_local)) if n_local else 0
+        k = _topk_count(k_percent, n_local) if n_local else 0
         if k == 0:
             return values.sum() * 0
         return torch.topk(values, k, sorted=False).values.mean()
     import torch.distributed as dist
 
     n_total = int(all_reduce_sum(torch.tensor(float(n_local), device=values.device), True).item())
-    k = max(1, math.ceil(k_percent / 100 * n_total))
+    k = _topk_count(k_percent, n_total)
     cand = torch.topk(values, min(k, n_local), sorted=True).values if n_local else values
     # global threshold: the k-th largest among every rank's local top-k candidates
     sizes = [torch.zeros(1, dtype=torch.long, device=values.device) for _ in range(dist.get_world_size())]
@@ -442,7 +474,7 @@ class _VoxelSums(torch.autograd.Function):
             for bi in range(b):
                 for sl in _chunks(n):
                     with torch.no_grad():
-                        val = fn(x[bi, :, sl].to(dt), _dense_chunk(target[bi, :, sl], c, dt), _vchunk(valid, bi, sl))
+                        val = fn(x[bi, :, sl].to(dt), dense_chunk(target[bi, :, sl], c, dt), _vchunk(valid, bi, sl))
                     if out is None:
                         out = torch.zeros(b, *val.shape[:-1], dtype=dt, device=x.device)
                     out[bi] += val.sum(-1)
@@ -462,16 +494,10 @@ class _VoxelSums(torch.autograd.Function):
                 for sl in _chunks(n):
                     with torch.enable_grad():
                         xc = x[bi, :, sl].detach().to(dt).requires_grad_(True)
-                        val = ctx.fn(xc, _dense_chunk(target[bi, :, sl], c, dt), _vchunk(valid, bi, sl))
+                        val = ctx.fn(xc, dense_chunk(target[bi, :, sl], c, dt), _vchunk(valid, bi, sl))
                         (g,) = torch.autograd.grad(val.sum(-1), xc, grad_out[bi].to(dt))
                     gx[bi, :, sl] = g
         return gx, None, None, None
-
-
-def _dense_chunk(t: torch.Tensor, c: int, dt) -> torch.Tensor:
-    if t.shape[0] == 1 and c > 1:
-        return torch.zeros(c, t.shape[1], dtype=dt, device=t.device).scatter_(0, t.long(), 1.0)
-    return t.to(dt)
 
 
 def _vchunk(valid, bi, sl):

@@ -71,22 +71,27 @@ class RegionLoss(LossBase):
         self.batch = batch
         self._register_class_vector("class_weight", weight)
 
-    def statistics(self, prep: Prepared) -> dict[str, torch.Tensor]:
-        """The pooled sums of the scored classes: (B, C_kept) tensors, or (C_kept,) with ``batch``."""
-        stats = region_sums(prep, self.moments, soft_label=self.soft_label)
-        first = self._first_kept(prep.num_classes)
-        stats = {k: v[:, first:] for k, v in stats.items()}
-        return pool(stats, self.batch, self.distributed)
-
-    def score(self, s: dict[str, torch.Tensor]) -> torch.Tensor:
-        raise NotImplementedError  # abstract: every concrete loss defines its formula
-
     def from_prepared(self, prep: Prepared) -> torch.Tensor:
         """The loss of an already prepared input (compound losses prepare once for all their terms)."""
-        f = self.score(self.statistics(prep))
-        f = apply_class_weight(f, self.class_weight, f.shape[-1])
-        none_shape = list(f.shape) + [1] * len(prep.spatial) if self.none_keeps_spatial else None
+        return self.from_sums(region_sums(prep, self.moments, soft_label=self.soft_tp), len(prep.spatial))
+
+    @property
+    def soft_tp(self) -> bool:
+        """Soft labels use TP = sum min(p, g) (MONAI's L1 form); the squared form keeps TP = sum p g."""
+        return self.soft_label and not getattr(self, "squared_pred", False)
+
+    def from_sums(self, sums: dict[str, torch.Tensor], n_spatial: int) -> torch.Tensor:
+        """The loss from per-(sample, class) sums of every channel (a compound loss may have computed them
+        together with its own statistics in the same pass)."""
+        first = self._first_kept(next(iter(sums.values())).shape[1])
+        s = pool({k: sums[k][:, first:] for k in self.moments}, self.batch, self.distributed)
+        f = apply_class_weight(self.score(s), self.class_weight, s[self.moments[0]].shape[-1])
+        none_shape = list(f.shape) + [1] * n_spatial if self.none_keeps_spatial else None
         return reduce_loss(f, self.reduction, self.distributed and not self.batch, none_shape)
+
+    def score(self, s: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Per-class loss from the pooled sums; each overlap loss defines its formula here."""
+        raise NotImplementedError(f"{type(self).__name__} defines no score()")
 
 
 def dice_score(s, squared: bool, jaccard: bool, smooth_nr: float, smooth_dr: float) -> torch.Tensor:
