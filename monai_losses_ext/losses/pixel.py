@@ -20,7 +20,7 @@ from ._base import LossBase, reduce_loss
 from ._inputs import Prepared
 import dataclasses
 
-from ._stats import _chunks, all_reduce_sum, dense_chunk, compute_dtype, is_distributed, region_sums
+from ._stats import _chunks, _take, all_reduce_sum, dense_chunk, compute_dtype, is_distributed, region_sums
 
 __all__ = ["WeightedCELoss", "WeightedBCELoss", "FocalLoss", "TopKCELoss", "cross_entropy_map", "masked_mean"]
 
@@ -192,12 +192,16 @@ def _dense_target(prep: Prepared, dt) -> torch.Tensor:
 
 
 class _FocalTerms(torch.autograd.Function):
-    """Focal terms per voxel and class, fused: forward sums them per (sample, class) (or returns the map),
-    backward recomputes them chunk by chunk from the logits. Formulas as MONAI's sigmoid/softmax focal loss:
+    """Focal terms per voxel and class, fused. Formulas as MONAI's sigmoid/softmax focal loss:
 
     sigmoid: l = a * sigmoid(-x (2g - 1))^gamma * (softplus(x) - x g)
     softmax: l_c = -a_c * (1 - p_c)^gamma_c * g_c * log p_c,  p = softmax(x)
-    with a the alpha/class-weight factor. ``gamma`` is per class (the unified focal loss needs that).
+    with a the alpha/class-weight factor; ``gamma`` is per class (the unified focal loss needs that).
+
+    Forward returns the per-(sample, class) sums (or the per-voxel map for reduction "none"). When the input
+    needs a gradient, forward also computes d(sum of terms)/dx chunk by chunk and keeps it: backward is
+    then one multiplication, and nothing else of the computation is stored (MONAI's autograd graph holds
+    about a dozen tensors of the size of the logits). For the per-voxel map, backward recomputes instead.
     """
 
     @staticmethod
@@ -205,87 +209,164 @@ class _FocalTerms(torch.autograd.Function):
         with torch.autocast(device_type=x.device.type, enabled=False):
             b, c, n = x.shape
             dt = compute_dtype(x)
+            p = _FocalParams(gamma, alpha, alpha_pos_only, weight, use_softmax, dt)
             out = torch.empty(b, c, n, dtype=dt, device=x.device) if per_voxel else torch.zeros(b, c, dtype=dt, device=x.device)
+            keep_grad = ctx.needs_input_grad[0] and not per_voxel
+            grad = torch.empty(b, c, n, dtype=dt, device=x.device) if keep_grad else None
             for bi in range(b):
                 for sl in _chunks(n):
-                    l = _focal_chunk(x[bi, :, sl].to(dt), target[bi, :, sl], valid, bi, sl, gamma, alpha,
-                                     alpha_pos_only, weight, use_softmax, need_grad=False)[0]  # fmt: skip
+                    loss, g = _focal_chunk(x[bi, :, sl].to(dt), target[bi, :, sl], _vchunk(valid, bi, sl), p,
+                                           1.0 if keep_grad else None)  # fmt: skip
                     if per_voxel:
-                        out[bi, :, sl] = l
+                        out[bi, :, sl] = loss
                     else:
-                        out[bi] += l.sum(1)
-            ctx.save_for_backward(x, target, valid, gamma, alpha, weight)
-            ctx.flags = (alpha_pos_only, use_softmax, per_voxel)
+                        out[bi] += loss.sum(1)
+                    if keep_grad:
+                        grad[bi, :, sl] = g
+            ctx.save_for_backward(x, target, valid, grad)
+            ctx.params, ctx.per_voxel = p, per_voxel
         return out
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_out):
-        x, target, valid, gamma, alpha, weight = ctx.saved_tensors
-        alpha_pos_only, use_softmax, per_voxel = ctx.flags
+        x, target, valid, grad = ctx.saved_tensors
+        p = ctx.params
         with torch.autocast(device_type=x.device.type, enabled=False):
             b, c, n = x.shape
-            dt = compute_dtype(x)
-            grad_out = grad_out.to(dt)
+            grad_out = grad_out.to(p.dt)
+            if grad is not None:
+                u = grad_out.unsqueeze(-1)  # (B, C, 1)
+                if not p.use_softmax:  # elementwise: exact for any per-(sample, class) weight
+                    return (grad * u).to(x.dtype), *[None] * 8
+                if bool((u == u[:, :1]).all()):  # softmax couples the classes: exact for one weight per sample
+                    return (grad * u[:, :1]).to(x.dtype), *[None] * 8
             gx = torch.empty_like(x)
             for bi in range(b):
                 for sl in _chunks(n):
-                    _, dl = _focal_chunk(x[bi, :, sl].to(dt), target[bi, :, sl], valid, bi, sl, gamma, alpha,
-                                         alpha_pos_only, weight, use_softmax, need_grad=True)  # fmt: skip
-                    u = grad_out[bi, :, sl] if per_voxel else grad_out[bi].unsqueeze(1)
-                    if use_softmax:  # dl is dl_c/dlogp_c; chain through log-softmax
-                        s = u * dl
-                        p = torch.softmax(x[bi, :, sl].to(dt), 0)
-                        gx[bi, :, sl] = s - p * s.sum(0, keepdim=True)
-                    else:
-                        gx[bi, :, sl] = u * dl
-        return gx, None, None, None, None, None, None, None, None
+                    u = grad_out[bi, :, sl] if ctx.per_voxel else grad_out[bi].unsqueeze(1)
+                    gx[bi, :, sl] = _focal_chunk(x[bi, :, sl].to(p.dt), target[bi, :, sl], _vchunk(valid, bi, sl), p, u)[1]
+        return gx, *[None] * 8
 
 
-def _focal_chunk(x, t, valid, bi, sl, gamma, alpha, alpha_pos_only, weight, use_softmax, need_grad):
-    """Focal terms of one chunk: x (C, n) logits, t (1, n) index or (C, n) dense target.
-    Returns (loss (C, n), d loss / d x for sigmoid or d loss_c / d logp_c for softmax)."""
-    c = x.shape[0]
-    dt = x.dtype
-    if t.shape[0] == 1 and c > 1:
-        g = torch.zeros_like(x).scatter_(0, t.long(), 1.0)
-    else:
-        g = t.to(dt)
-    gam = gamma.to(dt).unsqueeze(1)
-    if alpha.numel() == 0:
-        a = torch.ones((), dtype=dt, device=x.device)
-    elif alpha_pos_only:  # per-class alpha on positives only (MONAI's sequence alpha, sigmoid)
-        a = torch.where(g == 1, alpha.to(dt).unsqueeze(1), 1.0)
-    elif use_softmax:
-        a = alpha.to(dt).unsqueeze(1)
+class _FocalParams:
+    """Per-class focal parameters in the compute dtype, with the special cases that make the kernel cheap."""
+
+    def __init__(self, gamma, alpha, alpha_pos_only, weight, use_softmax, dt):
+        self.dt, self.use_softmax, self.alpha_pos_only = dt, use_softmax, alpha_pos_only
+        self.gamma = gamma.to(dt)
+        g0 = float(gamma[0])
+        self.gamma_scalar = g0 if bool((gamma == g0).all()) else None
+        self.alpha = alpha.to(dt) if alpha.numel() else None
+        self.weight = weight.to(dt) if weight.numel() else None
+
+    def pow(self, q, gam_col):
+        """q ** gamma with the exponent per class (column) or one scalar; gamma = 2 is a square."""
+        if self.gamma_scalar is None:
+            return q.pow(gam_col)
+        if self.gamma_scalar == 2:
+            return q.square()
+        return q.pow(self.gamma_scalar)
+
+
+def _focal_chunk(x, t, v, p: _FocalParams, u):
+    """Focal terms of one chunk: x (C, n) logits, t (1, n) index or (C, n) dense target, v (1, n) mask or None.
+    Returns (loss (C, n), sum_c u_c dloss_c/dx (C, n) or None when u is None); u broadcasts to (C, n)."""
+    c, dt = x.shape[0], x.dtype
+    index = t.shape[0] == 1 and c > 1
+    if p.use_softmax and index:
+        return _softmax_focal_index(x, t.long(), v, p, u)
+    g = (t.long() == torch.arange(c, device=x.device).unsqueeze(1)) if index else t.to(dt)
+    hard = index or bool(((g == 0) | (g == 1)).all())
+    gb = g.bool() if hard else None
+    gam = p.gamma.unsqueeze(1)
+    # the alpha / class-weight / mask factor a
+    if p.alpha is None:
+        a = None
+    elif p.alpha_pos_only:  # per-class alpha on positives only (MONAI's sequence alpha, sigmoid)
+        a = torch.where(g == 1, p.alpha.unsqueeze(1), 1.0)
+    elif p.use_softmax:
+        a = p.alpha.unsqueeze(1)
     else:  # scalar alpha, sigmoid: alpha on positives, 1 - alpha on negatives
-        al = alpha.to(dt)[0]
-        a = g * al + (1 - g) * (1 - al)
-    if weight.numel():
-        a = a * weight.to(dt).unsqueeze(1)
-    if valid is not None:
-        a = a * valid[bi, :, sl]
-    if use_softmax:
+        al = p.alpha[0]
+        a = torch.where(gb, al, 1 - al) if hard else g * al + (1 - g) * (1 - al)
+    if p.weight is not None:
+        a = p.weight.unsqueeze(1) if a is None else a * p.weight.unsqueeze(1)
+    if v is not None:
+        a = v.to(dt) if a is None else a * v
+    if u is not None:
+        a_u = u if a is None else a * u
+        a_u = 1.0 if isinstance(a_u, float) else a_u
+    if p.use_softmax:  # dense targets: every class term
         logp = torch.log_softmax(x, 0)
-        p = logp.exp()
-        q = (1 - p).clamp_min(0)
-        mod = q.pow(gam)
-        loss = -a * mod * g * logp
-        if not need_grad:
+        pr = logp.exp()
+        q = (1 - pr).clamp_min(0)
+        mod = p.pow(q, gam)
+        loss = -mod * g * logp
+        loss = loss if a is None else loss * a
+        if u is None:
             return loss, None
         # d/dlogp [-(1-p)^gamma logp] = -(1-p)^gamma + gamma (1-p)^(gamma-1) p logp
         dmod = torch.where(gam > 0, gam * q.clamp_min(torch.finfo(dt).tiny).pow(gam - 1), 0.0)
-        return loss, -a * g * (mod - dmod * p * logp)
-    z = -x * (2 * g - 1)
-    logsig_z = F.logsigmoid(z)
-    mod = torch.exp(logsig_z * gam)
+        s = -a_u * g * (mod - dmod * pr * logp)
+        return loss, s - pr * s.sum(0, keepdim=True)
+    if hard:  # z = -x for positives, x for negatives: bce = softplus(z), focal factor sigmoid(z)^gamma
+        sgn = torch.where(gb, -1.0, 1.0).to(dt)
+        z = x * sgn
+        s = torch.sigmoid(z)
+        sp = F.softplus(z)
+        mod = p.pow(s, gam)
+        if a is not None:
+            mod = mod * a
+        loss = mod * sp
+        if u is None:
+            return loss, None
+        # d/dz [s^gamma softplus(z)] = s^gamma (s + gamma (1 - s) softplus(z)); dz/dx = sgn
+        inner = torch.addcmul(s, 1 - s, sp, value=p.gamma_scalar) if p.gamma_scalar is not None else s + gam * (1 - s) * sp
+        d = torch.mul(mod, inner, out=inner)
+        if not (isinstance(u, float) and u == 1.0):
+            d = d * u
+        return loss, d.mul_(sgn)
+    z = -x * (2 * g - 1)  # soft targets: MONAI's general formula
+    mod = torch.exp(F.logsigmoid(z) * gam)
     bce = F.softplus(x) - x * g
-    loss = a * mod * bce
-    if not need_grad:
+    loss = mod * bce if a is None else mod * bce * a
+    if u is None:
         return loss, None
-    dbce = torch.sigmoid(x) - g
     dmod = gam * mod * torch.sigmoid(-z) * (1 - 2 * g)
-    return loss, a * (mod * dbce + bce * dmod)
+    return loss, a_u * (mod * (torch.sigmoid(x) - g) + bce * dmod)
+
+
+def _softmax_focal_index(x, t, v, p: _FocalParams, u):
+    """Softmax focal with index labels: only the true class has a term, so everything but the softmax is a
+    per-voxel vector; the gradient is (onehot - p) * dl/dlogp_t. Returns the terms as a (C, n) map."""
+    c = x.shape[0]
+    logp = torch.log_softmax(x, 0)
+    lt = logp.gather(0, t)
+    q = (1 - lt.exp()).clamp_min(0)
+    gam = _take(p.gamma, t) if p.gamma_scalar is None else p.gamma_scalar
+    a = None
+    for vec in (p.alpha, p.weight):
+        if vec is not None:
+            a = _take(vec, t) if a is None else a * _take(vec, t)
+    if v is not None:
+        a = v.to(x.dtype) if a is None else a * v
+    mod = p.pow(q, gam) if not isinstance(gam, torch.Tensor) else q.pow(gam)
+    lval = -mod * lt if a is None else -mod * lt * a
+    loss = torch.zeros_like(x).scatter_(0, t, lval)
+    if u is None:
+        return loss, None
+    if isinstance(u, float):
+        ut = u
+    else:
+        ut = u.expand(c, -1).gather(0, t) if u.shape[-1] > 1 else _take(u[:, 0], t)
+    gam_t = gam if isinstance(gam, torch.Tensor) else torch.full_like(q, gam)
+    dmod = torch.where(gam_t > 0, gam_t * q.clamp_min(torch.finfo(x.dtype).tiny).pow(gam_t - 1), 0.0)
+    s = -(mod - dmod * (1 - q) * lt) * ut  # dl_t/dlogp_t times the upstream weight
+    if a is not None:
+        s = s * a
+    gx = logp.exp().mul_(-s)
+    return loss, gx.scatter_add_(0, t, s)
 
 
 def focal_terms(prep: Prepared, gamma, alpha=None, alpha_pos_only=False, weight=None, use_softmax=False, per_voxel=False):
