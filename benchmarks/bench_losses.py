@@ -79,7 +79,43 @@ CASES = [
     ("UnifiedFocalLoss", lambda: E.UnifiedFocalLoss(**SM), None, None),
     ("ExpLogLoss", lambda: E.ExpLogLoss(**SM), None, None),
     ("LovaszSoftmaxLoss", lambda: E.LovaszSoftmaxLoss(), None, None),
+    # geometry losses: ours read maps precomputed by the transforms, MONAI's compute them at every step
+    ("BoundaryLoss (precomputed map)", lambda: E.BoundaryLoss(**SM), lambda: ML.BoundaryLoss(**SM),
+     "monai BoundaryLoss", "distance_map"),
+    ("HausdorffDTLoss (precomputed map)", lambda: E.HausdorffDTLoss(**SM), lambda: ML.HausdorffDTLoss(**SM),
+     "monai HausdorffDTLoss", "unsigned_map"),
+    ("WeightMapCELoss (precomputed map)", lambda: E.WeightMapCELoss(), None, None, "weight_map"),
+    ("BlobLoss (precomputed instances)", lambda: E.BlobLoss(**SM), None, None, "instances"),
 ]  # fmt: skip
+
+
+def make_labels(batch: int, classes: int, size: int, device) -> torch.Tensor:
+    """Lesion-like index labels: a few balls of each foreground class in a background volume."""
+    g = torch.Generator().manual_seed(0)
+    grid = torch.stack(torch.meshgrid(*[torch.arange(size, dtype=torch.float32)] * 3, indexing="ij"))
+    labels = torch.zeros(batch, 1, size, size, size, dtype=torch.long)
+    for b in range(batch):
+        for c in range(1, classes):
+            for _ in range(4):
+                centre = torch.rand(3, generator=g) * size
+                radius = 2 + torch.rand(1, generator=g) * size / 8
+                ball = ((grid - centre.view(3, 1, 1, 1)) ** 2).sum(0) <= radius**2
+                labels[b, 0][ball] = c
+    return labels.to(device)
+
+
+def make_maps(labels: torch.Tensor, classes: int) -> dict:
+    """The maps the transforms would have cached for each case."""
+    from monai_losses_ext.transforms import LesionInstances, SignedDistanceMap, UNetWeightMap
+
+    cases = [labels[b].cpu() for b in range(labels.shape[0])]
+    stack = lambda f: torch.stack([torch.as_tensor(f(c)) for c in cases]).to(labels.device)  # noqa: E731
+    return {
+        "distance_map": stack(SignedDistanceMap(num_classes=classes)),
+        "unsigned_map": stack(SignedDistanceMap(num_classes=classes, mode="unsigned")),
+        "weight_map": stack(UNetWeightMap()),
+        "instances": stack(lambda c: LesionInstances()((c > 0).to(torch.uint8))),
+    }
 
 
 def run(args) -> str:
@@ -87,32 +123,39 @@ def run(args) -> str:
     torch.manual_seed(0)
     shape = (args.batch, args.classes, *[args.size] * 3)
     logits = (torch.randn(shape, device=device) * 2).requires_grad_(True)
-    labels = torch.randint(0, args.classes, (args.batch, 1, *shape[2:]), device=device)
+    labels = make_labels(args.batch, args.classes, args.size, device)
+    maps = make_maps(labels, args.classes)
     logit_bytes = logits.numel() * logits.element_size()
     only = {s.lower() for s in args.only} if args.only else None
 
-    def step(loss):
+    def step(loss, map_key=None):
+        kwargs = {}
+        if map_key:
+            kwargs = {"instances" if map_key == "instances" else "weight_map" if map_key == "weight_map" else "distance_map": maps[map_key]}
+
         def fn():
             logits.grad = None
             with torch.autocast(device.type, enabled=args.amp, dtype=torch.float16 if device.type == "cuda" else torch.bfloat16):
-                value = loss(logits, labels)
+                value = loss(logits, labels, **kwargs)
             value.backward()
             logits.grad = None
 
         return fn
 
     rows = []
-    for name, ours_f, ref_f, ref_name in CASES:
+    for name, ours_f, ref_f, ref_name, *map_key in CASES:
         if only and name.lower() not in only:
             continue
+        map_key = map_key[0] if map_key else None
         ours = ours_f().to(device)
-        m_ours = peak_extra_bytes(step(ours), device) / logit_bytes
+        m_ours = peak_extra_bytes(step(ours, map_key), device) / logit_bytes
         if ref_f is None:
-            t_ours = time_call(step(ours), device, args.repeats)
+            t_ours = time_call(step(ours, map_key), device, args.repeats)
             rows.append((name, "—", t_ours, None, None, m_ours, None))
         else:
             ref = ref_f().to(device)
-            t_ours, t_ref = time_pair(step(ours), step(ref), device, args.repeats)
+            slow_ref = map_key is not None  # MONAI's distance losses take seconds per step: fewer repeats
+            t_ours, t_ref = time_pair(step(ours, map_key), step(ref), device, 2 if slow_ref else args.repeats)
             m_ref = peak_extra_bytes(step(ref), device) / logit_bytes
             rows.append((name, ref_name, t_ours, t_ref, t_ours / t_ref, m_ours, m_ref))
         r = rows[-1]

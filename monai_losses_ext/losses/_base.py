@@ -11,7 +11,15 @@ from torch.nn.modules.loss import _Loss
 from ._inputs import Prepared, as_class_vector, check_activation_flags, check_reduction, prepare
 from ._stats import all_reduce_sum, is_distributed
 
-__all__ = ["LossBase", "reduce_loss", "apply_class_weight"]
+__all__ = ["LossBase", "reduce_loss", "apply_class_weight", "safe_pow"]
+
+
+def safe_pow(u: torch.Tensor, gamma: float) -> torch.Tensor:
+    """u ** gamma for u >= 0 with an exact value (0 at u = 0) and a finite gradient: a fractional power has
+    an infinite slope at 0, which is where a perfect prediction puts focal-Tversky and exp-log terms; the
+    gradient there is taken as 0 (the minimum). Negative rounding noise is treated as 0."""
+    pos = u > 0
+    return torch.where(pos, torch.where(pos, u, 1.0) ** gamma, 0.0)
 
 
 def reduce_loss(f: torch.Tensor, reduction: str, distributed: bool = False, none_shape=None) -> torch.Tensor:

@@ -64,7 +64,7 @@ class _RegionSums(torch.autograd.Function):
     recomputing the softmax and far cheaper in memory than autograd's graph of the same computation."""
 
     @staticmethod
-    def forward(ctx, x, target, valid, act, moments, soft_label):
+    def forward(ctx, x, target, valid, weight, act, moments, soft_label):
         with torch.autocast(device_type=x.device.type, enabled=False):
             b, c, n = x.shape
             dt = compute_dtype(x)
@@ -78,21 +78,24 @@ class _RegionSums(torch.autograd.Function):
                 logp = torch.log_softmax(x[bi].to(dt), 0) if "nll" in idx else None
                 p = logp.exp() if logp is not None else activate(x[bi].to(dt), act, 0)
                 v = valid[bi] if valid is not None else None
+                w = weight[bi] if weight is not None else None
                 if is_index:
-                    pt, flat = _index_sums(out[:, bi], idx, p, logp, target[bi], v, c)
+                    pt, flat = _index_sums(out[:, bi], idx, p, logp, target[bi], v, w, c)
                     pts.append(pt)
                     flats.append(flat)
                 else:
-                    _dense_sums(out[:, bi], idx, p, logp, target[bi].to(dt), v, soft_label)
+                    _dense_sums(out[:, bi], idx, p, logp, target[bi].to(dt), _mult(v, w), soft_label)
+                if "n" in idx:  # number of valid voxels, whatever the weights
+                    out[idx["n"], bi] += n if v is None else v.sum()
                 probs.append(p)
-            ctx.save_for_backward(target, valid, *probs, *pts, *flats)
+            ctx.save_for_backward(target, valid, weight, *probs, *pts, *flats)
             ctx.act, ctx.idx, ctx.soft_label, ctx.is_index, ctx.x_dtype = act, idx, soft_label, is_index, x.dtype
         return out
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_out):
-        target, valid, *saved = ctx.saved_tensors
+        target, valid, weight, *saved = ctx.saved_tensors
         b = target.shape[0]
         probs, pts, flats = saved[:b], saved[b : 2 * b], saved[2 * b :]
         idx, act = ctx.idx, ctx.act
@@ -101,27 +104,33 @@ class _RegionSums(torch.autograd.Function):
         with torch.autocast(device_type=probs[0].device.type, enabled=False):
             grad_out = grad_out.to(dt)
             gx = torch.empty((b, c, n), dtype=ctx.x_dtype, device=probs[0].device)
-            fast = set(idx) <= _LINEAR and ctx.is_index and act == "softmax"
             for bi in range(b):
                 g = {m: grad_out[i, bi] for m, i in idx.items()}
                 p = probs[bi]
                 v = valid[bi] if valid is not None else None
-                if fast and gx.dtype == dt:
-                    _softmax_index_backward(gx[bi], g, p, pts[bi], flats[bi], target[bi], v)
+                w = weight[bi] if weight is not None else None
+                if ctx.is_index:
+                    out = gx[bi] if gx.dtype == dt else torch.empty_like(p)
+                    _index_backward(out, g, p, pts[bi], flats[bi], target[bi].reshape(1, -1), v, w, act)
+                    if out is not gx[bi]:
+                        gx[bi] = out
                     continue
-                dp = _sums_backward(g, p, target[bi], v, ctx.is_index, ctx.soft_label, dt)
+                m = _mult(v, w)
+                dp = _sums_backward(g, p, target[bi], m, ctx.soft_label, dt)
                 dx = activation_backward(dp, p, act, 0)
                 if "nll" in g:  # d/dx sum_c e_c (-g_c log p_c) = p * sum_c e_c g_c - e * g, on valid voxels
                     eg = g["nll"].unsqueeze(1) * dense_chunk(target[bi], c, dt)
                     nll_dx = p * eg.sum(0, keepdim=True) - eg
                     dx += nll_dx if v is None else nll_dx * v
                 gx[bi] = dx
-        return gx, None, None, None, None, None
+        return gx, None, None, None, None, None, None
 
 
-# statistics whose gradient w.r.t. p does not depend on p (tp, sp), that take none (target-only sums), or
-# whose gradient w.r.t. the logits is as simple (nll)
-_LINEAR = {"tp", "sp", "sg", "sg2", "n", "nll"}
+def _mult(v, w):
+    """The per-voxel multiplier of every sum: the valid mask times the weight map (either may be None)."""
+    if w is None:
+        return v
+    return w if v is None else w * v
 
 
 def dense_chunk(t: torch.Tensor, c: int, dt) -> torch.Tensor:
@@ -135,34 +144,63 @@ def _take(vec: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
     return vec.index_select(0, t.reshape(-1)).reshape(t.shape)
 
 
-def _softmax_index_backward(out, g, p, pt, flat, t, v):
-    """Softmax backward of sum_c (a_c sp_c + b_c tp_c + e_c nll_c) for index labels, written into ``out``
-    (C, N) without building dL/dp. With k = e_t (per voxel), s = sum_c p_c a_c + p_t b_t - k:
-        dx_c = m (p_c (a_c - s) + [t == c] (p_t b_t - k)),  m the valid mask.
-    Every step writes in place: on CPU each fresh large buffer costs page faults as well as a pass."""
+def _index_backward(out, g, p, pt, flat, t, v, w, act):
+    """Backward for index labels, written into ``out`` (C, N) in place, without building a one-hot or dL/dp.
+
+    dL/dp_c = A_c + [t == c] B with A_c = (a_c + 2 a2_c p_c) w_c and B = (b_t + 2 e_t p_t) w_t, where a, a2, b,
+    e are dL/d(sp, sp2, tp, p2g) and w the voxel weight (1 without a map); the cross-entropy adds
+    k (p - onehot) in logit space, k = dL/dnll_t. Softmax: dx = p A - p s + [t == c](p_t B - k) with
+    s = sum_c p_c A_c + p_t B - k; sigmoid: dx = (A + [t == c] B) p (1 - p); none: dx = A + [t == c] B.
+    On CPU every fresh large buffer costs page faults as well as a pass, hence the in-place steps."""
     c = p.shape[0]
     a = g["sp"] if "sp" in g else p.new_zeros(c)
-    s = a @ p  # one pass (gemv)
-    extra = None  # the per-voxel term added at the true class
+    wt = None if w is None else (w.reshape(-1).index_select(0, flat) if w.shape[0] > 1 else w[0]).to(p.dtype)
+    # A into out
+    if "sp2" in g:
+        torch.mul(p, (2 * g["sp2"]).unsqueeze(1), out=out).add_(a.unsqueeze(1))
+        if w is not None:
+            out.mul_(w)
+    elif w is not None:
+        torch.mul(w, a.unsqueeze(1), out=out)
+    else:
+        out.copy_(a.unsqueeze(1).expand_as(out)) if act != "softmax" else None
+    bvec = None  # B, per voxel
     if "tp" in g:
-        extra = pt * _take(g["tp"], t)
-    if "nll" in g:
-        k = _take(g["nll"], t)
-        extra = -k if extra is None else extra - k
-    if extra is not None:
-        s += extra[0]
-    torch.mul(p, a.unsqueeze(1).to(p.dtype), out=out)
-    out.addcmul_(p, s.unsqueeze(0), value=-1)
-    if extra is not None:
-        out.view(-1).index_add_(0, flat, extra[0])
+        bvec = _take(g["tp"], t)[0]
+    if "p2g" in g:
+        e2 = 2 * _take(g["p2g"], t)[0] * pt[0]
+        bvec = e2 if bvec is None else bvec + e2
+    if bvec is not None and wt is not None:
+        bvec = bvec * wt
+    if act == "softmax":
+        extra = None if bvec is None else pt[0] * bvec
+        if "nll" in g:
+            k = _take(g["nll"], t)[0]
+            extra = -k if extra is None else extra - k
+        if w is None and "sp2" not in g:  # A_c = a_c: s by one gemv, out = p * a
+            s = a @ p
+            torch.mul(p, a.unsqueeze(1).to(p.dtype), out=out)
+        else:
+            out.mul_(p)
+            s = out.sum(0)
+        if extra is not None:
+            s += extra
+        out.addcmul_(p, s.unsqueeze(0), value=-1)
+        if extra is not None:
+            out.view(-1).index_add_(0, flat, extra)
+    else:
+        if bvec is not None:
+            out.view(-1).index_add_(0, flat, bvec)
+        if act == "sigmoid":
+            out.mul_(p).mul_(1 - p)
     if v is not None:
         out *= v
 
 
-def _index_sums(out, idx, p, logp, t, v, c):
+def _index_sums(out, idx, p, logp, t, v, w, c):
     """Sums for one sample, index labels t (1, N), probabilities p (C, N) (and their log when the
     cross-entropy is asked for); out (M, C) is accumulated in place. Returns p_t (1, N), the probability of
-    the true class, which backward reuses."""
+    the true class, which backward reuses. ``w`` (1 or C, N) weighs every voxel's contribution."""
     t = t.reshape(1, -1)
     bins = t[0] if v is None else torch.where(v[0], t[0], c)  # ignored voxels go to an extra bin, dropped
     nb = c + 1
@@ -173,23 +211,27 @@ def _index_sums(out, idx, p, logp, t, v, c):
         pt = lpt.exp()
     else:
         pt = p.view(-1).index_select(0, flat).unsqueeze(0)
+    wt = None if w is None else (w.reshape(-1).index_select(0, flat) if w.shape[0] > 1 else w[0]).to(p.dtype)
+    ptw = pt[0] if wt is None else pt[0] * wt
     # scatter_add rather than a weighted bincount: bincount scans its input for min/max first
     if "tp" in idx:
-        out[idx["tp"]] += p.new_zeros(nb).scatter_add_(0, bins, pt[0])[:c]
+        out[idx["tp"]] += p.new_zeros(nb).scatter_add_(0, bins, ptw)[:c]
     if "p2g" in idx:
-        out[idx["p2g"]] += p.new_zeros(nb).scatter_add_(0, bins, pt[0] * pt[0])[:c]
+        out[idx["p2g"]] += p.new_zeros(nb).scatter_add_(0, bins, pt[0] * ptw)[:c]
     if "sg" in idx or "sg2" in idx:
-        counts = torch.bincount(bins, minlength=nb)[:c].to(out.dtype)
+        if wt is None:
+            counts = torch.bincount(bins, minlength=nb)[:c].to(out.dtype)
+        else:
+            counts = p.new_zeros(nb).scatter_add_(0, bins, wt)[:c]
         for m in ("sg", "sg2"):
             if m in idx:
                 out[idx[m]] += counts
-    pm = p if v is None else p * v
+    m = _mult(v, w)
+    pm = p if m is None else p * m
     if "sp" in idx:
         out[idx["sp"]] += pm.sum(1)
     if "sp2" in idx:
         out[idx["sp2"]] += (pm * p).sum(1)
-    if "n" in idx:
-        out[idx["n"]] += t.numel() if v is None else v.sum()
     return pt, flat
 
 
@@ -206,66 +248,62 @@ def _flat_index(t: torch.Tensor, n: int) -> torch.Tensor:
     return torch.add(ar, t, alpha=n)
 
 
-def _dense_sums(out, idx, p, logp, g, v, soft_label):
+def _dense_sums(out, idx, p, logp, g, m, soft_label):
+    """Sums for one sample with a dense target g (C, N); m (1 or C, N) multiplies every voxel's term."""
     if "nll" in idx:
         nll = -(g * logp)
-        out[idx["nll"]] += (nll if v is None else nll * v).sum(1)
-    if v is not None:
-        g = g * v
-        pm = p * v
-    else:
-        pm = p
-    if "tp" in idx:
-        out[idx["tp"]] += (torch.minimum(pm, g) if soft_label else pm * g).sum(1)
+        out[idx["nll"]] += (nll if m is None else nll * m).sum(1)
+    pm = p if m is None else p * m
+    gm = g if m is None else g * m
+    if "tp" in idx:  # soft labels: sum min(p, g) (m is the 0/1 valid mask there)
+        out[idx["tp"]] += (torch.minimum(pm, gm) if soft_label else pm * g).sum(1)
     if "sp" in idx:
         out[idx["sp"]] += pm.sum(1)
     if "sg" in idx:
-        out[idx["sg"]] += g.sum(1)
+        out[idx["sg"]] += gm.sum(1)
     if "sp2" in idx:
         out[idx["sp2"]] += (pm * p).sum(1)
     if "sg2" in idx:
-        out[idx["sg2"]] += (g * g).sum(1)
+        out[idx["sg2"]] += (gm * g).sum(1)
     if "p2g" in idx:
         out[idx["p2g"]] += (pm * p * g).sum(1)
-    if "n" in idx:
-        out[idx["n"]] += g.shape[1] if v is None else v.sum()
 
 
-def _sums_backward(g, p, t, v, is_index, soft_label, dt):
-    """dL/dp for one chunk given dL/d(sum) per class: g[m] is (C,)."""
-    col = lambda m: g[m].unsqueeze(1)  # noqa: E731
+
+def _sums_backward(g, p, t, m, soft_label, dt):
+    """dL/dp for one sample with a dense target t (C, N), given dL/d(sum) per class g[m] (C,); m (1 or C, N)
+    multiplies every voxel's term."""
+    col = lambda k: g[k].unsqueeze(1)  # noqa: E731
+    gt = t.to(dt)
     dp = torch.zeros_like(p)
     if "sp" in g:
         dp += col("sp")
     if "sp2" in g:
         dp += 2 * col("sp2") * p
-    if is_index:
-        ti = t.reshape(1, -1)
-        if "tp" in g:
-            dp.scatter_add_(0, ti, _take(g["tp"], ti))
-        if "p2g" in g:
-            dp.scatter_add_(0, ti, 2 * _take(g["p2g"], ti) * p.gather(0, ti))
-    else:
-        gt = t.to(dt)
-        if "tp" in g:
-            if soft_label:  # d/dp sum(min(p, g)), split evenly at ties as |p - g| does
-                dp += col("tp") * (1 - torch.sign(p - gt)) / 2
-            else:
-                dp += col("tp") * gt
-        if "p2g" in g:
-            dp += 2 * col("p2g") * p * gt
-    if v is not None:
-        dp *= v
+    if "tp" in g:
+        if soft_label:  # d/dp sum(min(p, g)), split evenly at ties as |p - g| does
+            dp += col("tp") * (1 - torch.sign(p - gt)) / 2
+        else:
+            dp += col("tp") * gt
+    if "p2g" in g:
+        dp += 2 * col("p2g") * p * gt
+    if m is not None:
+        dp *= m
     return dp
 
 
-def region_sums(prep, moments, soft_label: bool = False) -> dict[str, torch.Tensor]:
-    """Per-(sample, class) sums over the valid voxels of a ``Prepared`` input, as (B, C) tensors."""
+def region_sums(prep, moments, soft_label: bool = False, weight: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    """Per-(sample, class) sums over the valid voxels of a ``Prepared`` input, as (B, C) tensors.
+
+    ``weight`` (B, 1 or C, N), e.g. a distance map, multiplies every voxel's term: with it ``sp`` is
+    sum p * w (the boundary loss) and sp2 - 2 tp + sg2 is sum (p - g)^2 w (the Hausdorff-DT loss)."""
     unknown = set(moments) - set(MOMENTS)
     if unknown:
         raise ValueError(f"unknown statistics {sorted(unknown)}; known: {MOMENTS}.")
     moments = tuple(moments)
-    out = _RegionSums.apply(prep.x, prep.target, prep.valid, prep.act, moments, soft_label)
+    if weight is not None and soft_label:
+        raise ValueError("soft-label statistics take no weight map.")
+    out = _RegionSums.apply(prep.x, prep.target, prep.valid, weight, prep.act, moments, soft_label)
     return {m: out[i] for i, m in enumerate(moments)}
 
 

@@ -9,7 +9,7 @@ from collections.abc import Callable, Mapping, Sequence
 import torch
 import torch.nn.functional as F
 
-from ._base import LossBase
+from ._base import LossBase, safe_pow
 from ._inputs import Prepared
 from ._stats import activate, all_reduce_sum, pool, region_sums
 from .pixel import (
@@ -328,7 +328,7 @@ class UnifiedFocalLoss(LossBase):
         l_f = masked_mean(focal.sum(), n_vox, self.distributed)
         s = pool(region_sums(prep, ("tp", "sp", "sg")), self.batch, self.distributed)
         ti = tversky_index(s, 1 - d, d, self.smooth_nr, self.smooth_dr)
-        ft = (1 - ti).clamp_min(_EPS) ** (1 - g)
+        ft = safe_pow(1 - ti, 1 - g)
         if self.asymmetric:
             ft = torch.cat([1 - ti[..., :1], ft[..., 1:]], -1)
         l_ft = ft.mean() if self.batch else masked_mean(ft.sum(), ft.numel(), self.distributed)
@@ -383,7 +383,7 @@ class ExpLogLoss(LossBase):
         first = 1 if not self.include_background else 0
         s = pool({k: v[:, first:] for k, v in stats.items()}, self.batch, self.distributed)
         dice = (2 * s["tp"] + self.smooth_nr) / (s["sp"] + s["sg"] + self.smooth_dr)
-        l_dice_terms = (-torch.log(dice)).clamp_min(_EPS) ** self.gamma_dice
+        l_dice_terms = safe_pow(-torch.log(dice), self.gamma_dice)
         l_dice = l_dice_terms.mean() if self.batch else masked_mean(l_dice_terms.sum(), l_dice_terms.numel(), self.distributed)
         if self.class_frequencies is not None:
             if self.class_frequencies.numel() != c:
@@ -395,7 +395,7 @@ class ExpLogLoss(LossBase):
         gamma = self.gamma_cross
 
         def cross(x, g, v):
-            term = (w.to(x).unsqueeze(1) * g * (-torch.log_softmax(x, 0)).clamp_min(_EPS) ** gamma).sum(0, keepdim=True)
+            term = (w.to(x).unsqueeze(1) * g * safe_pow(-torch.log_softmax(x, 0), gamma)).sum(0, keepdim=True)
             return term if v is None else term * v
 
         n_vox = prep.valid.sum() if prep.valid is not None else prep.x.shape[0] * prep.x.shape[2]

@@ -23,7 +23,7 @@ import torch
 
 from ._base import LossBase, reduce_loss
 from ._inputs import Prepared
-from ._stats import activate, all_reduce_sum, compute_dtype
+from ._stats import activate, all_reduce_sum, compute_dtype, region_sums
 from .pixel import cross_entropy_map, masked_mean
 from .region import DiceLoss
 
@@ -110,7 +110,9 @@ class WeightMapCELoss(LossBase):
 
 
 class _MapRegionLoss(LossBase):
-    """Per-(sample, class) mean over the voxels of a term that reads the probabilities and a distance map."""
+    """Per-(sample, class) mean over the valid voxels of a term that reads the probabilities and a distance
+    map: the fused statistics of ``_stats`` weighted per voxel by the map (``voxel_weight``), so the cost and
+    memory are those of a Dice loss."""
 
     map_mode = "signed"
 
@@ -148,28 +150,15 @@ class _MapRegionLoss(LossBase):
     def forward(self, input: torch.Tensor, target: torch.Tensor, distance_map: torch.Tensor | None = None) -> torch.Tensor:
         prep = self._prepare(input, target)
         dmap = self._distance_map(target, distance_map, input)
-        dt = compute_dtype(prep.x)
-        p = activate(prep.x.to(dt), prep.act, 1)
+        # the map weighs the fused statistics (no probability map or product is kept under autograd)
+        sums = region_sums(prep, self.moments + ("n",), weight=self.voxel_weight(dmap.reshape(prep.x.shape), prep))
         first = self._first_kept(prep.num_classes)
-        d = dmap.reshape(p.shape).to(dt)
-        f = self.term(p, prep, d)[:, first:]
-        if prep.valid is not None:
-            f = f * prep.valid
-            n = prep.valid.sum(-1).clamp_min(1)
-        else:
-            n = f.shape[-1]
-        f = f.sum(-1) / n
+        f = self.term(sums)[:, first:] / sums["n"][:, first:].clamp_min(1)
         if self.batch:
             f = all_reduce_sum(f.sum(0), self.distributed) / all_reduce_sum(
                 torch.tensor(float(f.shape[0]), device=f.device), self.distributed
             )
         return reduce_loss(f, self.reduction, self.distributed and not self.batch)
-
-
-def _dense(prep: Prepared, dt) -> torch.Tensor:
-    if not prep.is_index:
-        return prep.target.to(dt)
-    return torch.zeros(prep.x.shape, dtype=dt, device=prep.x.device).scatter_(1, prep.target, 1.0)
 
 
 class BoundaryLoss(_MapRegionLoss):
@@ -184,8 +173,13 @@ class BoundaryLoss(_MapRegionLoss):
     Empty patch: phi is 0 for an absent class (``SignedDistanceMap``), so that class contributes 0.
     """
 
-    def term(self, p, prep, d):
-        return p * d
+    moments = ("sp",)
+
+    def voxel_weight(self, d, prep):
+        return d.to(compute_dtype(prep.x))
+
+    def term(self, s):  # sum p * phi
+        return s["sp"]
 
 
 class HausdorffDTLoss(_MapRegionLoss):
@@ -210,18 +204,24 @@ class HausdorffDTLoss(_MapRegionLoss):
             raise ValueError(f"alpha must be > 0, got {alpha}.")
         self.alpha, self.include_pred_dt = float(alpha), include_pred_dt
 
-    def term(self, p, prep, d):
-        g = _dense(prep, p.dtype)
-        dist = d.clamp_min(0) ** self.alpha
+    moments = ("sp2", "tp", "sg2")
+
+    def voxel_weight(self, d, prep):
+        dist = d.to(compute_dtype(prep.x)).clamp_min(0) ** self.alpha
         if self.include_pred_dt:
             from ..transforms import SignedDistanceMap
 
-            pred = (p.detach() > 0.5).to(torch.uint8).reshape(p.shape[0], p.shape[1], *prep.spatial).cpu()
+            with torch.no_grad():
+                p = activate(prep.x.to(dist.dtype), prep.act, 1)
+            pred = (p > 0.5).to(torch.uint8).reshape(p.shape[0], p.shape[1], *prep.spatial).cpu()
             sdm = SignedDistanceMap(num_classes=None if p.shape[1] > 1 else 1, mode="unsigned", spacing=self.spacing,
                                     backend="scipy")  # fmt: skip
             dp = torch.stack([torch.as_tensor(sdm(pred[b])) for b in range(pred.shape[0])])
-            dist = dist + dp.reshape(p.shape).to(p) ** self.alpha
-        return (p - g) ** 2 * dist
+            dist = dist + dp.reshape(dist.shape).to(dist) ** self.alpha
+        return dist
+
+    def term(self, s):  # sum (p - g)^2 w = sum p^2 w - 2 sum p g w + sum g^2 w
+        return s["sp2"] - 2 * s["tp"] + s["sg2"]
 
 
 class DiceBoundaryLoss(torch.nn.Module):
@@ -357,8 +357,17 @@ class BlobLoss(LossBase):
 
     def _blob_term(self, prep: Prepared, inst: torch.Tensor) -> torch.Tensor:
         dt = compute_dtype(prep.x)
-        p = activate(prep.x.to(dt), prep.act, 1)
-        pf = p[:, 1:].sum(1) if p.shape[1] > 1 else p[:, 0]  # (B, N) foreground probability
+        x, c = prep.x.to(dt), prep.num_classes
+        # (B, N) foreground probability, without materialising the (B, C, N) probabilities under autograd
+        if c == 1:
+            pf = torch.sigmoid(x[:, 0]) if prep.act == "sigmoid" else x[:, 0]
+        elif prep.act == "softmax":
+            pf = -torch.expm1(x[:, 0] - torch.logsumexp(x, 1))  # 1 - p_background
+        elif prep.act == "none":
+            pf = 1 - x[:, 0]
+        else:
+            raise ValueError("BlobLoss scores the foreground: use softmax=True (class 0 = background) or one "
+                             "sigmoid channel; overlapping sigmoid channels have no single foreground.")  # fmt: skip
         if prep.valid is not None:
             pf = pf * prep.valid[:, 0]
         k = int(inst.max()) + 1 if inst.numel() else 1

@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-from ._base import LossBase, apply_class_weight, reduce_loss
+from ._base import LossBase, apply_class_weight, reduce_loss, safe_pow
 from ._inputs import Prepared
 from ._stats import pool, region_sums
 
@@ -27,7 +27,6 @@ __all__ = [
     "SensitivitySpecificityLoss",
 ]
 
-_EPS_POW = 1e-7  # floor of the base of fractional powers, so gradients stay finite at a perfect match
 
 
 class RegionLoss(LossBase):
@@ -213,7 +212,7 @@ class FocalTverskyLoss(TverskyLoss):
     TI is the Tversky index of ``TverskyLoss`` (``alpha`` weighs FP, ``beta`` FN). The paper's recommended
     setting, "alpha = 0.7 on false negatives, exponent 1/gamma = 0.75", is ``beta=0.7, alpha=0.3, gamma=0.75``
     here (the defaults). gamma < 1 keeps the gradient large near a good match, where small lesions live.
-    The base is floored at 1e-7 so the gradient stays finite at a perfect match.
+    At a perfect match the value is 0 and the gradient is taken as 0 (``safe_pow``), never infinite.
     Empty patch: as ``DiceLoss`` (0 for an empty class predicted empty).
     """
 
@@ -224,7 +223,7 @@ class FocalTverskyLoss(TverskyLoss):
         self.gamma = float(gamma)
 
     def score(self, s):
-        return super().score(s).clamp_min(_EPS_POW) ** self.gamma
+        return safe_pow(super().score(s), self.gamma)
 
 
 class GeneralizedDiceLoss(RegionLoss):

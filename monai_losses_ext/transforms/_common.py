@@ -37,7 +37,10 @@ def to_numpy(x: Any) -> np.ndarray:
     """A NumPy view/copy of a tensor, MetaTensor or array (metadata dropped)."""
     if isinstance(x, np.ndarray):
         return x
-    return as_torch(x).detach().cpu().numpy()
+    t = as_torch(x).detach().cpu()
+    if t.dtype in (torch.bfloat16, torch.float16):  # NumPy has no bfloat16
+        t = t.float()
+    return t.numpy()
 
 
 def wrap_like(out: np.ndarray | torch.Tensor, like: Any) -> Any:
