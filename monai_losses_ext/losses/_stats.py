@@ -26,9 +26,10 @@ from torch.autograd.function import once_differentiable
 __all__ = ["MOMENTS", "region_sums", "pool", "all_reduce_sum", "compute_dtype", "is_distributed"]
 
 MOMENTS = ("tp", "sp", "sg", "sp2", "sg2", "p2g", "n", "nll")
-# voxels per chunk of the fused kernels: small enough to stay in cache-sized temporaries, large enough
-# that the Python loop costs nothing next to the arithmetic.
-CHUNK = 1 << 18
+# voxels per chunk of the chunked kernels (focal, checkpointed per-voxel terms): an eighth of a sample, within
+# [2^14, 2^18]; the temporaries of one chunk then stay well under one copy of the logits, and the Python loop
+# costs little next to the arithmetic.
+CHUNK_MIN, CHUNK_MAX = 1 << 14, 1 << 18
 
 
 def compute_dtype(x: torch.Tensor) -> torch.dtype:
@@ -54,14 +55,15 @@ def activation_backward(dp: torch.Tensor, p: torch.Tensor, act: str, dim: int) -
 
 
 def _chunks(n: int):
-    for start in range(0, n, CHUNK):
-        yield slice(start, min(start + CHUNK, n))
+    size = min(max(n // 8, CHUNK_MIN), CHUNK_MAX)
+    for start in range(0, n, size):
+        yield slice(start, min(start + size, n))
 
 
 class _RegionSums(torch.autograd.Function):
-    """Fused activation + sums, one sample at a time. The probabilities (and, for index labels, the probability
-    of the true class) are kept for backward: one copy of the logits, which is cheaper in time than
-    recomputing the softmax and far cheaper in memory than autograd's graph of the same computation."""
+    """Fused activation + sums, one sample at a time. The probabilities (and, for index labels, the int32 flat
+    index of each voxel's true class) are kept for backward: about one copy of the logits, cheaper in time
+    than recomputing the softmax and far cheaper in memory than autograd's graph of the same computation."""
 
     @staticmethod
     def forward(ctx, x, target, valid, weight, act, moments, soft_label):
@@ -73,22 +75,20 @@ class _RegionSums(torch.autograd.Function):
             is_index = target.shape[1] == 1 and c > 1
             if "nll" in idx and act != "softmax":
                 raise ValueError("the cross-entropy statistic needs softmax=True (it is a softmax cross-entropy).")
-            probs, pts, flats = [], [], []
+            probs, flats = [], []
             for bi in range(b):
                 logp = torch.log_softmax(x[bi].to(dt), 0) if "nll" in idx else None
                 p = logp.exp() if logp is not None else activate(x[bi].to(dt), act, 0)
                 v = valid[bi] if valid is not None else None
                 w = weight[bi] if weight is not None else None
                 if is_index:
-                    pt, flat = _index_sums(out[:, bi], idx, p, logp, target[bi], v, w, c)
-                    pts.append(pt)
-                    flats.append(flat)
+                    flats.append(_index_sums(out[:, bi], idx, p, logp, target[bi], v, w, c))
                 else:
                     _dense_sums(out[:, bi], idx, p, logp, target[bi].to(dt), _mult(v, w), soft_label)
                 if "n" in idx:  # number of valid voxels, whatever the weights
                     out[idx["n"], bi] += n if v is None else v.sum()
                 probs.append(p)
-            ctx.save_for_backward(target, valid, weight, *probs, *pts, *flats)
+            ctx.save_for_backward(target, valid, weight, *probs, *flats)
             ctx.act, ctx.idx, ctx.soft_label, ctx.is_index, ctx.x_dtype = act, idx, soft_label, is_index, x.dtype
         return out
 
@@ -97,7 +97,7 @@ class _RegionSums(torch.autograd.Function):
     def backward(ctx, grad_out):
         target, valid, weight, *saved = ctx.saved_tensors
         b = target.shape[0]
-        probs, pts, flats = saved[:b], saved[b : 2 * b], saved[2 * b :]
+        probs, flats = saved[:b], saved[b:]
         idx, act = ctx.idx, ctx.act
         c, n = probs[0].shape
         dt = probs[0].dtype
@@ -111,7 +111,7 @@ class _RegionSums(torch.autograd.Function):
                 w = weight[bi] if weight is not None else None
                 if ctx.is_index:
                     out = gx[bi] if gx.dtype == dt else torch.empty_like(p)
-                    _index_backward(out, g, p, pts[bi], flats[bi], target[bi].reshape(1, -1), v, w, act)
+                    _index_backward(out, g, p, flats[bi], target[bi].reshape(1, -1), v, w, act)
                     if out is not gx[bi]:
                         gx[bi] = out
                     continue
@@ -144,7 +144,7 @@ def _take(vec: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
     return vec.index_select(0, t.reshape(-1)).reshape(t.shape)
 
 
-def _index_backward(out, g, p, pt, flat, t, v, w, act):
+def _index_backward(out, g, p, flat, t, v, w, act):
     """Backward for index labels, written into ``out`` (C, N) in place, without building a one-hot or dL/dp.
 
     dL/dp_c = A_c + [t == c] B with A_c = (a_c + 2 a2_c p_c) w_c and B = (b_t + 2 e_t p_t) w_t, where a, a2, b,
@@ -154,6 +154,7 @@ def _index_backward(out, g, p, pt, flat, t, v, w, act):
     On CPU every fresh large buffer costs page faults as well as a pass, hence the in-place steps."""
     c = p.shape[0]
     a = g["sp"] if "sp" in g else p.new_zeros(c)
+    pt = p.view(-1).index_select(0, flat).unsqueeze(0)  # recomputed: cheaper than keeping it
     wt = None if w is None else (w.reshape(-1).index_select(0, flat) if w.shape[0] > 1 else w[0]).to(p.dtype)
     # A into out
     if "sp2" in g:
@@ -199,12 +200,12 @@ def _index_backward(out, g, p, pt, flat, t, v, w, act):
 
 def _index_sums(out, idx, p, logp, t, v, w, c):
     """Sums for one sample, index labels t (1, N), probabilities p (C, N) (and their log when the
-    cross-entropy is asked for); out (M, C) is accumulated in place. Returns p_t (1, N), the probability of
-    the true class, which backward reuses. ``w`` (1 or C, N) weighs every voxel's contribution."""
+    cross-entropy is asked for); out (M, C) is accumulated in place. Returns the flat index of the true class
+    of every voxel, which backward reuses. ``w`` (1 or C, N) weighs every voxel's contribution."""
     t = t.reshape(1, -1)
     bins = t[0] if v is None else torch.where(v[0], t[0], c)  # ignored voxels go to an extra bin, dropped
     nb = c + 1
-    flat = _flat_index(t[0], p.shape[1])  # position of (t_v, v) in the flattened (C, N) map
+    flat = _flat_index(t[0], p.shape[1], c)  # position of (t_v, v) in the flattened (C, N) map
     if logp is not None:
         lpt = logp.view(-1).index_select(0, flat).unsqueeze(0)
         out[idx["nll"]] -= p.new_zeros(nb).scatter_add_(0, bins, lpt[0])[:c]
@@ -232,20 +233,22 @@ def _index_sums(out, idx, p, logp, t, v, w, c):
         out[idx["sp"]] += pm.sum(1)
     if "sp2" in idx:
         out[idx["sp2"]] += (pm * p).sum(1)
-    return pt, flat
+    return flat
 
 
 _ARANGE: dict = {}
 
 
-def _flat_index(t: torch.Tensor, n: int) -> torch.Tensor:
+def _flat_index(t: torch.Tensor, n: int, c: int) -> torch.Tensor:
     """t * n + arange(n): with it, index_select / index_add on the flattened (C, N) map replace gather /
-    scatter along the class axis, which are about twice as slow on CPU."""
-    key = (n, t.device)
+    scatter along the class axis, which are about twice as slow on CPU. int32 (half the memory kept for
+    backward) whenever the map has fewer than 2^31 entries."""
+    dtype = torch.int32 if c * n < 2**31 else torch.int64
+    key = (n, t.device, dtype)
     ar = _ARANGE.get(key)
     if ar is None:
-        ar = _ARANGE[key] = torch.arange(n, device=t.device)
-    return torch.add(ar, t, alpha=n)
+        ar = _ARANGE[key] = torch.arange(n, device=t.device, dtype=dtype)
+    return torch.add(ar, t.to(dtype), alpha=n)
 
 
 def _dense_sums(out, idx, p, logp, g, m, soft_label):
