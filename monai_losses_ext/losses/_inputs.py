@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
-__all__ = ["Prepared", "prepare", "check_activation_flags", "check_reduction", "as_class_vector"]
+__all__ = ["Prepared", "prepare", "check_activation_flags", "check_reduction", "as_class_vector", "as_class_logits"]
 
 REDUCTIONS = ("mean", "sum", "none")
 
@@ -253,3 +253,27 @@ def prepare(
         if valid is not None and t_ch == 1:
             t = torch.where(valid, t, 0)
     return Prepared(x=x, act=act, target=t, is_index=is_index, valid=valid, spatial=tuple(input.shape[2:]))
+
+
+_EPS_LOG = 1e-7
+
+
+def as_class_logits(prep: Prepared, cls: str) -> Prepared:
+    """Re-express the input as logits over mutually exclusive classes (softmax gives the probabilities):
+    a single sigmoid channel becomes [background, foreground]; probabilities become their logarithms."""
+    x, t, c = prep.x, prep.target, prep.num_classes
+    if prep.act == "sigmoid" and c > 1:
+        raise ValueError(
+            f"{cls} needs mutually exclusive classes: use softmax=True with {c} channels, or one channel with "
+            "sigmoid=True for a binary task (overlapping sigmoid channels have no single true class)."
+        )
+    if c == 1:
+        if prep.act == "sigmoid":
+            x = torch.cat([torch.zeros_like(x), x], 1)
+        else:
+            p = x.clamp(_EPS_LOG, 1 - _EPS_LOG)
+            x = torch.cat([torch.log1p(-p), torch.log(p)], 1)
+        t = torch.cat([1 - t, t], 1)
+    elif prep.act == "none":
+        x = torch.log(x.clamp_min(_EPS_LOG))
+    return Prepared(x, "softmax", t, prep.is_index, prep.valid, prep.spatial)

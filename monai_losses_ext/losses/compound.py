@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from ._base import LossBase, safe_pow
-from ._inputs import Prepared
+from ._inputs import Prepared, as_class_logits
 from ._stats import activate, all_reduce_sum, pool, region_sums
 from .pixel import (
     CE_MOMENTS,
@@ -260,27 +260,6 @@ class ComboLoss(LossBase):
         return self.alpha * bce + (1 - self.alpha) * self.dice.from_prepared(prep)
 
 
-def _class_logits(prep: Prepared, cls: str) -> Prepared:
-    """Re-express the input as logits over mutually exclusive classes (softmax gives the probabilities):
-    a single sigmoid channel becomes [background, foreground]; probabilities become their logarithms."""
-    x, t, c = prep.x, prep.target, prep.num_classes
-    if prep.act == "sigmoid" and c > 1:
-        raise ValueError(
-            f"{cls} needs mutually exclusive classes: use softmax=True with {c} channels, or one channel with "
-            "sigmoid=True for a binary task (overlapping sigmoid channels have no single true class)."
-        )
-    if c == 1:
-        if prep.act == "sigmoid":
-            x = torch.cat([torch.zeros_like(x), x], 1)
-        else:
-            p = x.clamp(_EPS, 1 - _EPS)
-            x = torch.cat([torch.log1p(-p), torch.log(p)], 1)
-        t = torch.cat([1 - t, t], 1)
-    elif prep.act == "none":
-        x = torch.log(x.clamp_min(_EPS))
-    return Prepared(x, "softmax", t, prep.is_index, prep.valid, prep.spatial)
-
-
 class UnifiedFocalLoss(LossBase):
     """Unified focal loss (Yeung et al., 2022), multi-class: ``weight * L_FT + (1 - weight) * L_F``.
 
@@ -319,7 +298,7 @@ class UnifiedFocalLoss(LossBase):
         self.smooth_nr, self.smooth_dr, self.batch = float(smooth_nr), float(smooth_dr), batch
 
     def from_prepared(self, prep: Prepared) -> torch.Tensor:
-        prep = _class_logits(prep, "UnifiedFocalLoss")
+        prep = as_class_logits(prep, "UnifiedFocalLoss")
         c, d, g = prep.num_classes, self.delta, self.gamma
         gammas = [g] + [0.0 if self.asymmetric else g] * (c - 1)
         alphas = [1 - d] + [d] * (c - 1)
@@ -377,7 +356,7 @@ class ExpLogLoss(LossBase):
         self._register_class_vector("class_frequencies", class_frequencies)
 
     def from_prepared(self, prep: Prepared) -> torch.Tensor:
-        prep = _class_logits(prep, "ExpLogLoss")
+        prep = as_class_logits(prep, "ExpLogLoss")
         c = prep.num_classes
         stats = region_sums(prep, ("tp", "sp", "sg"))
         first = 1 if not self.include_background else 0

@@ -361,6 +361,8 @@ class BlobLoss(LossBase):
         # (B, N) foreground probability, without materialising the (B, C, N) probabilities under autograd
         if c == 1:
             pf = torch.sigmoid(x[:, 0]) if prep.act == "sigmoid" else x[:, 0]
+        elif prep.act == "softmax" and c == 2:
+            pf = torch.sigmoid(x[:, 1] - x[:, 0])  # softmax of two classes
         elif prep.act == "softmax":
             pf = -torch.expm1(x[:, 0] - torch.logsumexp(x, 1))  # 1 - p_background
         elif prep.act == "none":

@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 
 from ._base import LossBase
-from ._inputs import Prepared
-from ._stats import activate, is_distributed
+from ._inputs import Prepared, as_class_logits
+from ._stats import activate, region_sums
 from .pixel import masked_mean
 
 __all__ = ["LovaszSoftmaxLoss", "lovasz_grad"]
@@ -60,35 +60,52 @@ class LovaszSoftmaxLoss(LossBase):
         self.classes, self.per_image = classes, per_image
 
     def from_prepared(self, prep: Prepared) -> torch.Tensor:
-        x = prep.x
-        p = activate(x.float() if x.dtype != torch.float64 else x, prep.act, 1)
-        t = prep.target
-        if prep.num_classes == 1:  # one binary channel: background and foreground
-            p = torch.cat([1 - p, p], 1)
-            t = torch.cat([1 - t, t], 1)
-        first = self._first_kept(p.shape[1])
-        groups = [slice(i, i + 1) for i in range(p.shape[0])] if self.per_image else [slice(None)]
-        losses = [self._one(p[g], t[g], prep.valid[g] if prep.valid is not None else None, first, prep.is_index)
-                  for g in groups]  # fmt: skip
-        values = torch.stack(losses)
+        # The Lovasz gradient w of each class comes from sorting the errors, which carries no gradient; with
+        # it fixed, sum_i e_sorted_i w_i = sum_v |g_v - p_v| w_v = sum_v p_v w_v (1 - 2 g_v) + sum_v g_v w_v for
+        # binary g. So the loss is a weighted sum of the probabilities: the fused statistics kernel with a
+        # weight map computes it, instead of an autograd graph over sorted copies of every class's errors.
+        if prep.num_classes == 1:  # one binary channel -> [background, foreground]
+            if prep.act == "none":  # probabilities, read as they are
+                two = torch.cat([1 - prep.x, prep.x], 1)
+                prep = Prepared(two, "none", torch.cat([1 - prep.target, prep.target], 1), False, prep.valid, prep.spatial)
+            else:
+                prep = as_class_logits(prep, "LovaszSoftmaxLoss")
+        with torch.no_grad():
+            weight, const, present = self._lovasz_weights(prep)
+        s = region_sums(prep, ("sp",), weight=weight)["sp"] + const  # (B, C) per-image or per-batch sums
+        first = self._first_kept(prep.num_classes)
+        s, present = s[:, first:], present[:, first:]
+        if not self.per_image:
+            s, present = s.sum(0, keepdim=True), present[:1]
+        per_image = (s * present).sum(1) / present.sum(1).clamp_min(1)
         if self.per_image:
-            return masked_mean(values.sum(), values.numel(), self.distributed)
-        return values[0]
+            return masked_mean(per_image.sum(), per_image.numel(), self.distributed)
+        return per_image[0]
 
-    def _one(self, p, t, valid, first, is_index):
-        terms = []
-        v = valid.reshape(-1) if valid is not None else None
-        for c in range(first, p.shape[1]):
-            fg = (t[:, 0] == c) if is_index else t[:, c]
-            fg = fg.reshape(-1).to(p.dtype)
-            pc = p[:, c].reshape(-1)
-            if v is not None:
-                fg, pc = fg[v], pc[v]
-            if self.classes == "present" and fg.sum() == 0:
-                continue
-            errors = (fg - pc).abs()
-            errors_sorted, perm = torch.sort(errors, descending=True)
-            terms.append(torch.dot(errors_sorted, lovasz_grad(fg[perm])))
-        if not terms:  # nothing present (all voxels ignored): zero with a graph
-            return p.sum() * 0
-        return torch.stack(terms).mean()
+    def _lovasz_weights(self, prep: Prepared):
+        """Per voxel and class, the weight w (1 - 2 g) of p in the loss, the constant sum g w, and which classes
+        count (present in the target, or all)."""
+        p = activate(prep.x.float() if prep.x.dtype != torch.float64 else prep.x, prep.act, 1)
+        b, c, n = p.shape
+        weight = torch.zeros_like(p)
+        const = p.new_zeros(b, c)
+        present = torch.zeros(b, c, dtype=torch.bool, device=p.device)
+        valid = prep.valid[:, 0] if prep.valid is not None else None
+        groups = [slice(i, i + 1) for i in range(b)] if self.per_image else [slice(None)]
+        for cls in range(c):
+            fg = (prep.target[:, 0] == cls) if prep.is_index else prep.target[:, cls] > 0.5
+            for gsl in groups:
+                f = fg[gsl].reshape(-1).to(p.dtype)
+                errors = (f - p[gsl, cls].reshape(-1)).abs()
+                if valid is not None:
+                    errors = torch.where(valid[gsl].reshape(-1), errors, -1.0)  # ignored voxels sort last
+                _, perm = torch.sort(errors, descending=True)
+                keep = perm if valid is None else perm[: int(valid[gsl].sum())]
+                w = p.new_zeros(f.numel())
+                w[keep] = lovasz_grad(f[keep])
+                weight[gsl, cls] = (w * (1 - 2 * f)).view(weight[gsl, cls].shape)
+                row = gsl.start or 0  # per image: that sample; whole batch: kept once, in sample 0
+                const[row, cls] = (w * f).sum()
+                present[row, cls] = bool(f[keep].sum() > 0) if self.classes == "present" else True
+        return weight, const, present
+

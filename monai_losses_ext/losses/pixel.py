@@ -495,11 +495,21 @@ class TopKCELoss(LossBase):
         self._register_class_vector("class_weight", weight)
 
     def from_prepared(self, prep: Prepared) -> torch.Tensor:
-        loss, norm = cross_entropy_map(prep, self.class_weight, self.label_smoothing)
-        values = loss.reshape(-1)
-        if prep.valid is not None:
-            values = values[prep.valid.reshape(-1)]
-        return topk_mean(values, self.k, self.distributed)
+        # rank every voxel without a graph, then recompute the cross-entropy with autograd on the chosen ones
+        # only: the graph (and the backward work) is k% of the volume, not all of it
+        with torch.no_grad():
+            values, _ = cross_entropy_map(prep, self.class_weight, self.label_smoothing)
+        flat_valid = None if prep.valid is None else prep.valid.reshape(-1).nonzero()[:, 0]
+        values = values.reshape(-1) if flat_valid is None else values.reshape(-1)[flat_valid]
+        chosen, k = topk_select(values, self.k, self.distributed)
+        if flat_valid is not None:
+            chosen = flat_valid[chosen]
+        b_idx, v_idx = chosen // prep.x.shape[2], chosen % prep.x.shape[2]
+        x_sel = prep.x[b_idx, :, v_idx].unsqueeze(-1)  # (k, C, 1)
+        t_sel = prep.target[b_idx, :, v_idx].unsqueeze(-1)
+        sel = Prepared(x_sel, prep.act, t_sel, prep.is_index, None, (1,))
+        ce, _ = cross_entropy_map(sel, self.class_weight, self.label_smoothing)
+        return all_reduce_sum(ce.sum(), self.distributed) / k
 
 
 def _topk_count(k_percent: float, n: int) -> int:
@@ -507,38 +517,35 @@ def _topk_count(k_percent: float, n: int) -> int:
     return max(1, math.ceil(k_percent * n / 100 - 1e-9))
 
 
-def topk_mean(values: torch.Tensor, k_percent: float, distributed: bool) -> torch.Tensor:
-    """Mean of the ceil(k% * n) largest entries of ``values`` (n pooled over ranks when distributed)."""
+def topk_select(values: torch.Tensor, k_percent: float, distributed: bool) -> tuple[torch.Tensor, int]:
+    """Indices of this rank's entries among the ceil(k% * n) largest of ``values`` (n and the ranking pooled
+    over every rank when distributed; ties at the threshold are split in rank order), and that global k."""
     n_local = values.numel()
     if not is_distributed(distributed):
-        k = _topk_count(k_percent, n_local) if n_local else 0
-        if k == 0:
-            return values.sum() * 0
-        return torch.topk(values, k, sorted=False).values.mean()
+        k = _topk_count(k_percent, n_local) if n_local else 1
+        return torch.topk(values, min(k, n_local), sorted=False).indices, k
     import torch.distributed as dist
 
     n_total = int(all_reduce_sum(torch.tensor(float(n_local), device=values.device), True).item())
     k = _topk_count(k_percent, n_total)
-    cand = torch.topk(values, min(k, n_local), sorted=True).values if n_local else values
+    cand_v, cand_i = torch.topk(values, min(k, n_local), sorted=True)
     # global threshold: the k-th largest among every rank's local top-k candidates
     sizes = [torch.zeros(1, dtype=torch.long, device=values.device) for _ in range(dist.get_world_size())]
-    dist.all_gather(sizes, torch.tensor([cand.numel()], device=values.device))
+    dist.all_gather(sizes, torch.tensor([cand_v.numel()], device=values.device))
     width = max(int(s) for s in sizes)
-    padded = torch.full((width,), -float("inf"), dtype=cand.dtype, device=cand.device)
-    padded[: cand.numel()] = cand.detach()
+    padded = torch.full((width,), -float("inf"), dtype=cand_v.dtype, device=cand_v.device)
+    padded[: cand_v.numel()] = cand_v
     gathered = [torch.empty_like(padded) for _ in sizes]
     dist.all_gather(gathered, padded)
     thr = torch.topk(torch.cat(gathered), k).values[-1]
-    above = cand > thr
-    ties = cand == thr
+    above, ties = cand_v > thr, cand_v == thr
     counts = torch.stack([above.sum(), ties.sum()]).to(torch.long)
     all_counts = [torch.empty_like(counts) for _ in sizes]
     dist.all_gather(all_counts, counts)
     n_above = sum(int(ci[0]) for ci in all_counts)
     ties_before = sum(int(ci[1]) for ci in all_counts[: dist.get_rank()])
     take = max(0, min(int(counts[1]), k - n_above - ties_before))
-    local = cand[above].sum() + cand[ties][:take].sum()
-    return all_reduce_sum(local, True) / k
+    return torch.cat([cand_i[above], cand_i[ties][:take]]), k
 
 
 class _VoxelSums(torch.autograd.Function):
