@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import warnings
+from abc import ABCMeta, abstractmethod
 from collections.abc import Callable
 
 import torch
@@ -48,7 +49,7 @@ def apply_class_weight(f: torch.Tensor, weight: torch.Tensor | None, n_kept: int
     return f * weight.to(f)
 
 
-class LossBase(_Loss):
+class LossBase(_Loss, metaclass=ABCMeta):
     """Holds the arguments every loss shares and runs the one input path."""
 
     probabilities = True  # overlap losses read probabilities when no activation is given
@@ -98,9 +99,9 @@ class LossBase(_Loss):
     def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         return self.from_prepared(self._prepare(input, target))
 
+    @abstractmethod
     def from_prepared(self, prep: Prepared) -> torch.Tensor:
         """The loss of an already prepared input; compound losses prepare once and call this on each term."""
-        raise NotImplementedError  # abstract: each loss defines it
 
     def _register_class_vector(self, name: str, value, allow_negative: bool = False) -> None:
         self.register_buffer(name, as_class_vector(value, name, allow_negative), persistent=False)

@@ -97,7 +97,9 @@ class WeightMapCELoss(LossBase):
 
             _warn_on_the_fly("WeightMapCELoss", "weight_map", "UNetWeightMap")
             weight_map = _per_case(target, input.shape[1], lambda c: UNetWeightMap(w0=self.w0, sigma=self.sigma))
-        w = _check_map(weight_map, "weight_map", input, (1,))
+        return self.from_prepared(prep, _check_map(weight_map, "weight_map", input, (1,)))
+
+    def from_prepared(self, prep: Prepared, w: torch.Tensor) -> torch.Tensor:
         if self.validate and (not torch.isfinite(w).all() or (w < 0).any()):
             raise ValueError("weight_map must be finite and >= 0; recompute it with UNetWeightMapd.")
         loss, norm = cross_entropy_map(prep, None, self.label_smoothing)
@@ -149,7 +151,9 @@ class _MapRegionLoss(LossBase):
 
     def forward(self, input: torch.Tensor, target: torch.Tensor, distance_map: torch.Tensor | None = None) -> torch.Tensor:
         prep = self._prepare(input, target)
-        dmap = self._distance_map(target, distance_map, input)
+        return self.from_prepared(prep, self._distance_map(target, distance_map, input))
+
+    def from_prepared(self, prep: Prepared, dmap: torch.Tensor) -> torch.Tensor:
         # the map weighs the fused statistics (no probability map or product is kept under autograd)
         sums = region_sums(prep, self.moments + ("n",), weight=self.voxel_weight(dmap.reshape(prep.x.shape), prep))
         first = self._first_kept(prep.num_classes)
@@ -343,17 +347,17 @@ class BlobLoss(LossBase):
             _warn_on_the_fly("BlobLoss", "instances", "LesionInstances")
             fg = (target > 0).to(torch.uint8) if target.shape[1] == 1 else target[:, 1:].sum(1, keepdim=True).gt(0.5).to(torch.uint8)
             instances = _per_case(fg, 1, lambda c: LesionInstances())
-        inst = _check_map(instances, "instances", input, (1,))
+        global_term = self.global_loss(input, target) if self.alpha else None
+        return self.from_prepared(prep, _check_map(instances, "instances", input, (1,)), global_term)
+
+    def from_prepared(self, prep: Prepared, inst: torch.Tensor, global_term: torch.Tensor | None) -> torch.Tensor:
         if inst.is_floating_point() and (inst != inst.round()).any():
             raise ValueError("instances must hold integer lesion ids (0 background, 1..K) from LesionInstancesd.")
         inst = inst.reshape(inst.shape[0], -1).long()
         if self.validate and int(inst.min()) < 0:
             raise ValueError(f"instances hold negative ids (min {int(inst.min())}); expected 0 background, 1..K lesions.")
-        blob = self._blob_term(prep, inst)
-        total = self.beta * blob
-        if self.alpha:
-            total = total + self.alpha * self.global_loss(input, target)
-        return total
+        total = self.beta * self._blob_term(prep, inst)
+        return total if global_term is None else total + self.alpha * global_term
 
     def _blob_term(self, prep: Prepared, inst: torch.Tensor) -> torch.Tensor:
         dt = compute_dtype(prep.x)

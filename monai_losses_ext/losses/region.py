@@ -8,6 +8,7 @@ smoothing) an empty target with an empty prediction scores as a perfect match, l
 
 from __future__ import annotations
 
+from abc import abstractmethod
 from collections.abc import Callable, Sequence
 
 import torch
@@ -88,9 +89,9 @@ class RegionLoss(LossBase):
         none_shape = list(f.shape) + [1] * n_spatial if self.none_keeps_spatial else None
         return reduce_loss(f, self.reduction, self.distributed and not self.batch, none_shape)
 
+    @abstractmethod
     def score(self, s: dict[str, torch.Tensor]) -> torch.Tensor:
         """Per-class loss from the pooled sums; each overlap loss defines its formula here."""
-        raise NotImplementedError(f"{type(self).__name__} defines no score()")
 
 
 def dice_score(s, squared: bool, jaccard: bool, smooth_nr: float, smooth_dr: float) -> torch.Tensor:
