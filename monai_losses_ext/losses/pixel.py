@@ -18,9 +18,7 @@ from torch.autograd.function import once_differentiable
 
 from ._base import LossBase, reduce_loss
 from ._inputs import Prepared
-import dataclasses
-
-from ._stats import _chunks, _take, all_reduce_sum, dense_chunk, compute_dtype, is_distributed, region_sums
+from ._stats import _chunks, _take, all_reduce_sum, compute_dtype, dense_chunk, is_distributed
 
 __all__ = ["WeightedCELoss", "WeightedBCELoss", "FocalLoss", "TopKCELoss", "cross_entropy_map", "masked_mean"]
 
@@ -62,6 +60,24 @@ def cross_entropy_map(prep: Prepared, weight: torch.Tensor | None, label_smoothi
         loss = loss * v
         norm = norm * v
     return loss, norm
+
+
+def _cross_entropy_total(prep: Prepared, weight: torch.Tensor | None, label_smoothing: float):
+    """Summed softmax cross-entropy by PyTorch's fused kernel, and the normaliser of its mean (the summed
+    weights of the valid voxels for index labels, their number for probability targets)."""
+    x = prep.x
+    dt = compute_dtype(x)
+    w = weight.to(device=x.device, dtype=dt) if weight is not None else None
+    if prep.is_index:
+        t = prep.target[:, 0]
+        if prep.valid is not None:
+            t = torch.where(prep.valid[:, 0], t, -100)
+        num = F.cross_entropy(x.to(dt), t, weight=w, reduction="sum", label_smoothing=label_smoothing)
+        counts = torch.bincount((t + 1).clamp_min(0).reshape(-1), minlength=prep.num_classes + 1)[1:].to(dt)  # ignored -> bin 0
+        den = (counts * w).sum() if w is not None else counts.sum()
+        return num, den
+    num = F.cross_entropy(x.to(dt), prep.target.to(dt), weight=w, reduction="sum", label_smoothing=label_smoothing)
+    return num, float(x.shape[0] * x.shape[2])
 
 
 CE_MOMENTS = ("nll", "sg", "n")
@@ -129,9 +145,9 @@ class WeightedCELoss(LossBase):
         w = self.class_weight
         if w is not None and w.ndim == 1 and prep.num_classes > 1 and w.numel() != prep.num_classes:
             raise ValueError(f"weight has {w.numel()} values but the input has {prep.num_classes} classes.")
-        if fused_ce_applies(prep, self.label_smoothing, self.reduction):
-            sums = region_sums(dataclasses.replace(prep, act="softmax"), CE_MOMENTS)
-            return ce_from_sums(sums, w, prep.is_index, self.reduction, self.distributed)
+        if self.reduction != "none" and prep.num_classes > 1 and (prep.is_index or prep.valid is None):
+            num, den = _cross_entropy_total(prep, w, self.label_smoothing)
+            return masked_mean(num, den, self.distributed) if self.reduction == "mean" else all_reduce_sum(num, self.distributed)
         loss, norm = cross_entropy_map(prep, w, self.label_smoothing)
         return _ce_reduce(loss, norm, self.reduction, self.distributed, prep.spatial)
 
