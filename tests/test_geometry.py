@@ -200,3 +200,9 @@ def test_map_shape_errors_name_both_shapes():
         E.WeightMapCELoss()(x, t, weight_map=torch.ones(2, 1, 7, 13, 10))
     with pytest.raises(ValueError, match="integer lesion ids"):
         E.BlobLoss(softmax=True, to_onehot_y=True)(x, t, instances=torch.full((2, 1, 14, 13, 10), 0.5))
+
+
+def test_hausdorff_rejects_signed_maps():
+    x, t = _case()
+    with pytest.raises(ValueError, match="unsigned"):
+        E.HausdorffDTLoss(softmax=True, to_onehot_y=True)(x, t, distance_map=_maps(t, "signed"))

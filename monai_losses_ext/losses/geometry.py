@@ -211,7 +211,11 @@ class HausdorffDTLoss(_MapRegionLoss):
     moments = ("sp2", "tp", "sg2")
 
     def voxel_weight(self, d, prep):
-        dist = d.to(compute_dtype(prep.x)).clamp_min(0) ** self.alpha
+        d = d.to(compute_dtype(prep.x))
+        if self.validate and bool((d < 0).any()):
+            raise ValueError("HausdorffDTLoss reads unsigned distance maps (>= 0), got negative values: compute them "
+                             "with SignedDistanceMapd(mode='unsigned').")  # fmt: skip
+        dist = d.square() if self.alpha == 2 else d**self.alpha
         if self.include_pred_dt:
             from ..transforms import SignedDistanceMap
 
