@@ -110,9 +110,10 @@ class _RegionSums(torch.autograd.Function):
                 v = valid[bi] if valid is not None else None
                 w = weight[bi] if weight is not None else None
                 if ctx.is_index:
-                    out = gx[bi] if gx.dtype == dt else torch.empty_like(p)
+                    in_place = gx.dtype == dt  # half-precision input: compute in float32, then cast
+                    out = gx[bi] if in_place else torch.empty_like(p)
                     _index_backward(out, g, p, flats[bi], target[bi].reshape(1, -1), v, w, act)
-                    if out is not gx[bi]:
+                    if not in_place:
                         gx[bi] = out
                     continue
                 m = _mult(v, w)
