@@ -155,7 +155,8 @@ def _index_backward(out, g, p, flat, t, v, w, act):
     On CPU every fresh large buffer costs page faults as well as a pass, hence the in-place steps."""
     c = p.shape[0]
     a = g["sp"] if "sp" in g else p.new_zeros(c)
-    pt = p.view(-1).index_select(0, flat).unsqueeze(0)  # recomputed: cheaper than keeping it
+    needs_pt = "tp" in g or "p2g" in g
+    pt = p.view(-1).index_select(0, flat).unsqueeze(0) if needs_pt else None  # recomputed: cheaper than kept
     wt = None if w is None else (w.reshape(-1).index_select(0, flat) if w.shape[0] > 1 else w[0]).to(p.dtype)
     # A into out
     if "sp2" in g:
@@ -164,8 +165,8 @@ def _index_backward(out, g, p, flat, t, v, w, act):
             out.mul_(w)
     elif w is not None:
         torch.mul(w, a.unsqueeze(1), out=out)
-    else:
-        out.copy_(a.unsqueeze(1).expand_as(out)) if act != "softmax" else None
+    elif act != "softmax":  # (softmax with A_c = a_c takes the gemv path below)
+        out.copy_(a.unsqueeze(1).expand_as(out))
     bvec = None  # B, per voxel
     if "tp" in g:
         bvec = _take(g["tp"], t)[0]
@@ -248,6 +249,8 @@ def _flat_index(t: torch.Tensor, n: int, c: int) -> torch.Tensor:
     key = (n, t.device, dtype)
     ar = _ARANGE.get(key)
     if ar is None:
+        if len(_ARANGE) >= 8:  # a few sizes (patch, validation volume) recur; keep the cache small
+            _ARANGE.pop(next(iter(_ARANGE)))
         ar = _ARANGE[key] = torch.arange(n, device=t.device, dtype=dtype)
     return torch.add(ar, t.to(dtype), alpha=n)
 
