@@ -1,9 +1,10 @@
 """Per-voxel losses: weighted cross-entropy, weighted BCE, focal, TopK.
 
-Cross-entropy and BCE use PyTorch's fused kernels. Focal loss runs in a fused kernel (``_FocalTerms``)
-that keeps only logits and target for backward and recomputes the rest chunk by chunk, so its extra
-memory stays near one copy of the logits (MONAI's takes about 12). With ``distributed=True`` the
-normalisers of the means (voxel counts, weight sums) and the TopK threshold are pooled over all ranks.
+Cross-entropy and BCE use PyTorch's fused kernels. Focal loss runs in a chunked kernel (``_FocalTerms``)
+that computes the gradient during forward and keeps only it, so backward is one multiplication and the
+extra memory stays near two copies of the logits (MONAI's autograd graph takes about 12). TopK ranks the
+voxels without a graph and differentiates only the chosen ones. With ``distributed=True`` the normalisers of
+the means (voxel counts, weight sums) and the TopK threshold are pooled over all ranks.
 """
 
 from __future__ import annotations
@@ -199,8 +200,8 @@ class WeightedBCELoss(LossBase):
 
 
 def _dense_target(prep: Prepared, dt) -> torch.Tensor:
-    """A (B, C, N) float target; for index labels this builds the one-hot, which only per-voxel losses that
-    need every channel's target (BCE) do, outside autograd (the target takes no gradient)."""
+    """A (B, C, N) float target; for index labels this builds the one-hot, which only the per-voxel losses that
+    need every channel's target do (BCE; focal without the background), outside autograd."""
     if not prep.is_index:
         return prep.target.to(dt)
     t = torch.zeros(prep.x.shape, dtype=dt, device=prep.x.device)
@@ -476,9 +477,7 @@ class FocalLoss(LossBase):
 
 def _drop_background(prep: Prepared) -> Prepared:
     """Drop channel 0 from input and target (MONAI order: before the softmax, for the focal loss)."""
-    t = prep.target
-    if prep.is_index:
-        t = torch.zeros(prep.x.shape, dtype=prep.x.dtype, device=prep.x.device).scatter_(1, t, 1.0)
+    t = _dense_target(prep, compute_dtype(prep.x))
     return Prepared(prep.x[:, 1:], prep.act, t[:, 1:], False, prep.valid, prep.spatial)
 
 
