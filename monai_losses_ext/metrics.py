@@ -1,0 +1,283 @@
+"""Segmentation metrics for lesion and tumour evaluation: voxel Dice, HD95 and lesion-wise detection.
+
+Lesion-wise detection (the MS-lesion / BraTS-2023 style of counting objects, not voxels):
+
+* the connected components of the prediction and of the truth are the *lesions* (``connectivity``:
+  1 = faces, ndim = all neighbours, the default, 26 in 3D);
+* a truth lesion is **detected** when at least one voxel of it is predicted (it overlaps a predicted
+  component); ``TP`` = detected truth lesions, ``FN`` = truth lesions with no predicted voxel;
+* a predicted component that touches no truth voxel is a false positive, ``FP``;
+* ``sensitivity = TP / (TP + FN)``, ``F1 = 2 TP / (2 TP + FP + FN)``.
+
+So two truth lesions merged into one predicted blob count as two detections and no false positive,
+and one truth lesion split into two predicted blobs counts as one detection and no false positive.
+Empty cases: no truth lesion and no predicted lesion gives ``F1 = 1`` (nothing to find, nothing
+wrongly found) and an undefined (NaN) sensitivity; truth empty but something predicted gives F1 = 0.
+
+The array functions take one case, a boolean mask per class or region (no batch, no channel). The
+MONAI metric :class:`LesionWiseF1Metric` takes batches like MONAI's metrics (binarised one-hot
+``(B, C, *spatial)``) and plugs into ignite through :class:`LesionF1` (an ``IgniteMetricHandler``), so
+it can be a validation metric in a bundle config next to ``MeanDice``.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from monai.handlers import IgniteMetricHandler
+from monai.metrics import CumulativeIterationMetric, compute_hausdorff_distance
+from scipy import ndimage
+
+__all__ = [
+    "dice_score",
+    "hd95",
+    "lesion_counts",
+    "lesion_wise_scores",
+    "case_metrics",
+    "summarize",
+    "LesionWiseF1Metric",
+    "LesionF1",
+]
+
+
+def _mask(x: Any, what: str) -> np.ndarray:
+    if isinstance(x, torch.Tensor):
+        x = x.detach().cpu().numpy()
+    x = np.asarray(x)
+    if x.dtype != bool:
+        vals = np.unique(x)
+        if not np.isin(vals, (0, 1)).all():
+            raise ValueError(
+                f"{what} must be a binary mask (values 0/1 or bool), found values {vals[:10].tolist()}; "
+                "binarise predictions first (argmax / threshold), one mask per class"
+            )
+        x = x.astype(bool)
+    return x
+
+
+def _pair(pred: Any, truth: Any) -> tuple[np.ndarray, np.ndarray]:
+    p, t = _mask(pred, "pred"), _mask(truth, "truth")
+    if p.shape != t.shape:
+        raise ValueError(f"pred has shape {p.shape} but truth has shape {t.shape}; they must be the same grid")
+    return p, t
+
+
+def dice_score(pred: Any, truth: Any) -> float:
+    """Voxel Dice ``2|P∩T| / (|P| + |T|)`` of two binary masks; 1.0 when both are empty."""
+    p, t = _pair(pred, truth)
+    denom = int(p.sum()) + int(t.sum())
+    return 1.0 if denom == 0 else 2.0 * int(np.logical_and(p, t).sum()) / denom
+
+
+def hd95(pred: Any, truth: Any, spacing: float | Sequence[float] | None = None, percentile: float = 95.0) -> float:
+    """95th-percentile symmetric Hausdorff distance between two binary masks, in the units of ``spacing``.
+
+    Computed by ``monai.metrics.compute_hausdorff_distance(percentile=95)`` (surface voxels, Euclidean
+    distance transform). Both masks empty: 0.0; exactly one empty: NaN (undefined, MONAI gives inf/nan
+    with a warning); ``summarize`` skips NaN values and counts them.
+    """
+    p, t = _pair(pred, truth)
+    if not p.any() and not t.any():
+        return 0.0
+    if not p.any() or not t.any():
+        return float("nan")
+    sp = None if spacing is None else [float(s) for s in np.broadcast_to(np.asarray(spacing, dtype=float), (p.ndim,))]
+    with warnings.catch_warnings():  # MONAI 1.5+ warns about its own internal argument
+        warnings.simplefilter("ignore", FutureWarning)
+        val = compute_hausdorff_distance(
+            torch.from_numpy(p[None, None]), torch.from_numpy(t[None, None]),
+            include_background=True, percentile=percentile, spacing=sp,
+        )  # fmt: skip
+    return float(val.reshape(-1)[0])
+
+
+def _structure(ndim: int, connectivity: int | None) -> np.ndarray:
+    conn = ndim if connectivity is None else int(connectivity)
+    if not 1 <= conn <= ndim:
+        raise ValueError(f"connectivity={connectivity!r}: use 1 (faces) .. {ndim} (all neighbours) or None")
+    return ndimage.generate_binary_structure(ndim, conn)
+
+
+def lesion_counts(pred: Any, truth: Any, connectivity: int | None = None, min_size: int = 0) -> dict[str, int]:
+    """Lesion-wise counts of one case: ``tp``, ``fp``, ``fn``, ``n_truth``, ``n_pred`` (see module doc).
+
+    ``min_size``: predicted components with fewer voxels are dropped before counting (a common
+    post-processing; truth lesions are never dropped).
+    """
+    p, t = _pair(pred, truth)
+    st = _structure(p.ndim, connectivity)
+    p_ids, n_pred = ndimage.label(p, structure=st)
+    if min_size > 1 and n_pred:
+        sizes = np.bincount(p_ids.ravel(), minlength=n_pred + 1)
+        keep = sizes >= min_size
+        keep[0] = False
+        p = keep[p_ids]
+        p_ids, n_pred = ndimage.label(p, structure=st)
+    t_ids, n_truth = ndimage.label(t, structure=st)
+    # a truth lesion is detected when any of its voxels is predicted
+    detected = np.unique(t_ids[p & t])
+    tp = int(np.count_nonzero(detected))
+    # a predicted component is a false positive when none of its voxels is truth
+    hit = np.unique(p_ids[p & t])
+    fp = n_pred - int(np.count_nonzero(hit))
+    return {"tp": tp, "fp": int(fp), "fn": int(n_truth - tp), "n_truth": int(n_truth), "n_pred": int(n_pred)}
+
+
+def lesion_wise_scores(counts: Mapping[str, int]) -> dict[str, float]:
+    """``sensitivity`` (NaN without truth lesions), ``precision`` (NaN without predicted lesions) and ``f1``
+    (1.0 when there is neither a truth nor a predicted lesion) from :func:`lesion_counts`."""
+    tp, fp, fn = counts["tp"], counts["fp"], counts["fn"]
+    sens = tp / (tp + fn) if tp + fn else float("nan")
+    prec = (counts["n_pred"] - fp) / counts["n_pred"] if counts["n_pred"] else float("nan")
+    f1 = 2 * tp / (2 * tp + fp + fn) if (tp + fp + fn) else 1.0
+    return {"sensitivity": sens, "precision": prec, "f1": f1}
+
+
+def case_metrics(
+    pred: Any,
+    truth: Any,
+    names: Sequence[str],
+    spacing: float | Sequence[float] | None = None,
+    connectivity: int | None = None,
+    skip_first: bool = False,
+) -> dict[str, float]:
+    """All metrics of one case. ``pred`` / ``truth``: binarised channels ``(C, *spatial)`` (one-hot classes or
+    region channels); ``names`` one per scored channel; ``skip_first``: channel 0 is background and is not
+    scored. Returns ``{"dice_<name>", "hd95_<name>", "lesion_sensitivity_<name>", "lesion_precision_<name>",
+    "lesion_f1_<name>", "n_truth_<name>", "n_pred_<name>"}``.
+    """
+    p = pred.detach().cpu().numpy() if isinstance(pred, torch.Tensor) else np.asarray(pred)
+    t = truth.detach().cpu().numpy() if isinstance(truth, torch.Tensor) else np.asarray(truth)
+    if p.shape != t.shape:
+        raise ValueError(f"pred has shape {p.shape} but truth has shape {t.shape}; both must be (C, *spatial)")
+    channels = list(range(1 if skip_first else 0, p.shape[0]))
+    if len(names) != len(channels):
+        raise ValueError(f"{len(names)} names {list(names)} for {len(channels)} scored channels of shape {p.shape}")
+    row: dict[str, float] = {}
+    for name, c in zip(names, channels):
+        pc, tc = p[c] > 0.5, t[c] > 0.5
+        counts = lesion_counts(pc, tc, connectivity=connectivity)
+        scores = lesion_wise_scores(counts)
+        row[f"dice_{name}"] = dice_score(pc, tc)
+        row[f"hd95_{name}"] = hd95(pc, tc, spacing)
+        row[f"lesion_sensitivity_{name}"] = scores["sensitivity"]
+        row[f"lesion_precision_{name}"] = scores["precision"]
+        row[f"lesion_f1_{name}"] = scores["f1"]
+        row[f"n_truth_{name}"] = counts["n_truth"]
+        row[f"n_pred_{name}"] = counts["n_pred"]
+    return row
+
+
+def summarize(rows: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, float]]:
+    """Per column of numeric values: ``mean``, ``std`` (population), ``median``, ``n`` (values used) and
+    ``n_nan`` (undefined values skipped, e.g. HD95 when one mask is empty)."""
+    out: dict[str, dict[str, float]] = {}
+    keys = [k for k in (rows[0] if rows else {}) if all(isinstance(r.get(k), (int, float)) for r in rows)]
+    for k in keys:
+        vals = np.array([float(r[k]) for r in rows], dtype=float)
+        ok = vals[np.isfinite(vals)]
+        out[k] = {
+            "mean": float(ok.mean()) if ok.size else float("nan"),
+            "std": float(ok.std()) if ok.size else float("nan"),
+            "median": float(np.median(ok)) if ok.size else float("nan"),
+            "n": int(ok.size),
+            "n_nan": int(vals.size - ok.size),
+        }
+    return out
+
+
+class LesionWiseF1Metric(CumulativeIterationMetric):
+    """Lesion-wise detection F1 (or sensitivity / precision) as a MONAI cumulative metric.
+
+    Call with binarised one-hot ``y_pred`` and ``y`` of shape ``(B, C, *spatial)`` (as after
+    ``AsDiscreted(to_onehot=C)`` or a sigmoid threshold); the per-(case, channel) lesion counts are
+    buffered (and all-gathered under DDP by MONAI's ``Cumulative``).
+
+    Args:
+        include_background: score channel 0 too (False for one-hot classes, True for region channels).
+        connectivity: see :func:`lesion_counts`.
+        score: ``"f1"``, ``"sensitivity"`` or ``"precision"``.
+        reduction: ``"mean"`` (mean over cases and channels of the per-case score, empty-empty cases
+            scoring F1 = 1 and NaN sensitivities skipped), ``"mean_channel"`` (one value per channel),
+            or ``"pooled"`` (scores from the counts summed over all cases: micro average).
+    """
+
+    def __init__(
+        self,
+        include_background: bool = False,
+        connectivity: int | None = None,
+        score: str = "f1",
+        reduction: str = "mean",
+    ) -> None:
+        super().__init__()
+        if score not in ("f1", "sensitivity", "precision"):
+            raise ValueError(f"score={score!r}: use 'f1', 'sensitivity' or 'precision'")
+        if reduction not in ("mean", "mean_channel", "pooled"):
+            raise ValueError(f"reduction={reduction!r}: use 'mean', 'mean_channel' or 'pooled'")
+        self.include_background = include_background
+        self.connectivity = connectivity
+        self.score = score
+        self.reduction = reduction
+
+    def _compute_tensor(self, y_pred: torch.Tensor, y: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        if y_pred.shape != y.shape or y_pred.ndim < 3:
+            raise ValueError(
+                f"y_pred {tuple(y_pred.shape)} and y {tuple(y.shape)} must both be binarised one-hot (B, C, *spatial)"
+            )
+        first = 0 if self.include_background or y_pred.shape[1] == 1 else 1
+        p = y_pred.detach().cpu().numpy() > 0.5
+        t = y.detach().cpu().numpy() > 0.5
+        out = torch.zeros(p.shape[0], p.shape[1] - first, 5, dtype=torch.float64)
+        for b in range(p.shape[0]):
+            for i, c in enumerate(range(first, p.shape[1])):
+                k = lesion_counts(p[b, c], t[b, c], connectivity=self.connectivity)
+                out[b, i] = torch.tensor([k["tp"], k["fp"], k["fn"], k["n_truth"], k["n_pred"]], dtype=torch.float64)
+        return out.to(y_pred.device)
+
+    @staticmethod
+    def _scores(c: torch.Tensor) -> dict[str, torch.Tensor]:
+        tp, fp, fn, n_pred = c[..., 0], c[..., 1], c[..., 2], c[..., 4]
+        nan = torch.full_like(tp, float("nan"))
+        sens = torch.where(tp + fn > 0, tp / (tp + fn).clamp_min(1), nan)
+        prec = torch.where(n_pred > 0, (n_pred - fp) / n_pred.clamp_min(1), nan)
+        f1 = torch.where(tp + fp + fn > 0, 2 * tp / (2 * tp + fp + fn).clamp_min(1), torch.ones_like(tp))
+        return {"sensitivity": sens, "precision": prec, "f1": f1}
+
+    def counts(self) -> torch.Tensor:
+        """Buffered counts ``(cases, channels, 5)``: tp, fp, fn, n_truth, n_pred."""
+        data = self.get_buffer()
+        if not isinstance(data, torch.Tensor):
+            raise RuntimeError("LesionWiseF1Metric: nothing buffered yet (call it on (y_pred, y) batches first)")
+        return data
+
+    def aggregate(self) -> torch.Tensor:  # type: ignore[override]
+        c = self.counts()
+        if self.reduction == "pooled":
+            return self._scores(c.sum(0))[self.score].nanmean()
+        s = self._scores(c)[self.score]
+        return s.nanmean(0) if self.reduction == "mean_channel" else s.nanmean()
+
+
+class LesionF1(IgniteMetricHandler):
+    """Ignite metric (``monai.handlers`` style) for :class:`LesionWiseF1Metric`, for bundle configs::
+
+        "val_lesion_f1": {"_target_": "monai_losses_ext.metrics.LesionF1", "include_background": false,
+                          "output_transform": "$monai.handlers.from_engine(['pred', 'label'])"}
+    """
+
+    def __init__(
+        self,
+        include_background: bool = False,
+        connectivity: int | None = None,
+        score: str = "f1",
+        reduction: str = "mean",
+        output_transform=lambda x: x,
+        save_details: bool = True,
+    ) -> None:
+        metric_fn = LesionWiseF1Metric(include_background, connectivity, score, reduction)
+        super().__init__(metric_fn=metric_fn, output_transform=output_transform, save_details=save_details)
+
