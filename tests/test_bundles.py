@@ -1,0 +1,346 @@
+"""The MONAI bundles in bundles/: train (two iterations), evaluate, inference, resume, 2-process DDP on CPU,
+bad-data errors and the loss switch, on tiny synthetic MSD-style datasets written here with nibabel."""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("ignite")
+nib = pytest.importorskip("nibabel")
+
+from monai.bundle import ConfigWorkflow  # noqa: E402
+
+from monai_losses_ext import bundle_utils as bu  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+BUNDLES = {"lesion": ROOT / "bundles" / "lesion_segmentation", "tumour": ROOT / "bundles" / "tumour_segmentation"}
+SHAPE = (24, 28, 20)
+AFFINE = np.array([[-1.5, 0, 0, 20.0], [0, 1.5, 0, -30.0], [0, 0, 2.0, -15.0], [0, 0, 0, 1]])  # LAS, anisotropic
+# small everything: 16^3 patches, a 3-level U-Net with 4..16 channels, batch 1, one patch per case
+TINY = {
+    "patch_size": [16, 16, 16], "channels": [4, 8, 16], "strides": [2, 2], "num_res_units": 0,
+    "batch_size": 1, "num_samples": 1, "sw_batch_size": 2, "progress_bar": False, "num_threads": 1,
+}  # fmt: skip
+EVAL_KEYS = ("patch_size", "channels", "strides", "num_res_units", "sw_batch_size", "num_threads")
+
+
+def write_case(folder: Path, name: str, task: str, rng, label_override=None) -> dict:
+    nch = 2 if task == "lesion" else 4
+    g = np.stack(np.meshgrid(*[np.arange(s) for s in SHAPE], indexing="ij"), -1).astype(float)
+    centre = np.array(SHAPE) / 2
+    head = (((g - centre) / (np.array(SHAPE) * 0.45)) ** 2).sum(-1) < 1
+    label = np.zeros(SHAPE, np.uint8)
+    for _ in range(rng.integers(1, 4)):
+        c = centre + rng.uniform(-0.2, 0.2, 3) * np.array(SHAPE)
+        r = rng.uniform(2.0, 3.5)
+        ball = (((g - c) / r) ** 2).sum(-1) < 1
+        if task == "lesion":
+            label[ball] = 1
+        else:
+            label[((((g - c) / (1.6 * r)) ** 2).sum(-1) < 1) & (label == 0)] = 2  # oedema shell
+            label[ball] = 1  # necrotic core
+            label[ball & ((((g - c) / (0.6 * r)) ** 2).sum(-1) >= 1)] = 3  # enhancing rim
+    if label_override is not None:
+        label = label_override(label)
+    image = np.zeros(SHAPE + (nch,), np.float32)
+    for ch in range(nch):
+        image[..., ch] = head * (100 + 10 * ch) + (label > 0) * (80 - 20 * ch) + rng.normal(0, 3, SHAPE)
+    (folder / "imagesTr").mkdir(parents=True, exist_ok=True)
+    (folder / "labelsTr").mkdir(parents=True, exist_ok=True)
+    nib.save(nib.Nifti1Image(image, AFFINE), str(folder / "imagesTr" / f"{name}.nii.gz"))
+    nib.save(nib.Nifti1Image(label, AFFINE), str(folder / "labelsTr" / f"{name}.nii.gz"))
+    return {"image": f"./imagesTr/{name}.nii.gz", "label": f"./labelsTr/{name}.nii.gz"}
+
+
+def write_dataset(folder: Path, task: str, n: int = 4, seed: int = 0, bad: dict | None = None) -> Path:
+    rng = np.random.default_rng(seed)
+    labels = (
+        {"0": "background", "1": "lesion"}
+        if task == "lesion"
+        else {"0": "background", "1": "necrotic tumour core", "2": "peritumoral oedema", "3": "enhancing tumour"}
+    )
+    items = [write_case(folder, f"case_{i:03d}", task, rng, (bad or {}).get(i)) for i in range(n)]
+    (folder / "dataset.json").write_text(json.dumps({"name": task, "labels": labels, "training": items, "test": []}))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    base = tmp_path_factory.mktemp("data")
+    return {t: write_dataset(base / t, t) for t in ("lesion", "tumour")}
+
+
+def workflow(task: str, config: str | list, wtype: str = "train", **override) -> ConfigWorkflow:
+    files = [str(BUNDLES[task] / "configs" / c) for c in ([config] if isinstance(config, str) else config)]
+    w = ConfigWorkflow(config_file=files, meta_file=str(BUNDLES[task] / "configs" / "metadata.json"),
+                       logging_file=False, workflow_type=wtype, **override)  # fmt: skip
+    w.initialize()
+    return w
+
+
+def error_text(exc: BaseException) -> str:
+    """The messages of an exception and of everything it was raised from (bundle runs wrap errors)."""
+    out, seen = [], set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        out.append(f"{type(exc).__name__}: {exc}")
+        exc = exc.__cause__ or exc.__context__
+    return "\n".join(out)
+
+
+def train(task, data_dir, root, check=True, **kw):
+    # 3 cases: the last one is held out for validation, 2 train cases x batch 1 = 2 iterations per epoch
+    args = {**TINY, "dataset_dir": str(data_dir), "bundle_root": str(root), "max_cases": 3, "num_val": 1, "epochs": 1, **kw}
+    w = workflow(task, "train.json", **args)
+    if check:  # instantiates the datasets
+        assert not w.check_properties(), w.check_properties()
+    return w
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("task", ["lesion", "tumour"])
+def test_train_evaluate_inference(task, data, tmp_path):
+    w = train(task, data[task], tmp_path)
+    w.run()
+    trainer = w.parser.get_parsed_content("train#trainer")
+    assert (trainer.state.epoch, trainer.state.iteration) == (1, 2)
+    assert (tmp_path / "models" / "model.pt").exists() and (tmp_path / "models" / "checkpoint_epoch=1.pt").exists()
+    assert list((tmp_path / "logs").glob("events.out.tfevents.*"))
+    hist_train, hist_val = bu.read_history(str(tmp_path / "logs" / "history.jsonl"))
+    assert [r["epoch"] for r in hist_train] == [1] and "val_mean_dice" in hist_val[0] and "val_lesion_f1" in hist_val[0]
+    if task == "tumour":
+        assert {"val_dice_TC", "val_dice_WT", "val_dice_ET"} <= set(hist_val[0])
+    w.finalize()
+
+    small = {k: TINY[k] for k in EVAL_KEYS}
+    common = {"dataset_dir": str(data[task]), "bundle_root": str(tmp_path), "max_cases": 3, "num_val": 1, **small}
+    ev = workflow(task, "evaluate.json", "infer", **common)
+    assert not ev.check_properties()
+    ev.run()
+    names = ["lesion"] if task == "lesion" else ["TC", "WT", "ET"]
+    with open(tmp_path / "eval" / "metrics.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["case"] for r in rows] == ["case_002"]
+    for n in names:
+        for col in ("dice", "hd95", "lesion_sensitivity", "lesion_f1"):
+            assert f"{col}_{n}" in rows[0]
+        assert 0.0 <= float(rows[0][f"dice_{n}"]) <= 1.0
+    summary = json.loads((tmp_path / "eval" / "summary.json").read_text())
+    assert summary["cases"] == 1 and set(summary["metrics"][f"dice_{names[0]}"]) >= {"mean", "std"}
+
+    inf = workflow(task, "inference.json", "infer", **common)
+    inf.run()
+    out = tmp_path / "pred" / "case_002_seg.nii.gz"
+    assert out.exists()
+    pred, src = nib.load(str(out)), nib.load(str(data[task] / "imagesTr" / "case_002.nii.gz"))
+    assert pred.shape == SHAPE
+    np.testing.assert_allclose(pred.affine, src.affine, atol=1e-5)
+    values = set(np.unique(np.asarray(pred.dataobj)).tolist())
+    assert values <= ({0, 1} if task == "lesion" else {0, 1, 2, 3})
+
+
+@pytest.mark.slow
+def test_interrupted_run_resumes(data, tmp_path):
+    from ignite.engine import Events
+
+    w = train("lesion", data["lesion"], tmp_path, epochs=3)
+    trainer = w.parser.get_parsed_content("train#trainer")
+
+    def crash(engine):
+        raise RuntimeError("simulated crash after epoch 1")
+
+    trainer.add_event_handler(Events.EPOCH_COMPLETED(once=1), crash)
+    with pytest.raises(Exception) as err:
+        w.run()
+    assert "simulated crash" in error_text(err.value)
+    assert bu.latest_checkpoint(str(tmp_path / "models")).endswith("checkpoint_epoch=1.pt")
+
+    w2 = train("lesion", data["lesion"], tmp_path, epochs=3)
+    seen = []
+    trainer2 = w2.parser.get_parsed_content("train#trainer")
+    trainer2.add_event_handler(Events.EPOCH_STARTED, lambda e: seen.append(e.state.epoch))
+    w2.run()
+    assert seen == [2, 3]  # epoch counter continues after the restored epoch 1
+    assert (trainer2.state.epoch, trainer2.state.iteration) == (3, 6)
+    assert w2.parser.get_parsed_content("lr_scheduler").last_epoch == 3  # the LR schedule was restored too
+    assert [p.name for p in (tmp_path / "models").glob("checkpoint_epoch=*.pt")] == ["checkpoint_epoch=3.pt"]
+    hist, _ = bu.read_history(str(tmp_path / "logs" / "history.jsonl"))
+    assert [r["epoch"] for r in hist] == [1, 2, 3]
+
+    # resume=False starts again from epoch 1
+    w3 = train("lesion", data["lesion"], tmp_path, epochs=1, resume=False)
+    w3.run()
+    assert w3.parser.get_parsed_content("train#trainer").state.iteration == 2
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("task", ["lesion", "tumour"])
+def test_multi_gpu_train_two_cpu_processes(task, data, tmp_path):
+    import socket
+
+    with socket.socket() as s:  # a free port for the rendezvous
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    bundle = BUNDLES[task]
+    args = {**TINY, "dataset_dir": str(data[task]), "bundle_root": str(tmp_path), "max_cases": 4, "num_val": 1,
+            "epochs": 1}  # fmt: skip
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1", "--master_port", str(port),
+           "-m", "monai.bundle", "run",
+           "--config_file", str([str(bundle / "configs" / "train.json"), str(bundle / "configs" / "multi_gpu_train.json")]),
+           "--meta_file", str(bundle / "configs" / "metadata.json"), "--logging_file", str(bundle / "configs" / "logging.conf")]  # fmt: skip
+    for k, v in args.items():
+        cmd += [f"--{k}", json.dumps(v) if not isinstance(v, bool) else str(v)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=240, env=env)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    assert (tmp_path / "models" / "checkpoint_epoch=1.pt").exists()
+    hist, val = bu.read_history(str(tmp_path / "logs" / "history.jsonl"))
+    # 3 training cases over 2 ranks (padded to 4 by the DistributedSampler), batch 1: 2 iterations per rank
+    assert [(r["epoch"], r["iteration"]) for r in hist] == [(1, 2)]
+    assert len(val) == 1  # only rank 0 writes
+    ckpt = torch.load(str(tmp_path / "models" / "model.pt"), map_location="cpu", weights_only=True)
+    assert not any(k.startswith("module.") for k in ckpt)  # DDP wrapper stripped
+
+
+@pytest.mark.parametrize(
+    "bad, match",
+    [
+        (lambda lab: (lab * 255).astype(np.uint8), r"\{0, 255\}|remap"),  # a 0/255 mask
+        (lambda lab: np.where(lab > 0, 2, 0).astype(np.uint8), "2"),  # label >= num_classes
+    ],
+)
+def test_bad_label_file_is_named(bad, match, tmp_path):
+    d = write_dataset(tmp_path / "bad", "lesion", n=3, bad={1: bad})
+    w = train("lesion", d, tmp_path / "run", check=False)
+    with pytest.raises(Exception) as err:
+        w.run()
+    text = error_text(err.value)
+    assert "case_001.nii.gz" in text, text[-2000:]
+    assert re.search(match, text)
+
+
+def test_corrupt_image_file_is_named(tmp_path):
+    d = write_dataset(tmp_path / "bad", "lesion", n=3)
+    (d / "imagesTr" / "case_000.nii.gz").write_bytes(gzip.compress(b"not a nifti file"))
+    w = train("lesion", d, tmp_path / "run", check=False)
+    with pytest.raises(Exception) as err:
+        w.run()
+    assert "case_000.nii.gz" in error_text(err.value)
+
+
+def test_missing_dataset_says_how_to_generate_phantoms(tmp_path):
+    with pytest.raises(bu.DatasetNotFoundError, match="python -m monai_losses_ext.phantoms --task tumour"):
+        bu.msd_datalist(str(tmp_path / "nowhere"), "train", task="tumour")
+    w = train("lesion", tmp_path / "nowhere", tmp_path / "run", check=False)
+    with pytest.raises(Exception) as err:
+        w.run()
+    assert "monai_losses_ext.phantoms --task lesion" in error_text(err.value)
+
+
+def test_datalist_split_and_regions(data, tmp_path):
+    train_l = bu.msd_datalist(str(data["lesion"]), "train", val_fraction=0.25)
+    val_l = bu.msd_datalist(str(data["lesion"]), "validation", val_fraction=0.25)
+    assert len(train_l) == 3 and len(val_l) == 1 and val_l[0]["image"].endswith("case_003.nii.gz")
+    assert bu.msd_datalist(str(data["lesion"]), "test", val_fraction=0.25) == [{"image": val_l[0]["image"]}]
+    assert bu.tumour_regions(str(data["tumour"])) == [[1, 3], [1, 2, 3], [3]]  # BraTS numbering: TC, WT, ET
+    msd = tmp_path / "Task01_BrainTumour"
+    msd.mkdir()
+    (msd / "dataset.json").write_text(json.dumps({"labels": {"0": "background", "1": "edema",
+                                                             "2": "non-enhancing tumor", "3": "enhancing tumour"}}))  # fmt: skip
+    assert bu.tumour_regions(str(msd)) == [[2, 3], [1, 2, 3], [3]]
+    # regions back to labels keeps the nesting
+    regions = [[1, 3], [1, 2, 3], [3]]
+    lab = torch.tensor([0, 1, 2, 3]).reshape(1, 4, 1, 1)
+    from monai_losses_ext.transforms import OneHot
+
+    back = bu.RegionsToLabelsd("pred", regions)({"pred": OneHot(regions=regions)(lab)})["pred"]
+    assert back.flatten().tolist() == [0, 1, 2, 3]
+
+
+LOSSES = {
+    "lesion": {
+        "dice_ce": "DiceCELoss", "focal_tversky": "FocalTverskyLoss", "tversky": "TverskyLoss",
+        "generalized_dice": "GeneralizedDiceLoss", "dice_focal": "DiceFocalLoss", "unified_focal": "UnifiedFocalLoss",
+        "monai.losses.DiceLoss": "DiceLoss",
+    },
+    # sigmoid region channels: no mutually-exclusive-class losses; dice_ce's CE term is a softmax CE across the
+    # channels when there are several (MONAI's behaviour), so it is not offered for overlapping regions
+    "tumour": {
+        "dice_focal": "DiceFocalLoss", "focal_tversky": "FocalTverskyLoss", "tversky": "TverskyLoss",
+        "generalized_dice": "GeneralizedDiceLoss", "combo": "ComboLoss", "weighted_bce": "WeightedBCELoss",
+        "monai.losses.DiceLoss": "DiceLoss",
+    },
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("task", ["lesion", "tumour"])
+def test_loss_switch_by_name(task, data, tmp_path):
+    g = torch.zeros(2, 1, 8, 8, 8, dtype=torch.long)
+    g[:, :, 2:5, 2:5, 2:5] = 1
+    if task == "lesion":  # logits (B, 2, ...) with softmax, index target
+        target, onehot = g, torch.cat([1 - g, g], 1).float()
+    else:  # region channels (TC, WT, ET) with sigmoid, region one-hot target
+        g[:, :, 3, 3, 3] = 3
+        g[:, :, 2, 2, 2] = 2
+        target = onehot = torch.cat([(g == 1) | (g == 3), g > 0, g == 3], 1).float()
+    for name, cls in LOSSES[task].items():
+        w = workflow(task, "train.json", dataset_dir=str(data[task]), bundle_root=str(tmp_path), loss_name=name)
+        loss = w.parser.get_parsed_content("loss")
+        assert type(loss).__name__ == cls
+        assert type(loss).__module__.startswith("monai.losses" if name.startswith("monai.") else "monai_losses_ext")
+        assert w.parser.get_parsed_content("loss_map_keys") == {}
+        # the input format defaults reached the loss: confident correct logits score ~0, wrong ones do not
+        assert loss(20 * (2 * onehot - 1), target).item() < 0.05, name
+        assert loss(-20 * (2 * onehot - 1), target).item() > 0.3, name
+    # replacing the whole loss by _target_ also works
+    w = workflow(task, "train.json", dataset_dir=str(data[task]), bundle_root=str(tmp_path),
+                 loss={"_target_": "monai.losses.TverskyLoss", "sigmoid": True, "alpha": 0.3, "beta": 0.7})  # fmt: skip
+    assert type(w.parser.get_parsed_content("loss")).__name__ == "TverskyLoss"
+    # a map-reading loss gets its map from the pipeline
+    w = workflow(task, "train.json", dataset_dir=str(data[task]), bundle_root=str(tmp_path), loss_name="boundary")
+    assert w.parser.get_parsed_content("loss_map_keys") == {"distance_map": "label_distance_map"}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name, key", [("focal_tversky", None), ("dice_boundary", "label_distance_map"),
+                                       ("hausdorff_dt", "label_distance_map"), ("weight_map_ce", "label_weight_map"),
+                                       ("blob", "label_instances")])  # fmt: skip
+def test_training_runs_with_other_losses(name, key, data, tmp_path):
+    w = train("lesion", data["lesion"], tmp_path, loss_name=name)
+    w.run()
+    assert w.parser.get_parsed_content("train#trainer").state.iteration == 2
+    if key:
+        item = w.parser.get_parsed_content("train#dataset")[0][0]
+        assert key in item and item[key].shape[1:] == item["label"].shape[1:]
+
+
+def test_nan_loss_stops_with_a_clear_message():
+    from ignite.engine import Engine
+
+    engine = Engine(lambda e, b: {"loss": torch.tensor(float("nan") if e.state.iteration == 3 else 1.0)})
+    bu.StopOnNaNLoss().attach(engine)
+    with pytest.raises(RuntimeError, match=r"iteration 3 \(epoch 1\).*lower learning rate.*check the data"):
+        engine.run(range(5), max_epochs=1)
+
+
+@pytest.mark.parametrize("task", ["lesion", "tumour"])
+def test_bundle_files_and_metadata(task):
+    b = BUNDLES[task]
+    for f in ("train.json", "evaluate.json", "inference.json", "multi_gpu_train.json", "metadata.json", "logging.conf"):
+        assert (b / "configs" / f).exists(), f
+    assert (b / "docs" / "README.md").exists()
+    assert bu.check_metadata(str(b / "configs" / "metadata.json")) == []
+    meta = json.loads((b / "configs" / "metadata.json").read_text())
+    assert meta["network_data_format"]["inputs"]["image"]["num_channels"] == (2 if task == "lesion" else 4)
+    assert bu.check_metadata({"version": "1"}) != []
