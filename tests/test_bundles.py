@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 import torch
 
-pytest.importorskip("ignite")
-nib = pytest.importorskip("nibabel")
+import ignite  # noqa: E402,F401  (a declared dependency: missing means a broken install, not a skip)
+import nibabel as nib  # noqa: E402
 
 from monai.bundle import ConfigWorkflow  # noqa: E402
 
