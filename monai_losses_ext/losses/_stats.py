@@ -77,12 +77,14 @@ class _RegionSums(torch.autograd.Function):
                 raise ValueError("the cross-entropy statistic needs softmax=True (it is a softmax cross-entropy).")
             probs, flats = [], []
             for bi in range(b):
-                logp = torch.log_softmax(x[bi].to(dt), 0) if "nll" in idx else None
+                # dense targets need every log p for the cross-entropy; index labels only the true class's,
+                # which _index_sums takes from p (one exp pass less)
+                logp = torch.log_softmax(x[bi].to(dt), 0) if "nll" in idx and not is_index else None
                 p = logp.exp() if logp is not None else activate(x[bi].to(dt), act, 0)
                 v = valid[bi] if valid is not None else None
                 w = weight[bi] if weight is not None else None
                 if is_index:
-                    flats.append(_index_sums(out[:, bi], idx, p, logp, target[bi], v, w, c))
+                    flats.append(_index_sums(out[:, bi], idx, p, x[bi], target[bi], v, w, c))
                 else:
                     _dense_sums(out[:, bi], idx, p, logp, target[bi].to(dt), _mult(v, w), soft_label)
                 if "n" in idx:  # number of valid voxels, whatever the weights
@@ -200,20 +202,17 @@ def _index_backward(out, g, p, flat, t, v, w, act):
         out *= v
 
 
-def _index_sums(out, idx, p, logp, t, v, w, c):
-    """Sums for one sample, index labels t (1, N), probabilities p (C, N) (and their log when the
-    cross-entropy is asked for); out (M, C) is accumulated in place. Returns the flat index of the true class
-    of every voxel, which backward reuses. ``w`` (1 or C, N) weighs every voxel's contribution."""
+def _index_sums(out, idx, p, x, t, v, w, c):
+    """Sums for one sample, index labels t (1, N), probabilities p (C, N) of the logits x; out (M, C) is
+    accumulated in place. Returns the flat index of the true class of every voxel, which backward reuses.
+    ``w`` (1 or C, N) weighs every voxel's contribution."""
     t = t.reshape(1, -1)
     bins = t[0] if v is None else torch.where(v[0], t[0], c)  # ignored voxels go to an extra bin, dropped
     nb = c + 1
     flat = _flat_index(t[0], p.shape[1], c)  # position of (t_v, v) in the flattened (C, N) map
-    if logp is not None:
-        lpt = logp.view(-1).index_select(0, flat).unsqueeze(0)
-        out[idx["nll"]] -= p.new_zeros(nb).scatter_add_(0, bins, lpt[0])[:c]
-        pt = lpt.exp()
-    else:
-        pt = p.view(-1).index_select(0, flat).unsqueeze(0)
+    pt = p.view(-1).index_select(0, flat).unsqueeze(0)
+    if "nll" in idx:
+        out[idx["nll"]] -= p.new_zeros(nb).scatter_add_(0, bins, _log_true_class(pt[0], x, flat))[:c]
     wt = None if w is None else (w.reshape(-1).index_select(0, flat) if w.shape[0] > 1 else w[0]).to(p.dtype)
     ptw = pt[0] if wt is None else pt[0] * wt
     # scatter_add rather than a weighted bincount: bincount scans its input for min/max first
@@ -236,6 +235,19 @@ def _index_sums(out, idx, p, logp, t, v, w, c):
     if "sp2" in idx:
         out[idx["sp2"]] += (pm * p).sum(1)
     return flat
+
+
+def _log_true_class(pt: torch.Tensor, x: torch.Tensor, flat: torch.Tensor) -> torch.Tensor:
+    """log p_t from the softmax probability of the true class; where that probability underflows (a logit gap
+    beyond ~80 in float32) it is recomputed exactly as x_t - logsumexp(x), so the cross-entropy equals
+    PyTorch's log-softmax value everywhere."""
+    lpt = torch.log(pt)
+    low = pt < torch.finfo(pt.dtype).tiny * 2**20
+    if bool(low.any()):
+        cols = low.nonzero()[:, 0]
+        xs = x[:, cols].to(pt.dtype)
+        lpt[cols] = x.reshape(-1).index_select(0, flat[cols]).to(pt.dtype) - torch.logsumexp(xs, 0)
+    return lpt
 
 
 _ARANGE: dict = {}
