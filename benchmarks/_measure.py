@@ -7,6 +7,24 @@ import time
 import torch
 
 
+def steady_allocator() -> bool:
+    """Make glibc serve large CPU tensors from its heap and keep freed memory (mallopt), as it settles into
+    during a long training loop. Without it, whether a 10-30 MB buffer costs fresh page faults depends on
+    what the previous call freed, and alternated timings of two losses swing by 2x. Returns True if set."""
+    import ctypes
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return False
+    m_trim_threshold, m_mmap_threshold = -1, -3
+    ok = libc.mallopt(m_mmap_threshold, 32 * 2**20) and libc.mallopt(m_trim_threshold, 2**30)
+    return bool(ok)
+
+
 def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -26,23 +44,21 @@ def time_call(fn, device: torch.device, repeats: int = 5, warmup: int = 1) -> fl
     return best
 
 
-def time_pair(fn_a, fn_b, device: torch.device, repeats: int = 5) -> tuple[float, float]:
+def time_pair(fn_a, fn_b, device: torch.device, repeats: int = 5) -> tuple[float, float, float]:
     """Minimum wall times of ``fn_a()`` and ``fn_b()``, run alternately so that both see the same machine
-    state (on a shared or throttled machine the ratio is far steadier than two separate loops)."""
+    state, and the median over the repeats of the ratio a/b of adjacent runs (on a shared or throttled
+    machine that ratio is far steadier than either time)."""
     fn_a(), fn_b()
-    best_a = best_b = float("inf")
+    times_a, times_b = [], []
     for _ in range(repeats):
-        for fn, which in ((fn_a, 0), (fn_b, 1)):
+        for fn, times in ((fn_a, times_a), (fn_b, times_b)):
             sync(device)
             t0 = time.perf_counter()
             fn()
             sync(device)
-            dt = time.perf_counter() - t0
-            if which == 0:
-                best_a = min(best_a, dt)
-            else:
-                best_b = min(best_b, dt)
-    return best_a, best_b
+            times.append(time.perf_counter() - t0)
+    ratios = sorted(a / b for a, b in zip(times_a, times_b))
+    return min(times_a), min(times_b), ratios[len(ratios) // 2]
 
 
 def peak_extra_bytes(fn, device: torch.device) -> int:

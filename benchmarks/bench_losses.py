@@ -4,8 +4,9 @@ equivalent, on the same tensors in the same run.
     python benchmarks/bench_losses.py                      # CPU, B=2, C=4, 96^3
     python benchmarks/bench_losses.py --device cuda --size 128 --amp
 
-Prints a Markdown table (and writes it with --out). Time ratio = ours / reference (lower is better);
-memory is the peak allocated during forward+backward above the inputs, in multiples of the logits' bytes.
+Prints a Markdown table (and writes it with --out). Time ratio = ours / reference (lower is better), the
+median over the repeats of the ratio of adjacent runs; memory is the peak allocated during forward+backward
+above the inputs, in multiples of the logits' bytes.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import monai_losses_ext as E  # noqa: E402
-from _measure import peak_extra_bytes, time_call, time_pair  # noqa: E402
+from _measure import peak_extra_bytes, steady_allocator, time_call, time_pair  # noqa: E402
 
 SM = dict(softmax=True, to_onehot_y=True)
 
@@ -155,15 +156,15 @@ def run(args) -> str:
         else:
             ref = ref_f().to(device)
             if map_key is None:
-                t_ours, t_ref = time_pair(step(ours, map_key), step(ref), device, args.repeats)
+                t_ours, t_ref, ratio = time_pair(step(ours, map_key), step(ref), device, args.repeats)
             else:  # MONAI's distance losses take seconds per step and churn memory: timed apart, fewer repeats
                 t_ours = time_call(step(ours, map_key), device, args.repeats)
                 t_ref = time_call(step(ref), device, 2)
+                ratio = t_ours / t_ref
             m_ref = peak_extra_bytes(step(ref), device) / logit_bytes
-            rows.append((name, ref_name, t_ours, t_ref, t_ours / t_ref, m_ours, m_ref))
+            rows.append((name, ref_name, t_ours, t_ref, ratio, m_ours, m_ref))
         if map_key is not None:  # the in-loss cost of reading a map, against our DiceLoss on the same tensors
-            t_map, t_dice = time_pair(step(ours, map_key), step(E.DiceLoss(**SM)), device, args.repeats)
-            map_rows.append((name, t_map, t_dice))
+            map_rows.append((name, *time_pair(step(ours, map_key), step(E.DiceLoss(**SM)), device, args.repeats)))
         r = rows[-1]
         print(f"  {name}: {r[2] * 1e3:.1f} ms" + (f" vs {r[3] * 1e3:.1f} ms" if r[3] else ""), file=sys.stderr)
 
@@ -171,7 +172,9 @@ def run(args) -> str:
     head = (
         f"Loss benchmark: B={args.batch}, C={args.classes}, {args.size}^3, forward+backward, {device.type}"
         f"{' + autocast' if args.amp else ''} ({dev_name}, {torch.get_num_threads()} threads), torch {torch.__version__}, "
-        f"MONAI {monai.__version__}; min of {args.repeats} runs; memory = peak extra allocation / logits bytes "
+        f"MONAI {monai.__version__}; times: min of {args.repeats} runs; time ratio: median of the ratios of adjacent "
+        f"runs (ours and the reference alternated; glibc heap kept, as in a training loop); memory = peak extra "
+        f"allocation / logits bytes "
         f"({logit_bytes / 2**20:.0f} MiB).\n\n"
         "| loss | reference | ours (ms) | reference (ms) | time ratio | ours memory (x logits) | reference memory (x logits) |\n"
         "|---|---|---:|---:|---:|---:|---:|\n"
@@ -186,7 +189,7 @@ def run(args) -> str:
         tail = (
             "\nIn-loss cost of the losses that read a precomputed map, against our DiceLoss (alternated, same tensors):\n\n"
             "| loss | ours (ms) | our DiceLoss (ms) | ratio |\n|---|---:|---:|---:|\n"
-            + "".join(f"| {n} | {tm * 1e3:.1f} | {td * 1e3:.1f} | {tm / td:.2f}x |\n" for n, tm, td in map_rows)
+            + "".join(f"| {n} | {tm * 1e3:.1f} | {td * 1e3:.1f} | {r:.2f}x |\n" for n, tm, td, r in map_rows)
         )
     return head + body + tail
 
@@ -202,6 +205,7 @@ def main(argv=None) -> None:
     p.add_argument("--only", nargs="*", help="loss names (first column) to run")
     p.add_argument("--out", help="write the Markdown table to this file")
     args = p.parse_args(argv)
+    steady_allocator()
     table = run(args)
     print(table)
     if args.out:
