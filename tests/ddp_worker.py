@@ -52,7 +52,7 @@ def run_case(name, model, x, y, distributed):
     loss = loss_fn(out, y)
     loss.backward()
     inner = model.module if isinstance(model, DDP) else model
-    return float(loss), [p.grad.detach().clone() for p in inner.parameters()]
+    return float(loss.detach()), [p.grad.detach().clone() for p in inner.parameters()]
 
 
 def _worker(rank, world, init_file, out_dir, split):
