@@ -29,6 +29,7 @@ Everything here is referenced from the bundle configs by its dotted path, e.g.
 from __future__ import annotations
 
 import csv
+import contextlib
 import glob
 import importlib
 import inspect
@@ -475,10 +476,8 @@ class EngineCheckpointSaver:
         pattern = f"{prefix}_checkpoint_epoch=*.pt" if prefix else "checkpoint_epoch=*.pt"
         files = sorted(glob.glob(os.path.join(str(self.save_dir), pattern)), key=_checkpoint_epoch)
         for f in files[: -int(self.kwargs["n_saved"])]:
-            try:
+            with contextlib.suppress(FileNotFoundError):  # another rank or process removed it first
                 os.remove(f)
-            except OSError:
-                pass
 
 
 class ResumeFromCheckpoint:
