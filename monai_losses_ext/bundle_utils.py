@@ -28,8 +28,8 @@ Everything here is referenced from the bundle configs by its dotted path, e.g.
 
 from __future__ import annotations
 
-import csv
 import contextlib
+import csv
 import glob
 import importlib
 import inspect

@@ -14,14 +14,17 @@ __all__ = ["LovaszSoftmaxLoss", "lovasz_grad"]
 
 def lovasz_grad(gt_sorted: torch.Tensor) -> torch.Tensor:
     """Gradient of the Lovasz extension of the Jaccard loss w.r.t. errors sorted in decreasing order
-    (Berman et al., 2018, Alg. 1): the increments of 1 - |gt n top-i| / |gt u top-i| along the sorted order."""
+    (Berman et al., 2018, Alg. 1): the increments of J_i = 1 - |gt n top-i| / |gt u top-i| along the sorted
+    order. With G = sum gt and c_i = cumsum(gt)_i: intersection G - c_i, union G + (i + 1) - c_i. Two buffers,
+    updated in place (this runs on every voxel of every class)."""
+    n = gt_sorted.numel()
     total = gt_sorted.sum()
-    inter = total - gt_sorted.cumsum(0)
-    union = total + (1 - gt_sorted).cumsum(0)
-    jac = 1 - inter / union
-    if gt_sorted.numel() > 1:
-        jac = torch.cat([jac[:1], jac[1:] - jac[:-1]])
-    return jac
+    jac = gt_sorted.cumsum(0)  # c
+    out = torch.arange(1, n + 1, dtype=gt_sorted.dtype, device=gt_sorted.device).add_(total).sub_(jac)  # union
+    jac.neg_().add_(total).div_(out).neg_().add_(1)  # 1 - intersection / union
+    out[0] = jac[0]
+    torch.sub(jac[1:], jac[:-1], out=out[1:])
+    return out
 
 
 class LovaszSoftmaxLoss(LossBase):
@@ -86,8 +89,10 @@ class LovaszSoftmaxLoss(LossBase):
         """Per voxel and class, the weight w (1 - 2 g) of p in the loss, the constant sum g w, and which classes
         count (present in the target, or all)."""
         p = activate(prep.x.float() if prep.x.dtype != torch.float64 else prep.x, prep.act, 1)
+        if p.data_ptr() == prep.x.data_ptr():  # probabilities given: copy, the buffer is overwritten below
+            p = p.clone()
         b, c, n = p.shape
-        weight = torch.zeros_like(p)
+        weight = p  # each class's probabilities are read once, then overwritten by its weights (no second copy)
         const = p.new_zeros(b, c)
         present = torch.zeros(b, c, dtype=torch.bool, device=p.device)
         valid = prep.valid[:, 0] if prep.valid is not None else None
@@ -99,7 +104,8 @@ class LovaszSoftmaxLoss(LossBase):
                 errors = (f - p[gsl, cls].reshape(-1)).abs()
                 if valid is not None:
                     errors = torch.where(valid[gsl].reshape(-1), errors, -1.0)  # ignored voxels sort last
-                _, perm = torch.sort(errors, descending=True)
+                perm = torch.argsort(errors, descending=True)
+                del errors
                 keep = perm if valid is None else perm[: int(valid[gsl].sum())]
                 w = p.new_zeros(f.numel())
                 w[keep] = lovasz_grad(f[keep])
