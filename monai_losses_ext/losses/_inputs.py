@@ -184,6 +184,12 @@ def prepare(
         raise TypeError(
             f"input and target must be torch.Tensors, got {type(input).__name__} and {type(target).__name__}."
         )
+    # MetaTensor (or any subclass) -> plain tensor views: same data and autograd graph, none of the per-op
+    # metadata handling in the kernels
+    if type(input) is not torch.Tensor:
+        input = input.as_subclass(torch.Tensor)
+    if type(target) is not torch.Tensor:
+        target = target.as_subclass(torch.Tensor)
     if not input.is_floating_point():
         raise TypeError(f"input must be a floating point tensor (logits or probabilities), got {input.dtype}.")
     if input.ndim < 3:

@@ -23,7 +23,8 @@ import torch
 
 from ._base import LossBase, reduce_loss
 from ._inputs import Prepared
-from ._stats import activate, all_reduce_sum, compute_dtype, region_sums
+from ._stats import _chunks, activate, all_reduce_sum, compute_dtype, region_sums
+from torch.autograd.function import once_differentiable
 from .pixel import cross_entropy_map, masked_mean
 from .region import DiceLoss
 
@@ -295,6 +296,32 @@ class BoundaryAlphaScheduler:
         self.loss.step_alpha()
 
 
+class _ForegroundProb(torch.autograd.Function):
+    """1 - softmax(x)[:, 0] for x (B, C, N), chunk by chunk: nothing of size (B, C, N) is kept (autograd's
+    logsumexp would keep two), backward recomputes the softmax. d(1 - p_0)/dx_c = p_0 (p_c - [c == 0])."""
+
+    @staticmethod
+    def forward(ctx, x):
+        out = torch.empty((x.shape[0], x.shape[2]), dtype=x.dtype, device=x.device)
+        for bi in range(x.shape[0]):
+            for sl in _chunks(x.shape[2]):
+                out[bi, sl] = 1 - torch.softmax(x[bi, :, sl], 0)[0]
+        ctx.save_for_backward(x)
+        return out
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_out):
+        (x,) = ctx.saved_tensors
+        gx = torch.empty_like(x)
+        for bi in range(x.shape[0]):
+            for sl in _chunks(x.shape[2]):
+                p = torch.softmax(x[bi, :, sl], 0)
+                p[0] -= 1
+                gx[bi, :, sl] = p.mul_(p[0:1] + 1).mul_(grad_out[bi, sl])
+        return gx
+
+
 class BlobLoss(LossBase):
     """Blob loss (Kofler et al., IPMI 2023): ``alpha * global + beta * mean over lesions of blob_n``, so that a
     10-voxel lesion weighs as much as a 1000-voxel one.
@@ -369,10 +396,8 @@ class BlobLoss(LossBase):
         # (B, N) foreground probability, without materialising the (B, C, N) probabilities under autograd
         if c == 1:
             pf = torch.sigmoid(x[:, 0]) if prep.act == "sigmoid" else x[:, 0]
-        elif prep.act == "softmax" and c == 2:
-            pf = torch.sigmoid(x[:, 1] - x[:, 0])  # softmax of two classes
         elif prep.act == "softmax":
-            pf = -torch.expm1(x[:, 0] - torch.logsumexp(x, 1))  # 1 - p_background
+            pf = _ForegroundProb.apply(x)  # 1 - softmax(x)_0, chunked, no graph
         elif prep.act == "none":
             pf = 1 - x[:, 0]
         else:
