@@ -72,6 +72,11 @@ class Prepared:
     def num_classes(self) -> int:
         return self.x.shape[1]
 
+    @property
+    def n_valid(self) -> torch.Tensor | int:
+        """Number of valid voxels over the batch (the normaliser of per-voxel means)."""
+        return self.valid.sum() if self.valid is not None else self.x.shape[0] * self.x.shape[2]
+
 
 def _describe(values: torch.Tensor, limit: int = 10) -> str:
     vals = torch.unique(values.detach()).cpu().tolist()

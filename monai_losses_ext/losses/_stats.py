@@ -142,6 +142,13 @@ def dense_chunk(t: torch.Tensor, c: int, dt) -> torch.Tensor:
     return t.to(dt)
 
 
+def _at_true_class(w: torch.Tensor | None, flat: torch.Tensor, dtype) -> torch.Tensor | None:
+    """A weight map (1 or C, N) read at each voxel's true class: (N,), or None without a map."""
+    if w is None:
+        return None
+    return (w.reshape(-1).index_select(0, flat) if w.shape[0] > 1 else w[0]).to(dtype)
+
+
 def _take(vec: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
     """vec[t] for a small per-class vector and index labels t (1, n); index_select is the fast path."""
     return vec.index_select(0, t.reshape(-1)).reshape(t.shape)
@@ -159,7 +166,7 @@ def _index_backward(out, g, p, flat, t, v, w, act):
     a = g["sp"] if "sp" in g else p.new_zeros(c)
     needs_pt = "tp" in g or "p2g" in g
     pt = p.view(-1).index_select(0, flat).unsqueeze(0) if needs_pt else None  # recomputed: cheaper than kept
-    wt = None if w is None else (w.reshape(-1).index_select(0, flat) if w.shape[0] > 1 else w[0]).to(p.dtype)
+    wt = _at_true_class(w, flat, p.dtype)
     # A into out
     if "sp2" in g:
         torch.mul(p, (2 * g["sp2"]).unsqueeze(1), out=out).add_(a.unsqueeze(1))
@@ -213,7 +220,7 @@ def _index_sums(out, idx, p, x, t, v, w, c):
     pt = p.view(-1).index_select(0, flat).unsqueeze(0)
     if "nll" in idx:
         out[idx["nll"]] -= p.new_zeros(nb).scatter_add_(0, bins, _log_true_class(pt[0], x, flat))[:c]
-    wt = None if w is None else (w.reshape(-1).index_select(0, flat) if w.shape[0] > 1 else w[0]).to(p.dtype)
+    wt = _at_true_class(w, flat, p.dtype)
     ptw = pt[0] if wt is None else pt[0] * wt
     # scatter_add rather than a weighted bincount: bincount scans its input for min/max first
     if "tp" in idx:

@@ -9,7 +9,7 @@ from collections.abc import Callable, Mapping, Sequence
 import torch
 import torch.nn.functional as F
 
-from ._base import LossBase, safe_pow
+from ._base import LossBase, reduce_loss, safe_pow
 from ._inputs import Prepared, as_class_logits
 from ._stats import activate, all_reduce_sum, pool, region_sums
 from .pixel import (
@@ -255,8 +255,7 @@ class ComboLoss(LossBase):
             return term if v is None else term * v
 
         sums = voxel_sums(wbce, prep)
-        n_vox = prep.valid.sum() if prep.valid is not None else prep.x.shape[0] * prep.x.shape[2]
-        bce = masked_mean(sums.sum(), n_vox * sums.shape[1], self.dice.distributed)
+        bce = masked_mean(sums.sum(), prep.n_valid * sums.shape[1], self.dice.distributed)
         return self.alpha * bce + (1 - self.alpha) * self.dice.from_prepared(prep)
 
 
@@ -303,14 +302,13 @@ class UnifiedFocalLoss(LossBase):
         gammas = [g] + [0.0 if self.asymmetric else g] * (c - 1)
         alphas = [1 - d] + [d] * (c - 1)
         focal = focal_terms(prep, gammas, alphas, use_softmax=True)
-        n_vox = prep.valid.sum() if prep.valid is not None else prep.x.shape[0] * prep.x.shape[2]
-        l_f = masked_mean(focal.sum(), n_vox, self.distributed)
+        l_f = masked_mean(focal.sum(), prep.n_valid, self.distributed)
         s = pool(region_sums(prep, ("tp", "sp", "sg")), self.batch, self.distributed)
         ti = tversky_index(s, 1 - d, d, self.smooth_nr, self.smooth_dr)
         ft = safe_pow(1 - ti, 1 - g)
         if self.asymmetric:
             ft = torch.cat([1 - ti[..., :1], ft[..., 1:]], -1)
-        l_ft = ft.mean() if self.batch else masked_mean(ft.sum(), ft.numel(), self.distributed)
+        l_ft = reduce_loss(ft, "mean", self.distributed and not self.batch)
         return self.weight * l_ft + (1 - self.weight) * l_f
 
 
@@ -363,7 +361,7 @@ class ExpLogLoss(LossBase):
         s = pool({k: v[:, first:] for k, v in stats.items()}, self.batch, self.distributed)
         dice = (2 * s["tp"] + self.smooth_nr) / (s["sp"] + s["sg"] + self.smooth_dr)
         l_dice_terms = safe_pow(-torch.log(dice), self.gamma_dice)
-        l_dice = l_dice_terms.mean() if self.batch else masked_mean(l_dice_terms.sum(), l_dice_terms.numel(), self.distributed)
+        l_dice = reduce_loss(l_dice_terms, "mean", self.distributed and not self.batch)
         if self.class_frequencies is not None:
             if self.class_frequencies.numel() != c:
                 raise ValueError(f"class_frequencies has {self.class_frequencies.numel()} values for {c} classes.")
@@ -377,8 +375,7 @@ class ExpLogLoss(LossBase):
             term = (w.to(x).unsqueeze(1) * g * safe_pow(-torch.log_softmax(x, 0), gamma)).sum(0, keepdim=True)
             return term if v is None else term * v
 
-        n_vox = prep.valid.sum() if prep.valid is not None else prep.x.shape[0] * prep.x.shape[2]
-        l_cross = masked_mean(voxel_sums(cross, prep).sum(), n_vox, self.distributed)
+        l_cross = masked_mean(voxel_sums(cross, prep).sum(), prep.n_valid, self.distributed)
         return self.w_dice * l_dice + self.w_cross * l_cross
 
 
