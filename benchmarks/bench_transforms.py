@@ -13,13 +13,14 @@ from __future__ import annotations
 
 import argparse
 import platform
-import time
+
 from pathlib import Path
 
 import numpy as np
 import torch
 from scipy import ndimage
 
+from monai_losses_ext.benchmark._measure import time_call
 from monai_losses_ext.transforms import (
     LesionInstances,
     OneHot,
@@ -30,7 +31,6 @@ from monai_losses_ext.transforms import (
 
 NUM_CLASSES = 4
 SPACING = (1.0, 1.0, 1.5)
-
 
 def make_label(size: int, seed: int = 0) -> torch.Tensor:
     """(1, size, size, size) labels 0..3: a tumour-like nest (2 around 1 around 3) plus a few lesions."""
@@ -50,7 +50,6 @@ def make_label(size: int, seed: int = 0) -> torch.Tensor:
         lab[blob(c, rng.uniform(0.02, 0.05, 3))] = rng.integers(1, NUM_CLASSES)
     return torch.from_numpy(lab[None])
 
-
 def reference(label: torch.Tensor) -> np.ndarray:
     """Bare reference: EDT inside + EDT outside for every class."""
     lab = label[0].numpy()
@@ -59,17 +58,6 @@ def reference(label: torch.Tensor) -> np.ndarray:
         fg = lab == k
         out[k] = ndimage.distance_transform_edt(~fg, sampling=SPACING) - ndimage.distance_transform_edt(fg, sampling=SPACING)
     return out
-
-
-def best_time(fn, repeats: int) -> float:
-    fn()  # warm-up
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return min(times)
-
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -90,7 +78,7 @@ def main() -> None:
         ("ValidateLabel", lambda: ValidateLabel(num_classes=NUM_CLASSES)(label)),
         ("OneHot", lambda: OneHot(num_classes=NUM_CLASSES)(label)),
     ]
-    times = {name: best_time(fn, args.repeats) for name, fn in cases}
+    times = {name: time_call(fn, torch.device("cpu"), args.repeats) for name, fn in cases}
     ref = times[cases[0][0]]
     lines = [
         f"Label (1, {args.size}, {args.size}, {args.size}), {NUM_CLASSES} classes, {n_objects} objects, spacing {SPACING}; "
@@ -106,7 +94,6 @@ def main() -> None:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(table + "\n")
     print(f"\nsaved to {args.out}")
-
 
 if __name__ == "__main__":
     main()

@@ -35,7 +35,11 @@ from scipy import ndimage
 __all__ = [
     "dice_score",
     "hd95",
+    "lesion_details",
     "lesion_counts",
+    "size_group_labels",
+    "size_group_index",
+    "size_group_counts",
     "lesion_wise_scores",
     "case_metrics",
     "summarize",
@@ -102,29 +106,76 @@ def _structure(ndim: int, connectivity: int | None) -> np.ndarray:
     return ndimage.generate_binary_structure(ndim, conn)
 
 
-def lesion_counts(pred: Any, truth: Any, connectivity: int | None = None, min_size: int = 0) -> dict[str, int]:
-    """Lesion-wise counts of one case: ``tp``, ``fp``, ``fn``, ``n_truth``, ``n_pred`` (see module doc).
+def lesion_details(pred: Any, truth: Any, connectivity: int | None = None, min_size: int = 0) -> dict[str, np.ndarray]:
+    """Per-lesion view of one case (see module doc for the counting rules).
 
-    ``min_size``: predicted components with fewer voxels are dropped before counting (a common
-    post-processing; truth lesions are never dropped).
+    Returns ``truth_sizes`` (voxels of each truth lesion), ``truth_detected`` (bool per truth lesion: at least
+    one of its voxels is predicted), ``pred_sizes`` (voxels of each predicted component) and ``pred_false``
+    (bool per predicted component: it touches no truth voxel, a false-positive lesion). ``min_size``:
+    predicted components with fewer voxels are dropped first (a common post-processing; truth lesions are
+    never dropped).
     """
     p, t = _pair(pred, truth)
     st = _structure(p.ndim, connectivity)
     p_ids, n_pred = ndimage.label(p, structure=st)
+    pred_sizes = np.bincount(p_ids.ravel(), minlength=n_pred + 1)
     if min_size > 1 and n_pred:
-        sizes = np.bincount(p_ids.ravel(), minlength=n_pred + 1)
-        keep = sizes >= min_size
+        keep = pred_sizes >= min_size
         keep[0] = False
         p = keep[p_ids]
         p_ids, n_pred = ndimage.label(p, structure=st)
+        pred_sizes = np.bincount(p_ids.ravel(), minlength=n_pred + 1)
     t_ids, n_truth = ndimage.label(t, structure=st)
-    # a truth lesion is detected when any of its voxels is predicted
-    detected = np.unique(t_ids[p & t])
-    tp = int(np.count_nonzero(detected))
-    # a predicted component is a false positive when none of its voxels is truth
-    hit = np.unique(p_ids[p & t])
-    fp = n_pred - int(np.count_nonzero(hit))
-    return {"tp": tp, "fp": int(fp), "fn": int(n_truth - tp), "n_truth": int(n_truth), "n_pred": int(n_pred)}
+    both = p & t
+    truth_hit = np.bincount(t_ids[both], minlength=n_truth + 1)[1:] > 0
+    pred_hit = np.bincount(p_ids[both], minlength=n_pred + 1)[1:] > 0
+    return {
+        "truth_sizes": np.bincount(t_ids.ravel(), minlength=n_truth + 1)[1:],
+        "truth_detected": truth_hit,
+        "pred_sizes": pred_sizes[1:],
+        "pred_false": ~pred_hit,
+    }
+
+
+def lesion_counts(pred: Any, truth: Any, connectivity: int | None = None, min_size: int = 0) -> dict[str, int]:
+    """Lesion-wise counts of one case: ``tp``, ``fp``, ``fn``, ``n_truth``, ``n_pred`` (see module doc and
+    :func:`lesion_details`)."""
+    d = lesion_details(pred, truth, connectivity, min_size)
+    tp, n_truth = int(d["truth_detected"].sum()), int(d["truth_sizes"].size)
+    return {"tp": tp, "fp": int(d["pred_false"].sum()), "fn": n_truth - tp, "n_truth": n_truth,
+            "n_pred": int(d["pred_sizes"].size)}  # fmt: skip
+
+
+def size_group_labels(edges: Sequence[int] = (10, 50)) -> list[str]:
+    """Names of the lesion-size groups cut at ``edges`` (voxels): ``(10, 50)`` gives ``<10``, ``10-50``, ``>50``."""
+    e = [int(v) for v in edges]
+    if not e or any(b <= a for a, b in zip(e, e[1:])) or e[0] < 1:
+        raise ValueError(f"size edges {list(edges)} must be increasing positive voxel counts, e.g. (10, 50)")
+    return [f"<{e[0]}"] + [f"{a if i == 0 else a + 1}-{b}" for i, (a, b) in enumerate(zip(e, e[1:]))] + [f">{e[-1]}"]
+
+
+def size_group_index(sizes: np.ndarray, edges: Sequence[int] = (10, 50)) -> np.ndarray:
+    """Group of each lesion size (voxels) in the groups of :func:`size_group_labels`: below ``edges[0]`` is
+    group 0; ``edges[0]..edges[1]`` (both included) group 1; ``edges[k-1]+1..edges[k]`` group k; above the
+    last edge the last group."""
+    size_group_labels(edges)  # validates
+    e = np.asarray([int(edges[0])] + [int(v) + 1 for v in edges[1:]])
+    return np.searchsorted(e, np.asarray(sizes), side="right")
+
+
+def size_group_counts(details: Mapping[str, np.ndarray], edges: Sequence[int] = (10, 50)) -> dict[str, dict[str, int]]:
+    """Per size group of :func:`size_group_labels`: ``n_truth`` (truth lesions of that size), ``detected``
+    (of those, detected) and ``false_positive`` (false-positive predicted lesions of that size)."""
+    labels = size_group_labels(edges)
+    tg = size_group_index(details["truth_sizes"], edges)
+    pg = size_group_index(details["pred_sizes"], edges)
+    det = np.asarray(details["truth_detected"], bool)
+    fp = np.asarray(details["pred_false"], bool)
+    return {
+        lab: {"n_truth": int((tg == i).sum()), "detected": int((det & (tg == i)).sum()),
+              "false_positive": int((fp & (pg == i)).sum())}
+        for i, lab in enumerate(labels)
+    }  # fmt: skip
 
 
 def lesion_wise_scores(counts: Mapping[str, int]) -> dict[str, float]:

@@ -15,59 +15,40 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from monai_losses_ext.benchmark._bundle import bundle_command, child_env, run_bundle, shown  # noqa: E402
+from monai_losses_ext.benchmark.quality import CPU_SCHEDULE  # noqa: E402
+
 BUNDLE = ROOT / "bundles" / "lesion_segmentation"
 
-# The schedule tuned for a few minutes of training on 2 CPU cores (figures in bundles/lesion_segmentation/docs/README.md).
-DEMO_OVERRIDES = {
-    "patch_size": [48, 48, 48],
-    "channels": [16, 32, 64, 128],
-    "strides": [2, 2, 2],
-    "num_res_units": 1,
-    "batch_size": 2,
-    "num_samples": 2,
-    "pos_fraction": 0.8,
-    "learning_rate": 0.003,
-    "val_interval": 5,
-    "sw_batch_size": 4,
-    "log_every": 20,
-    "progress_bar": False,
-}
+# The schedule tuned for a few minutes of training on 2 CPU cores (figures in bundles/lesion_segmentation/docs/README.md);
+# the loss benchmark's CPU preset trains with the same one.
+DEMO_OVERRIDES = CPU_SCHEDULE
 
 
 def log(msg: str) -> None:
     print(f"[demo {time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
-def bundle_run(configs: list[str], overrides: dict, env: dict, log_file: Path | None = None) -> float:
-    """Run ``python -m monai.bundle run`` on the lesion bundle (its full output to ``log_file``); returns the
-    wall time."""
-    files = [str(BUNDLE / "configs" / c) for c in configs]
-    cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", str(files),
-           "--meta_file", str(BUNDLE / "configs" / "metadata.json"),
-           "--logging_file", str(BUNDLE / "configs" / "logging.conf")]  # fmt: skip
-    for k, v in overrides.items():
-        cmd += [f"--{k}", v if isinstance(v, str) else str(v) if isinstance(v, (bool, int, float)) else json.dumps(v)]
-    shown = " ".join(c if " " not in c and "[" not in c else repr(c) for c in cmd[1:])
-    log(f"$ python {shown}")
-    t0 = time.perf_counter()
-    res = subprocess.run(cmd, env=env, cwd=str(BUNDLE), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    if log_file is not None:
-        log_file.parent.mkdir(parents=True, exist_ok=True)
-        log_file.write_text(res.stdout)
-    keep = [ln for ln in res.stdout.splitlines() if " - INFO - " in ln and ("Metrics" in ln or "train_loss" in ln or "±" in ln)]
+def bundle_run(configs: list[str], overrides: dict, env: dict, log_file: Path) -> float:
+    """Run ``python -m monai.bundle run`` on the lesion bundle (its full output to ``log_file``), print the
+    command and its metric lines; returns the wall time."""
+    log(f"$ {shown(bundle_command(BUNDLE, configs, overrides))}")
+    try:
+        seconds = run_bundle(BUNDLE, configs, overrides, log_file, env)
+    except RuntimeError as err:
+        raise SystemExit(str(err)) from None
+    lines = log_file.read_text().splitlines()
+    keep = [ln for ln in lines if " - INFO - " in ln and ("Metrics" in ln or "train_loss" in ln or "±" in ln)]
     for ln in keep[-12:]:
         print("    " + ln.split(" - INFO - ", 1)[-1], flush=True)
-    if res.returncode != 0:
-        print(res.stdout[-6000:], file=sys.stderr)
-        raise SystemExit(f"bundle run failed with exit code {res.returncode}")
-    return time.perf_counter() - t0
+    return seconds
 
 
 def ensure_phantoms(data: Path, num_cases: int, spacing: float, seed: int, env: dict) -> None:
@@ -177,8 +158,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     args.out, args.data = args.out.resolve(), args.data.resolve()
     args.out.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "PYTHONWARNINGS": "ignore"}
-    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    env = child_env(args.threads)
 
     t0 = time.perf_counter()
     ensure_phantoms(args.data, args.num_cases, args.spacing, args.seed, env)

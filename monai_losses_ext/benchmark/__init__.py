@@ -1,0 +1,17 @@
+"""``python -m monai_losses_ext.benchmark``: which loss for which lesion, with evidence.
+
+Two parts (``speed``, ``quality``; both by default):
+
+* :mod:`.speed`: every registered loss, forward+backward time and peak extra memory, against MONAI's
+  equivalent and installed peers on the same tensors in one run;
+* :mod:`.quality`: the lesion (or tumour) bundle trained with each loss x seed under one schedule, scored on
+  held-out test cases (voxel Dice, lesion-wise F1 and sensitivity by lesion size, false-positive lesions,
+  HD95) with bootstrap intervals (:mod:`.stats`) and a paired comparison against a baseline loss
+  (:mod:`.report`). Resumable.
+"""
+
+from .quality import PRESETS, Preset, Study, score_case, structures_of
+from .stats import bootstrap_ci, bootstrap_ratio_ci, paired_comparison
+
+__all__ = ["PRESETS", "Preset", "Study", "score_case", "structures_of", "bootstrap_ci", "bootstrap_ratio_ci",
+           "paired_comparison"]

@@ -1,0 +1,96 @@
+"""Running the bundles in ``bundles/`` as a user would: ``python -m monai.bundle run`` with overrides, in a
+child process (its own threads and memory, its full log to a file)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+BUNDLES = {"lesion": "lesion_segmentation", "tumour": "tumour_segmentation"}
+
+
+def bundle_dir(task: str, bundles_root: str | Path | None = None) -> Path:
+    """The bundle of ``task`` (``lesion`` or ``tumour``) under ``bundles_root`` (default: the ``bundles/``
+    folder of this repository checkout)."""
+    if task not in BUNDLES:
+        raise ValueError(f"task={task!r}: use 'lesion' or 'tumour'")
+    root = Path(bundles_root) if bundles_root else REPO / "bundles"
+    path = root / BUNDLES[task]
+    if not (path / "configs" / "train.json").is_file():
+        raise FileNotFoundError(
+            f"bundle '{BUNDLES[task]}' not found under '{root}'. The bundles ship with the repository, not the "
+            "wheel: run from a clone of monai-losses-ext or pass --bundles <clone>/bundles"
+        )
+    return path
+
+
+def _arg(v) -> str:
+    return v if isinstance(v, str) else str(v) if isinstance(v, (bool, int, float)) else json.dumps(v)
+
+
+def bundle_command(bundle: Path, configs: Sequence[str], overrides: Mapping) -> list[str]:
+    """The ``python -m monai.bundle run`` command line of ``configs`` (file names in ``bundle/configs``)."""
+    files = [str(bundle / "configs" / c) for c in configs]
+    cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", str(files),
+           "--meta_file", str(bundle / "configs" / "metadata.json"),
+           "--logging_file", str(bundle / "configs" / "logging.conf")]  # fmt: skip
+    for k, v in overrides.items():
+        cmd += [f"--{k}", _arg(v)]
+    return cmd
+
+
+def shown(cmd: Sequence[str]) -> str:
+    """A command line as one would type it (quotes around lists)."""
+    return " ".join(c if " " not in c and "[" not in c and "{" not in c else repr(c) for c in ["python", *cmd[1:]])
+
+
+def child_env(threads: int | None = None) -> dict[str, str]:
+    """The environment of a child run: this checkout importable first, warnings quiet, ``threads`` CPU threads."""
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    if threads:
+        env["OMP_NUM_THREADS"] = str(threads)
+    if (REPO / "monai_losses_ext").is_dir():
+        env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    return env
+
+
+def run_bundle(
+    bundle: Path,
+    configs: Sequence[str],
+    overrides: Mapping,
+    log_file: Path,
+    env: Mapping[str, str] | None = None,
+    poll: Callable[[], None] | None = None,
+    poll_seconds: float = 1.0,
+) -> float:
+    """Run one bundle command in a child process, its output to ``log_file``; ``poll()`` is called every
+    ``poll_seconds`` while it runs (to update progress bars). Returns the wall time; raises
+    ``RuntimeError`` with the end of the log when the run fails."""
+    cmd = bundle_command(bundle, configs, overrides)
+    log_file.parent.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    with open(log_file, "w") as log:
+        log.write(f"$ {shown(cmd)}\n")
+        log.flush()
+        proc = subprocess.Popen(cmd, env=dict(env or child_env()), cwd=str(bundle), stdout=log, stderr=subprocess.STDOUT)
+        try:
+            while proc.poll() is None:
+                if poll:
+                    poll()
+                time.sleep(poll_seconds)
+        except BaseException:
+            proc.kill()
+            proc.wait()
+            raise
+    if poll:
+        poll()
+    if proc.returncode != 0:
+        tail = "".join(log_file.read_text().splitlines(keepends=True)[-40:])
+        raise RuntimeError(f"bundle run failed (exit code {proc.returncode}), log {log_file}:\n{tail}")
+    return time.perf_counter() - t0

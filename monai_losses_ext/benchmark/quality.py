@@ -1,0 +1,325 @@
+"""Quality: train the same 3D U-Net (the lesion or tumour bundle) with each loss x seed under one schedule,
+predict the held-out test cases, score them, and report with bootstrap intervals and a paired comparison
+against a baseline loss.
+
+Splits: the labelled cases of ``dataset.json`` in their listed order; the last ``num_test`` are the **test**
+cases (never seen in training or model selection); of the others, the bundle holds the last ``num_val`` out
+for validation (it keeps the checkpoint with the best validation Dice) and trains on the rest. Every run
+sees the same splits; seeds change the network's initialisation and the patch sampling.
+
+Resumable: each run lives in ``<out>/runs/<loss>/seed<k>/`` with its settings (``run.json``) and, once
+scored, its per-case metrics (``result.json``). Running the command again skips scored runs, continues an
+interrupted training from its last epoch checkpoint, and starts over a run whose settings changed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .. import metrics as M
+from ..bundle_utils import msd_datalist, read_history, tumour_regions
+from ._bundle import bundle_dir, child_env, run_bundle
+
+__all__ = ["Preset", "PRESETS", "Study", "structures_of", "score_case"]
+
+# The schedule of the CPU preset (and of scripts/demo.py): a few minutes per run on 2 CPU cores.
+CPU_SCHEDULE = {
+    "patch_size": [48, 48, 48], "channels": [16, 32, 64, 128], "strides": [2, 2, 2], "num_res_units": 1,
+    "batch_size": 2, "num_samples": 2, "pos_fraction": 0.8, "learning_rate": 0.003, "val_interval": 5,
+    "sw_batch_size": 4, "log_every": 20, "progress_bar": False,
+}  # fmt: skip
+NET_KEYS = ("patch_size", "channels", "strides", "num_res_units", "sw_batch_size")
+
+
+@dataclass
+class Preset:
+    """A study: which losses and seeds, how long, on which data and with which bundle schedule."""
+
+    losses: list[str]
+    seeds: list[int]
+    epochs: int
+    num_cases: int  # phantoms generated when no --data is given
+    num_test: int
+    num_val: int
+    spacing: float  # phantom voxel size (mm)
+    schedule: dict = field(default_factory=dict)
+    phantom_options: dict = field(default_factory=dict)
+    threads: int = 2
+    baseline: str = "monai.losses.DiceLoss"
+    size_edges: tuple[int, ...] = (10, 50)
+
+
+PRESETS: dict[str, Preset] = {
+    # about 30 minutes on 2 CPU cores: 5 losses x 2 seeds, 30 epochs on 16 training phantoms, 12 test cases
+    "cpu": Preset(
+        losses=["monai.losses.DiceLoss", "dice_ce", "dice_focal", "focal_tversky", "blob"],
+        seeds=[0, 1], epochs=30, num_cases=32, num_test=12, num_val=4, spacing=1.5, schedule=CPU_SCHEDULE,
+    ),
+    # a GPU study: 1 mm phantoms, 96^3 patches, a wider U-Net, 8 losses x 3 seeds, 150 epochs
+    "gpu": Preset(
+        losses=["monai.losses.DiceLoss", "dice", "dice_ce", "dice_focal", "tversky", "focal_tversky",
+                "unified_focal", "blob"],
+        seeds=[0, 1, 2], epochs=150, num_cases=80, num_test=24, num_val=8, spacing=1.0, threads=0,
+        schedule={**CPU_SCHEDULE, "patch_size": [96, 96, 96], "channels": [32, 64, 128, 256], "num_res_units": 2,
+                  "num_samples": 4, "learning_rate": 0.002, "val_interval": 10, "num_workers": 4},
+    ),
+    # seconds: a smoke test of the whole pipeline (tests use it)
+    "tiny": Preset(
+        losses=["monai.losses.DiceLoss", "dice_ce"], seeds=[0], epochs=2, num_cases=5, num_test=2, num_val=1,
+        spacing=4.0, threads=1, phantom_options={"n_lesions": (3, 8), "empty_fraction": 0.0},
+        schedule={"patch_size": [16, 16, 16], "channels": [4, 8, 16], "strides": [2, 2], "num_res_units": 0,
+                  "batch_size": 1, "num_samples": 1, "val_interval": 1, "sw_batch_size": 2, "progress_bar": False},
+    ),
+}  # fmt: skip
+
+
+def slug(loss: str) -> str:
+    """A folder name for a loss name or dotted path."""
+    return re.sub(r"[^A-Za-z0-9_]+", "_", loss).strip("_")
+
+
+def structures_of(dataset_dir: str | Path, task: str) -> dict[str, list[int]]:
+    """What is scored, as label values read from the label maps: for ``lesion`` each foreground label of
+    ``dataset.json`` (``{"lesion": [1]}`` for a binary task); for ``tumour`` the BraTS regions TC, WT, ET."""
+    if task == "tumour":
+        return dict(zip(("TC", "WT", "ET"), tumour_regions(str(dataset_dir))))
+    meta = json.loads((Path(dataset_dir) / "dataset.json").read_text())
+    labels = {int(k): str(v) for k, v in (meta.get("labels") or {}).items() if str(k).lstrip("-").isdigit() and int(k)}
+    if not labels:
+        return {"lesion": [1]}
+    return {re.sub(r"\W+", "_", name.strip().lower()) or f"label{v}": [v] for v, name in sorted(labels.items())}
+
+
+def score_case(
+    pred: np.ndarray,
+    truth: np.ndarray,
+    structures: dict[str, list[int]],
+    spacing,
+    size_edges=(10, 50),
+    connectivity: int | None = None,
+) -> dict[str, float]:
+    """Every metric of one test case from two label maps on the same grid: per structure ``s`` voxel
+    ``dice_s``, ``hd95_s`` (mm), lesion-wise ``f1_s`` and ``sensitivity_s``, ``fp_lesions_s`` (predicted
+    lesions touching no truth voxel), ``n_truth_s``, and per lesion-size group ``g`` (truth-lesion size in
+    voxels) ``truth_s_g`` / ``detected_s_g`` / ``fp_s_g``."""
+    if pred.shape != truth.shape:
+        raise ValueError(f"prediction {pred.shape} and label {truth.shape} are not on the same grid")
+    row: dict[str, float] = {}
+    for s, values in structures.items():
+        p, t = np.isin(pred, values), np.isin(truth, values)
+        d = M.lesion_details(p, t, connectivity=connectivity)
+        k = M.lesion_counts(p, t, connectivity=connectivity)
+        sc = M.lesion_wise_scores(k)
+        row[f"dice_{s}"] = M.dice_score(p, t)
+        row[f"hd95_{s}"] = M.hd95(p, t, spacing)
+        row[f"f1_{s}"] = sc["f1"]
+        row[f"sensitivity_{s}"] = sc["sensitivity"]
+        row[f"fp_lesions_{s}"] = k["fp"]
+        row[f"n_truth_{s}"] = k["n_truth"]
+        for g, c in M.size_group_counts(d, size_edges).items():
+            row[f"truth_{s}_{g}"] = c["n_truth"]
+            row[f"detected_{s}_{g}"] = c["detected"]
+            row[f"fp_{s}_{g}"] = c["false_positive"]
+    return row
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    """Written whole or not at all (an interrupted write never leaves a half file that looks finished)."""
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=1))
+    os.replace(tmp, path)
+
+
+def _case_name(path: str) -> str:
+    return re.sub(r"\.nii(\.gz)?$", "", os.path.basename(path))
+
+
+@dataclass
+class Study:
+    """One study: a preset (possibly changed by the command line), the data, and the output folder."""
+
+    preset: Preset
+    out: Path
+    task: str = "lesion"
+    data: Path | None = None  # an MSD-layout dataset; None: generate phantoms under out/data
+    bundles: Path | None = None
+    log: Any = print
+
+    def __post_init__(self) -> None:
+        self.out = Path(self.out).resolve()
+        if self.data is not None:
+            self.data = Path(self.data).resolve()
+        if self.preset.baseline not in self.preset.losses:
+            self.preset = replace(self.preset, losses=[self.preset.baseline, *self.preset.losses])
+        if len(set(self.preset.losses)) != len(self.preset.losses) or len(set(self.preset.seeds)) != len(self.preset.seeds):
+            raise ValueError(f"losses {self.preset.losses} and seeds {self.preset.seeds} must not repeat")
+        M.size_group_labels(self.preset.size_edges)  # validates the edges early
+
+    # -- data ------------------------------------------------------------------------------------------
+    def dataset_dir(self) -> Path:
+        if self.data is not None:
+            return self.data
+        p = self.preset
+        return self.out / "data" / f"{self.task}_{p.num_cases}cases_{p.spacing:g}mm_seed0"
+
+    def ensure_data(self) -> Path:
+        d = self.dataset_dir()
+        if self.data is None and not (d / "dataset.json").exists():
+            from ..phantoms import write_dataset
+
+            p = self.preset
+            self.log(f"generating {p.num_cases} {self.task} phantoms at {p.spacing:g} mm into {d}")
+            tmp = d.with_name(d.name + ".partial")
+            shutil.rmtree(tmp, ignore_errors=True)
+            write_dataset(str(tmp), self.task, p.num_cases, seed=0, spacing=p.spacing,
+                          workers=p.threads or os.cpu_count() or 1, progress=False, **p.phantom_options)  # fmt: skip
+            os.replace(tmp, d)
+        return d
+
+    def splits(self) -> tuple[list[dict], list[dict]]:
+        """(training + validation cases, test cases)."""
+        cases = msd_datalist(str(self.ensure_data()), "all", task=self.task)
+        p = self.preset
+        if len(cases) < p.num_test + p.num_val + 1:
+            raise ValueError(
+                f"{self.dataset_dir()} has {len(cases)} labelled cases; the study needs at least "
+                f"{p.num_test + p.num_val + 1} ({p.num_test} test, {p.num_val} validation, 1 training): "
+                "lower --num-test / --num-val or add cases"
+            )
+        return cases[: len(cases) - p.num_test], cases[len(cases) - p.num_test :]
+
+    # -- runs ------------------------------------------------------------------------------------------
+    def run_dir(self, loss: str, seed: int) -> Path:
+        return self.out / "runs" / slug(loss) / f"seed{seed}"
+
+    def settings(self, loss: str, seed: int) -> dict:
+        """Everything that decides a run's result; a stored run with other settings is started over."""
+        trainval, test = self.splits()
+        p = self.preset
+        return {
+            "loss": loss, "seed": seed, "task": self.task, "epochs": p.epochs, "schedule": p.schedule,
+            "dataset_dir": str(self.dataset_dir()), "train_val_cases": [_case_name(c["image"]) for c in trainval],
+            "num_val": p.num_val, "test_cases": [_case_name(c["image"]) for c in test],
+            "size_edges": list(p.size_edges),
+        }  # fmt: skip
+
+    @staticmethod
+    def fingerprint(settings: dict) -> str:
+        return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
+
+    def load_result(self, loss: str, seed: int) -> dict | None:
+        """The stored result of a run when it exists and matches the current settings."""
+        path = self.run_dir(loss, seed) / "result.json"
+        if not path.exists():
+            return None
+        res = json.loads(path.read_text())
+        return res if res.get("fingerprint") == self.fingerprint(self.settings(loss, seed)) else None
+
+    def run_one(self, loss: str, seed: int, epoch_bar=None) -> tuple[dict, bool]:
+        """Train, predict and score one run; returns ``(result, was_stored)``."""
+        stored = self.load_result(loss, seed)
+        if stored is not None:
+            return stored, True
+        settings = self.settings(loss, seed)
+        fp = self.fingerprint(settings)
+        rd = self.run_dir(loss, seed)
+        run_json = rd / "run.json"
+        if run_json.exists() and json.loads(run_json.read_text()).get("fingerprint") != fp:
+            self.log(f"{rd.relative_to(self.out)}: settings changed since it was stored; starting it over")
+            shutil.rmtree(rd)
+        rd.mkdir(parents=True, exist_ok=True)
+        _write_json(run_json, {"fingerprint": fp, "settings": settings})
+
+        p, bundle, data = self.preset, bundle_dir(self.task, self.bundles), self.dataset_dir()
+        env = child_env(p.threads)
+        trainval, test = self.splits()
+        history = rd / "logs" / "history.jsonl"
+
+        def epochs_done() -> int:
+            train, _ = read_history(str(history))
+            return int(train[-1]["epoch"]) if train else 0
+
+        def poll() -> None:
+            if epoch_bar is not None:
+                epoch_bar.n = epochs_done()
+                epoch_bar.refresh()
+
+        if epoch_bar is not None:
+            epoch_bar.reset(total=p.epochs)
+            epoch_bar.set_description(f"{loss} seed {seed}")
+        train_s = 0.0
+        if not ((rd / "models" / "model.pt").exists() and epochs_done() >= p.epochs):
+            overrides = {
+                **p.schedule, "bundle_root": str(rd), "dataset_dir": str(data), "max_cases": len(trainval),
+                "num_val": p.num_val, "epochs": p.epochs, "loss_name": loss, "seed": seed,
+                "num_threads": p.threads, "resume": True, "progress_bar": False,
+            }  # fmt: skip
+            train_s = run_bundle(bundle, ["train.json"], overrides, rd / "train.log", env, poll)
+        infer = {
+            **{k: p.schedule[k] for k in NET_KEYS if k in p.schedule}, "bundle_root": str(rd),
+            "dataset_dir": str(data), "datalist": [{"image": c["image"]} for c in test],
+            "output_dir": str(rd / "test_pred"), "num_threads": p.threads,
+        }  # fmt: skip
+        infer_s = run_bundle(bundle, ["inference.json"], infer, rd / "inference.log", env)
+        result = {
+            "fingerprint": fp, "loss": loss, "seed": seed, "epochs": p.epochs,
+            "train_seconds": round(train_s, 1), "infer_seconds": round(infer_s, 1),
+            "cases": self.score_predictions(rd / "test_pred", test),
+        }  # fmt: skip
+        _write_json(rd / "result.json", result)
+        return result, False
+
+    def score_predictions(self, pred_dir: Path, test: list[dict]) -> list[dict]:
+        import nibabel as nib
+
+        structures = structures_of(self.dataset_dir(), self.task)
+        rows = []
+        for c in test:
+            name = _case_name(c["image"])
+            pred_path = pred_dir / f"{name}_seg.nii.gz"
+            if not pred_path.exists():
+                raise FileNotFoundError(f"inference wrote no prediction for test case {name} ({pred_path})")
+            lab = nib.load(c["label"])
+            truth = np.asarray(lab.dataobj).astype(np.int64)
+            pred = np.asarray(nib.load(str(pred_path)).dataobj).astype(np.int64)
+            truth, pred = truth.reshape(truth.shape[:3]), pred.reshape(pred.shape[:3])
+            spacing = [float(z) for z in lab.header.get_zooms()[:3]]
+            rows.append({"case": name, **score_case(pred, truth, structures, spacing, self.preset.size_edges)})
+        return rows
+
+    def run(self, progress: bool = True) -> dict[tuple[str, int], dict]:
+        """Every loss x seed (stored runs skipped); returns the results keyed by (loss, seed)."""
+        from tqdm.auto import tqdm
+
+        self.ensure_data()
+        self.out.mkdir(parents=True, exist_ok=True)
+        _write_json(self.out / "study.json", {"task": self.task, "preset": asdict(self.preset),
+                                              "dataset_dir": str(self.dataset_dir())})  # fmt: skip
+        jobs = [(loss, seed) for loss in self.preset.losses for seed in self.preset.seeds]
+        results: dict[tuple[str, int], dict] = {}
+        runs_bar = tqdm(total=len(jobs), desc="runs", unit="run", disable=not progress, position=0)
+        epoch_bar = tqdm(total=self.preset.epochs, desc="epochs", unit="epoch", disable=not progress, position=1,
+                         leave=False)  # fmt: skip
+        t0 = time.perf_counter()
+        try:
+            for loss, seed in jobs:
+                res, stored = self.run_one(loss, seed, epoch_bar if progress else None)
+                results[(loss, seed)] = res
+                runs_bar.update()
+                what = "stored, skipped" if stored else f"trained in {res['train_seconds']:.0f} s"
+                runs_bar.write(f"{loss} seed {seed}: {what}") if progress else self.log(f"{loss} seed {seed}: {what}")
+        finally:
+            epoch_bar.close()
+            runs_bar.close()
+        self.log(f"{len(jobs)} runs in {(time.perf_counter() - t0) / 60:.1f} min")
+        return results

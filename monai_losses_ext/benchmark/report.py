@@ -1,0 +1,218 @@
+"""The study's outputs: ``report.md`` (tables with bootstrap intervals and the paired comparison against the
+baseline), ``cases.csv`` (every run x test case), ``summary.csv`` (every loss x metric) and two figures,
+``sensitivity_by_size.png`` and ``dice_by_loss.png``."""
+
+from __future__ import annotations
+
+import csv
+import math
+from pathlib import Path
+
+import numpy as np
+
+from .. import metrics as M
+from .stats import bootstrap_ci, bootstrap_ratio_ci, paired_comparison
+
+# per-case metrics reported as a mean: (column prefix, title, higher is better)
+CASE_METRICS = [("dice", "Dice", True), ("f1", "lesion F1", True), ("sensitivity", "lesion sensitivity", True),
+                ("fp_lesions", "FP lesions / case", False), ("hd95", "HD95 (mm)", False)]  # fmt: skip
+PAIRED = ("dice", "f1", "fp_lesions", "hd95")
+
+
+def _arrays(results: dict, losses, seeds, key: str) -> dict[str, np.ndarray]:
+    """``{loss: (n_seeds, n_cases)}`` of one per-case value."""
+    out = {}
+    for loss in losses:
+        out[loss] = np.array([[float(c[key]) for c in results[(loss, s)]["cases"]] for s in seeds], dtype=float)
+    return out
+
+
+def summarize(results: dict, losses, seeds, structures, size_edges, baseline: str, n_boot: int = 2000) -> list[dict]:
+    """One row per (structure, loss, metric): value and interval, and for the paired metrics the difference
+    to the baseline with its interval, p-value and case counts."""
+    groups = M.size_group_labels(size_edges)
+    rows = []
+    for s in structures:
+        for prefix, _, _ in CASE_METRICS:
+            arr = _arrays(results, losses, seeds, f"{prefix}_{s}")
+            for loss in losses:
+                mean, lo, hi = bootstrap_ci(arr[loss], n_boot=n_boot)
+                row = {"structure": s, "loss": loss, "metric": prefix, "value": mean, "low": lo, "high": hi,
+                       "n_undefined": int(np.isnan(arr[loss]).sum())}  # fmt: skip
+                if prefix in PAIRED and loss != baseline:
+                    pc = paired_comparison(arr[loss], arr[baseline], n_boot=n_boot)
+                    row.update(diff=pc.diff, diff_low=pc.low, diff_high=pc.high, p_value=pc.p_value,
+                               higher=pc.higher, equal=pc.equal, lower=pc.lower)  # fmt: skip
+                rows.append(row)
+        for g in groups:
+            det = _arrays(results, losses, seeds, f"detected_{s}_{g}")
+            tru = _arrays(results, losses, seeds, f"truth_{s}_{g}")
+            for loss in losses:
+                ratio, lo, hi = bootstrap_ratio_ci(det[loss], tru[loss], n_boot=n_boot)
+                rows.append({"structure": s, "loss": loss, "metric": f"sensitivity_{g}", "value": ratio, "low": lo,
+                             "high": hi, "n_lesions": int(tru[loss][0].sum())})  # fmt: skip
+    return rows
+
+
+def _ci(v: float, lo: float, hi: float, digits: int = 3) -> str:
+    if v is None or not math.isfinite(v):
+        return "—"
+    return f"{v:.{digits}f} [{lo:.{digits}f}, {hi:.{digits}f}]"
+
+
+def _p(p: float) -> str:
+    return "—" if p is None or not math.isfinite(p) else (f"{p:.3f}" if p >= 0.001 else "<0.001")
+
+
+def markdown(rows: list[dict], losses, structures, size_edges, baseline: str, train_minutes: dict) -> str:
+    groups = M.size_group_labels(size_edges)
+    get = {(r["structure"], r["loss"], r["metric"]): r for r in rows}
+    out = []
+    for s in structures:
+        n_les = {g: get[(s, losses[0], f"sensitivity_{g}")]["n_lesions"] for g in groups}
+        head = ["loss", "Dice", "lesion F1"] + [f"sensitivity {g} vox (n={n_les[g]})" for g in groups]
+        head += ["FP lesions / case", "HD95 mm", "train min / run"]
+        out += [f"### {s}: mean [95% CI]", "", "| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
+        for loss in losses:
+            cells = [f"`{loss}`" + (" (baseline)" if loss == baseline else "")]
+            for m in ("dice", "f1", *[f"sensitivity_{g}" for g in groups], "fp_lesions", "hd95"):
+                r = get[(s, loss, m)]
+                digits = 1 if m == "hd95" else 2 if m == "fp_lesions" else 3
+                cell = _ci(r["value"], r["low"], r["high"], digits)
+                if m == "hd95" and r["n_undefined"]:
+                    cell += f" ({r['n_undefined']} undefined)"
+                cells.append(cell)
+            cells.append(f"{train_minutes[loss]:.1f}")
+            out.append("| " + " | ".join(cells) + " |")
+        out += ["", f"Paired against `{baseline}` on the same test cases (loss − baseline, each case averaged over "
+                    "seeds; 95% bootstrap CI; two-sided Wilcoxon signed-rank p; cases higher / equal / lower):", ""]  # fmt: skip
+        titles = {m: t for m, t, _ in CASE_METRICS}
+        head = ["loss"] + [f"Δ {titles[m]}" for m in PAIRED] + ["cases with Dice higher / equal / lower"]
+        out += ["| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
+        for loss in losses:
+            if loss == baseline:
+                continue
+            cells = [f"`{loss}`"]
+            for m in PAIRED:
+                r = get[(s, loss, m)]
+                cells.append(_ci(r["diff"], r["diff_low"], r["diff_high"], 1 if m == "hd95" else 3) + f", p {_p(r['p_value'])}")
+            d = get[(s, loss, "dice")]
+            cells.append(f"{d['higher']} / {d['equal']} / {d['lower']}")
+            out.append("| " + " | ".join(cells) + " |")
+        out.append("")
+    return "\n".join(out)
+
+
+def write_csvs(out: Path, results: dict, losses, seeds, rows: list[dict]) -> None:
+    with open(out / "cases.csv", "w", newline="") as f:
+        first = results[(losses[0], seeds[0])]["cases"][0]
+        cols = ["loss", "seed", *first.keys()]
+        w = csv.DictWriter(f, fieldnames=cols)
+        w.writeheader()
+        for loss in losses:
+            for s in seeds:
+                for c in results[(loss, s)]["cases"]:
+                    w.writerow({"loss": loss, "seed": s, **c})
+    cols = ["structure", "loss", "metric", "value", "low", "high", "n_undefined", "n_lesions", "diff", "diff_low",
+            "diff_high", "p_value", "higher", "equal", "lower"]  # fmt: skip
+    with open(out / "summary.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=cols)
+        w.writeheader()
+        for r in rows:
+            w.writerow({k: r.get(k, "") for k in cols})
+
+
+def plots(out: Path, results: dict, losses, seeds, structures, size_edges, rows: list[dict], baseline: str) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    groups = M.size_group_labels(size_edges)
+    get = {(r["structure"], r["loss"], r["metric"]): r for r in rows}
+    colours = plt.get_cmap("tab10")
+    n = len(structures)
+
+    fig, axes = plt.subplots(1, n, figsize=(max(6, 1.2 * len(losses) * len(groups)) * min(n, 2) / 1.5, 3.8), squeeze=False)
+    width = 0.8 / len(losses)
+    for ax, s in zip(axes[0], structures):
+        x = np.arange(len(groups))
+        for i, loss in enumerate(losses):
+            r = [get[(s, loss, f"sensitivity_{g}")] for g in groups]
+            v = np.array([q["value"] for q in r], dtype=float)
+            err = np.array([[q["value"] - q["low"], q["high"] - q["value"]] for q in r], dtype=float).T
+            ax.bar(x + (i - (len(losses) - 1) / 2) * width, np.nan_to_num(v), width, yerr=np.nan_to_num(err),
+                   capsize=2, color=colours(i % 10), label=loss)  # fmt: skip
+        n_les = [get[(s, losses[0], f"sensitivity_{g}")]["n_lesions"] for g in groups]
+        ax.set_xticks(x, [f"{g} voxels\n(n={k})" for g, k in zip(groups, n_les)])
+        ax.set_ylim(0, 1.05)
+        ax.set_ylabel("lesion-wise sensitivity")
+        ax.set_title(f"{s}: detected truth lesions by size (95% CI)", fontsize=10)
+    axes[0][-1].legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    p1 = out / "sensitivity_by_size.png"
+    fig.savefig(p1, dpi=100)
+    plt.close(fig)
+
+    fig, axes = plt.subplots(1, n, figsize=(max(6, 1.3 * len(losses)) * min(n, 2) / 1.2, 3.8), squeeze=False)
+    for ax, s in zip(axes[0], structures):
+        arr = _arrays(results, losses, seeds, f"dice_{s}")
+        per_case = [np.nanmean(arr[loss], 0) for loss in losses]
+        ax.boxplot(per_case, showfliers=False, widths=0.5)
+        rng = np.random.default_rng(0)
+        for i, v in enumerate(per_case):
+            ax.scatter(i + 1 + rng.uniform(-0.12, 0.12, v.size), v, s=10, color=colours(i % 10), zorder=3)
+        ax.set_xticks(range(1, len(losses) + 1), [lo.replace("monai.losses.", "monai ") for lo in losses],
+                      rotation=20, ha="right", fontsize=8)  # fmt: skip
+        ax.set_ylim(0, 1)
+        ax.set_ylabel("test-case Dice (mean over seeds)")
+        ax.set_title(f"{s}: Dice per test case", fontsize=10)
+    fig.tight_layout()
+    p2 = out / "dice_by_loss.png"
+    fig.savefig(p2, dpi=100)
+    plt.close(fig)
+    return [p1, p2]
+
+
+def write_report(study, results: dict, command: str, wall_minutes: float | None = None, n_boot: int = 2000) -> Path:
+    """Write report.md, cases.csv, summary.csv and the figures into ``study.out``; returns report.md's path."""
+    import platform
+
+    import monai
+    import torch
+
+    from .quality import structures_of
+
+    p = study.preset
+    losses, seeds = p.losses, p.seeds
+    structures = list(structures_of(study.dataset_dir(), study.task))
+    rows = summarize(results, losses, seeds, structures, p.size_edges, p.baseline, n_boot)
+    write_csvs(study.out, results, losses, seeds, rows)
+    figs = plots(study.out, results, losses, seeds, structures, p.size_edges, rows, p.baseline)
+    train_min = {loss: np.mean([results[(loss, s)]["train_seconds"] for s in seeds]) / 60 for loss in losses}
+    n_test = len(results[(losses[0], seeds[0])]["cases"])
+    device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else (platform.processor() or platform.machine())
+    lines = [
+        f"# Loss study: {study.task}, {len(losses)} losses x {len(seeds)} seeds", "",
+        f"Command: `{command}`", "",
+        f"* Data: `{study.dataset_dir().name}`; {n_test} test cases (held out from training and model selection), "
+        f"{p.num_val} validation cases for choosing the checkpoint, the rest for training.",
+        f"* Schedule: {p.epochs} epochs; bundle overrides `{_compact(p.schedule)}`; seeds {seeds}.",
+        f"* Machine: {device}, {p.threads or 'all'} threads; torch {torch.__version__}, MONAI {monai.__version__}"
+        + (f"; study wall time {wall_minutes:.1f} min" if wall_minutes is not None else "") + ".",
+        "* Intervals: 95% bootstrap over test cases and seeds (2000 resamples). Sensitivity by size pools the "
+        "truth lesions of all cases (detected / total, size in voxels of the truth lesion). HD95 is undefined "
+        "(skipped, counted) when a case has an empty prediction or truth for that structure.", "",
+        markdown(rows, losses, structures, p.size_edges, p.baseline, train_min),
+        *[f"![{f.stem}]({f.name})" for f in figs], "",
+        "How to read it: intervals that overlap heavily mean the study cannot tell the losses apart at this size; "
+        "the paired differences are the sharper test because every loss is scored on the same cases. A loss that "
+        "raises small-lesion sensitivity while adding false-positive lesions trades precision for recall.", "",
+    ]  # fmt: skip
+    path = study.out / "report.md"
+    path.write_text("\n".join(lines))
+    return path
+
+
+def _compact(d: dict) -> str:
+    return ", ".join(f"{k}={v}" for k, v in d.items() if k not in ("progress_bar", "log_every"))

@@ -1,0 +1,147 @@
+"""Bootstrap confidence intervals and paired comparisons for a study of losses x seeds x test cases.
+
+Values are arrays ``(n_seeds, n_cases)``: every seed of a loss is scored on the same test cases. The
+bootstrap resamples *cases* with replacement and, independently, *seeds* with replacement, so an interval
+reflects both how the test cases vary and how training varies with the seed (with one seed it is the
+ordinary case bootstrap). Intervals are percentile intervals of ``n_boot`` resamples from a fixed seed, so
+the same numbers give the same interval.
+"""
+
+from __future__ import annotations
+
+import warnings
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import stats as _st
+
+__all__ = ["bootstrap_ci", "bootstrap_ratio_ci", "paired_comparison", "Paired"]
+
+
+def _as_2d(values, what: str = "values") -> np.ndarray:
+    a = np.asarray(values, dtype=float)
+    if a.ndim == 1:
+        a = a[None]
+    if a.ndim != 2 or a.shape[1] == 0 or a.shape[0] == 0:
+        raise ValueError(f"{what} must be (n_cases,) or (n_seeds, n_cases) with at least one case, got shape {np.shape(values)}")
+    return a
+
+
+def _resample_indices(shape: tuple[int, int], n_boot: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    s_idx = rng.integers(0, shape[0], size=(n_boot, shape[0]))
+    c_idx = rng.integers(0, shape[1], size=(n_boot, shape[1]))
+    return s_idx, c_idx
+
+
+def _gather(a: np.ndarray, s_idx: np.ndarray, c_idx: np.ndarray) -> np.ndarray:
+    return a[s_idx[:, :, None], c_idx[:, None, :]]  # (n_boot, n_seeds, n_cases)
+
+
+def _interval(boot: np.ndarray, level: float) -> tuple[float, float]:
+    boot = boot[np.isfinite(boot)]
+    if boot.size == 0:
+        return float("nan"), float("nan")
+    lo, hi = np.percentile(boot, [50 * (1 - level), 50 * (1 + level)])
+    return float(lo), float(hi)
+
+
+def _check_level(level: float, n_boot: int) -> None:
+    if not 0 < level < 1:
+        raise ValueError(f"level={level}: a confidence level lies in (0, 1), e.g. 0.95")
+    if n_boot < 100:
+        raise ValueError(f"n_boot={n_boot}: use at least 100 resamples (2000 is the default)")
+
+
+def bootstrap_ci(values, level: float = 0.95, n_boot: int = 2000, seed: int = 0) -> tuple[float, float, float]:
+    """Mean of ``values`` (NaN entries skipped, e.g. an undefined HD95) and its bootstrap interval.
+
+    Returns ``(mean, low, high)``; all NaN when no value is finite.
+    """
+    _check_level(level, n_boot)
+    a = _as_2d(values)
+    if not np.isfinite(a).any():
+        return float("nan"), float("nan"), float("nan")
+    s_idx, c_idx = _resample_indices(a.shape, n_boot, seed)
+    with _quiet():
+        boot = np.nanmean(_gather(a, s_idx, c_idx), axis=(1, 2))
+    return (float(np.nanmean(a)), *_interval(boot, level))
+
+
+def bootstrap_ratio_ci(num, den, level: float = 0.95, n_boot: int = 2000, seed: int = 0) -> tuple[float, float, float]:
+    """Pooled ratio ``sum(num) / sum(den)`` (e.g. detected lesions / truth lesions of a size group, over all
+    seeds and cases) and its bootstrap interval, resampling cases and seeds together for both.
+
+    Returns ``(ratio, low, high)``; NaN when ``den`` sums to zero (no lesion of that size in the test set).
+    """
+    _check_level(level, n_boot)
+    n, d = _as_2d(num, "num"), _as_2d(den, "den")
+    if n.shape != d.shape:
+        raise ValueError(f"num {n.shape} and den {d.shape} must have the same shape")
+    if d.sum() <= 0:
+        return float("nan"), float("nan"), float("nan")
+    s_idx, c_idx = _resample_indices(n.shape, n_boot, seed)
+    bn, bd = _gather(n, s_idx, c_idx).sum((1, 2)), _gather(d, s_idx, c_idx).sum((1, 2))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        boot = np.where(bd > 0, bn / np.where(bd > 0, bd, 1), np.nan)
+    return (float(n.sum() / d.sum()), *_interval(boot, level))
+
+
+@dataclass
+class Paired:
+    """A loss against the baseline on the same test cases: ``diff`` = mean over cases of (loss - baseline),
+    each case first averaged over seeds; its bootstrap interval; the two-sided Wilcoxon signed-rank p-value
+    of the per-case differences (NaN with fewer than 2 non-zero differences); and how many cases the loss
+    scored higher / equal / lower than the baseline."""
+
+    diff: float
+    low: float
+    high: float
+    p_value: float
+    higher: int
+    equal: int
+    lower: int
+    n_cases: int
+
+
+def paired_comparison(values, baseline, level: float = 0.95, n_boot: int = 2000, seed: int = 0) -> Paired:
+    """Compare ``values`` with ``baseline`` (both ``(n_seeds, n_cases)`` on the same cases; the seed counts may
+    differ). Cases where either side is NaN for every seed are left out."""
+    _check_level(level, n_boot)
+    a, b = _as_2d(values), _as_2d(baseline, "baseline")
+    if a.shape[1] != b.shape[1]:
+        raise ValueError(f"values score {a.shape[1]} cases and baseline {b.shape[1]}: a paired comparison needs the same cases")
+    with _quiet():
+        d = np.nanmean(a, 0) - np.nanmean(b, 0)
+    d = d[np.isfinite(d)]
+    if d.size == 0:
+        nan = float("nan")
+        return Paired(nan, nan, nan, nan, 0, 0, 0, 0)
+    boot = _paired_boot(a, b, n_boot, np.random.default_rng(seed))
+    nz = d[d != 0]
+    p = float(_st.wilcoxon(nz).pvalue) if nz.size >= 2 else float("nan")
+    lo, hi = _interval(boot, level)
+    return Paired(float(d.mean()), lo, hi, p, int((d > 0).sum()), int((d == 0).sum()), int((d < 0).sum()), int(d.size))
+
+
+def _paired_boot(a: np.ndarray, b: np.ndarray, n_boot: int, rng: np.random.Generator) -> np.ndarray:
+    """Resamples cases (the same for both sides) and, for each side, its seeds."""
+    with _quiet():
+        keep = np.isfinite(np.nanmean(a, 0) - np.nanmean(b, 0))
+    a, b = a[:, keep], b[:, keep]
+    c_idx = rng.integers(0, a.shape[1], size=(n_boot, a.shape[1]))
+    sa = rng.integers(0, a.shape[0], size=(n_boot, a.shape[0]))
+    sb = rng.integers(0, b.shape[0], size=(n_boot, b.shape[0]))
+    with _quiet():
+        da = np.nanmean(_gather(a, sa, c_idx), 1)
+        db = np.nanmean(_gather(b, sb, c_idx), 1)
+        return np.nanmean(da - db, 1)
+
+
+@contextmanager
+def _quiet():
+    """numpy's all-NaN-slice RuntimeWarning is expected here (a case undefined for one resampled seed)."""
+    with warnings.catch_warnings(), np.errstate(invalid="ignore"):
+        warnings.simplefilter("ignore", RuntimeWarning)
+        yield

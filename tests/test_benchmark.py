@@ -1,0 +1,269 @@
+"""The loss benchmark (python -m monai_losses_ext.benchmark): the study metrics on cases whose answer is known
+by construction, the bootstrap and paired comparison on known answers, resume, and a tiny end-to-end study
+(2 losses x 1 seed, 2 epochs on 5 small phantoms) that writes the table, the CSVs and the figures."""
+
+from __future__ import annotations
+
+import csv
+import math
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+from monai_losses_ext import metrics as M
+from monai_losses_ext.benchmark import PRESETS, Study, bootstrap_ci, bootstrap_ratio_ci, paired_comparison, score_case
+from monai_losses_ext.benchmark import quality as Q
+from monai_losses_ext.benchmark import speed as S
+from monai_losses_ext.benchmark.__main__ import main as cli
+from monai_losses_ext.registry import list_losses
+
+LESION = {"lesion": [1]}
+
+
+def ball(shape, centre, radius):
+    g = np.stack(np.meshgrid(*[np.arange(s) for s in shape], indexing="ij"), -1)
+    return ((g - np.asarray(centre, dtype=float)) ** 2).sum(-1) <= radius * radius
+
+
+def blob(shape, start, n_voxels):
+    """A lesion of exactly ``n_voxels`` voxels: a run along the last axis from ``start``."""
+    m = np.zeros(shape, bool)
+    x, y, z = start
+    m[x, y, z : z + n_voxels] = True
+    return m
+
+
+# -- metrics on analytic cases -----------------------------------------------------------------------------
+def test_perfect_prediction_scores_perfectly():
+    shape = (40, 40, 40)
+    t = (ball(shape, (10, 10, 10), 4) | ball(shape, (28, 28, 28), 1)).astype(np.int64)
+    row = score_case(t, t, LESION, spacing=[1.0, 1.0, 1.0])
+    assert row["dice_lesion"] == 1.0 and row["f1_lesion"] == 1.0 and row["sensitivity_lesion"] == 1.0
+    assert row["hd95_lesion"] == 0.0 and row["fp_lesions_lesion"] == 0 and row["n_truth_lesion"] == 2
+    for g in M.size_group_labels((10, 50)):
+        assert row[f"detected_lesion_{g}"] == row[f"truth_lesion_{g}"]
+        assert row[f"fp_lesion_{g}"] == 0
+    assert row["truth_lesion_<10"] == 1 and row["truth_lesion_>50"] == 1  # 7 and 257 voxels
+
+
+@pytest.mark.parametrize("shift", [2, 5, 9])
+def test_shifted_box_has_its_exact_dice(shift):
+    shape = (40, 40, 40)
+    t = np.zeros(shape, np.int64)
+    t[10:30, 10:30, 10:30] = 1
+    p = np.roll(t, shift, axis=0)
+    row = score_case(p, t, LESION, spacing=[1.0, 1.0, 1.0])
+    assert row["dice_lesion"] == pytest.approx((20 - shift) / 20, abs=1e-12)
+    assert row["f1_lesion"] == 1.0 and row["fp_lesions_lesion"] == 0
+
+
+@pytest.mark.parametrize("d", [4.0, 10.0, 16.0])
+def test_shifted_sphere_matches_the_lens_volume(d):
+    """Two spheres of radius r whose centres are d apart overlap in a lens of volume pi (4r + d)(2r - d)^2 / 12,
+    so their Dice is that volume over the sphere volume; voxelised at r = 15 it agrees to 2%."""
+    r, shape = 15.0, (64, 48, 48)
+    t = ball(shape, (24, 24, 24), r).astype(np.int64)
+    p = ball(shape, (24 + d, 24, 24), r).astype(np.int64)
+    expected = math.pi * (4 * r + d) * (2 * r - d) ** 2 / 12 / (4 / 3 * math.pi * r**3)
+    assert score_case(p, t, LESION, spacing=1.0)["dice_lesion"] == pytest.approx(expected, rel=0.02)
+
+
+def test_missed_and_spurious_lesions_counted_by_size_group():
+    shape = (20, 20, 120)
+    t = np.zeros(shape, bool)
+    sizes = {"a": 5, "b": 3, "c": 10, "d": 50, "e": 51, "f": 100}  # groups <10, <10, 10-50, 10-50, >50, >50
+    starts = {k: (2 + 3 * i, 2, 2) for i, k in enumerate(sizes)}
+    for k, n in sizes.items():
+        t |= blob(shape, starts[k], n)
+    p = np.zeros(shape, bool)
+    for k in ("c", "e", "f"):  # detected by one predicted voxel each; a, b, d missed
+        p[starts[k]] = True
+    p |= blob(shape, (18, 10, 2), 4) | blob(shape, (18, 14, 2), 60) | blob(shape, (18, 17, 2), 30)  # spurious
+    row = score_case(p.astype(np.int64), t.astype(np.int64), LESION, spacing=1.0)
+    got = {g: (row[f"truth_lesion_{g}"], row[f"detected_lesion_{g}"], row[f"fp_lesion_{g}"]) for g in ("<10", "10-50", ">50")}
+    assert got == {"<10": (2, 0, 1), "10-50": (2, 1, 1), ">50": (2, 2, 1)}
+    assert row["fp_lesions_lesion"] == 3 and row["n_truth_lesion"] == 6
+    assert row["sensitivity_lesion"] == pytest.approx(3 / 6)
+    assert row["f1_lesion"] == pytest.approx(2 * 3 / (2 * 3 + 3 + 3))
+
+
+def test_size_groups_edges_and_names():
+    assert M.size_group_labels((10, 50)) == ["<10", "10-50", ">50"]
+    assert M.size_group_labels((5, 20, 100)) == ["<5", "5-20", "21-100", ">100"]
+    np.testing.assert_array_equal(M.size_group_index([1, 9, 10, 50, 51, 1000], (10, 50)), [0, 0, 1, 1, 2, 2])
+    np.testing.assert_array_equal(M.size_group_index([20, 21, 100, 101], (5, 20, 100)), [1, 2, 2, 3])
+    for bad in [(), (50, 10), (0, 10), (10, 10)]:
+        with pytest.raises(ValueError, match="increasing positive"):
+            M.size_group_labels(bad)
+
+
+def test_tumour_regions_are_scored_from_label_maps():
+    shape = (30, 30, 30)
+    t = np.zeros(shape, np.int64)
+    t[ball(shape, (15, 15, 15), 9)] = 2  # oedema
+    t[ball(shape, (15, 15, 15), 5)] = 1  # necrotic core
+    t[ball(shape, (15, 15, 15), 5) & ~ball(shape, (15, 15, 15), 3)] = 3  # enhancing rim
+    p = t.copy()
+    p[p == 1] = 3  # core called enhancing: TC and WT unchanged, ET wrong inside
+    regions = {"TC": [1, 3], "WT": [1, 2, 3], "ET": [3]}
+    row = score_case(p, t, regions, spacing=1.0)
+    assert row["dice_TC"] == 1.0 and row["dice_WT"] == 1.0
+    n3, n1 = (t == 3).sum(), (t == 1).sum()
+    assert row["dice_ET"] == pytest.approx(2 * n3 / (2 * n3 + n1))
+
+
+def test_score_case_rejects_different_grids():
+    with pytest.raises(ValueError, match="same grid"):
+        score_case(np.zeros((4, 4, 4), np.int64), np.zeros((4, 4, 5), np.int64), LESION, 1.0)
+
+
+# -- bootstrap and paired comparison -----------------------------------------------------------------------
+def test_bootstrap_of_two_values_has_the_known_distribution():
+    # resampled means of {0, 1}: 0, 0.5, 1 with probabilities 1/4, 1/2, 1/4
+    assert bootstrap_ci([0.0, 1.0]) == (0.5, 0.0, 1.0)
+    assert bootstrap_ci([0.0, 1.0], level=0.4) == (0.5, 0.5, 0.5)
+    assert bootstrap_ci([0.7] * 9) == (pytest.approx(0.7), pytest.approx(0.7), pytest.approx(0.7))
+
+
+def test_bootstrap_interval_matches_normal_theory_and_covers():
+    rng = np.random.default_rng(3)
+    x = rng.normal(0.6, 0.1, 900)
+    mean, lo, hi = bootstrap_ci(x)
+    half = 1.96 * x.std() / math.sqrt(x.size)
+    assert mean == pytest.approx(x.mean())
+    assert (hi - lo) / 2 == pytest.approx(half, rel=0.1)
+    covered = sum(lo <= 0.0 <= hi for lo, hi in (bootstrap_ci(rng.normal(0, 1, 40), seed=i)[1:] for i in range(150)))
+    assert 0.85 * 150 <= covered <= 150  # nominal 95%, the percentile bootstrap runs a little narrow at n = 40
+
+
+def test_bootstrap_skips_undefined_values_and_resamples_seeds():
+    assert bootstrap_ci([1.0, np.nan, 3.0])[0] == pytest.approx(2.0)
+    assert all(math.isnan(v) for v in bootstrap_ci([np.nan, np.nan]))
+    # two seeds that disagree: the interval reflects the seed spread even with identical cases
+    seeds = np.array([[0.2] * 30, [0.8] * 30])
+    mean, lo, hi = bootstrap_ci(seeds)
+    assert mean == pytest.approx(0.5) and lo == pytest.approx(0.2) and hi == pytest.approx(0.8)
+
+
+def test_ratio_bootstrap_pools_counts():
+    det, tru = np.array([[1, 2, 0]]), np.array([[2, 2, 0]])  # a case without lesions contributes nothing
+    r, lo, hi = bootstrap_ratio_ci(det, tru)
+    assert r == pytest.approx(0.75) and 0.5 <= lo <= r <= hi <= 1.0
+    assert all(math.isnan(v) for v in bootstrap_ratio_ci([[0, 0]], [[0, 0]]))
+    with pytest.raises(ValueError, match="same shape"):
+        bootstrap_ratio_ci([[1, 2]], [[1, 2, 3]])
+
+
+def test_paired_comparison_on_known_differences():
+    rng = np.random.default_rng(0)
+    base = np.tile(rng.uniform(0.3, 0.8, 25), (2, 1))  # two seeds that agree: no seed spread
+    pc = paired_comparison(base + 0.05, base)
+    assert pc.diff == pytest.approx(0.05) and pc.low == pytest.approx(0.05) and pc.high == pytest.approx(0.05)
+    assert (pc.higher, pc.equal, pc.lower, pc.n_cases) == (25, 0, 0, 25) and pc.p_value < 1e-4
+    same = paired_comparison(base, base)
+    assert same.diff == 0 and same.equal == 25 and math.isnan(same.p_value)
+    noisy = paired_comparison(base + rng.normal(0, 0.05, base.shape), base)
+    assert noisy.low < 0 < noisy.high or noisy.p_value < 0.05  # the interval and the test tell the same story
+    # seeds that disagree widen the interval (each side's seeds are resampled), the difference stays
+    spread = paired_comparison(base + 0.05 + np.array([[-0.1], [0.1]]), base)
+    assert spread.diff == pytest.approx(0.05) and spread.low < 0.0 < 0.1 < spread.high
+    with pytest.raises(ValueError, match="same cases"):
+        paired_comparison(base[:, :5], base)
+
+
+def test_bad_bootstrap_settings_are_refused():
+    with pytest.raises(ValueError, match="confidence level"):
+        bootstrap_ci([1.0, 2.0], level=95)
+    with pytest.raises(ValueError, match="resamples"):
+        bootstrap_ci([1.0, 2.0], n_boot=10)
+    with pytest.raises(ValueError, match="n_cases"):
+        bootstrap_ci(np.zeros((2, 2, 2)))
+
+
+# -- speed part ------------------------------------------------------------------------------------------
+def test_speed_cases_cover_every_registered_loss():
+    assert {c.registry for c in S.cases(peers=False)} == set(list_losses())
+
+
+def test_speed_runs_and_writes_its_table(tmp_path):
+    cli(["speed", "--preset", "tiny", "--out", str(tmp_path), "--only", "dice", "boundary", "--no-peers"])
+    table = (tmp_path / "speed.md").read_text()
+    assert "| DiceLoss | monai DiceLoss |" in table and "| BoundaryLoss (precomputed map) | monai BoundaryLoss |" in table
+    rows = list(csv.DictReader(open(tmp_path / "speed.csv")))
+    assert {r["registry"] for r in rows} == {"dice", "boundary"}
+    assert all(float(r["time_ratio"]) > 0 and float(r["ours_mem_x_logits"]) > 0 for r in rows if r["time_ratio"])
+
+
+# -- study: errors, end to end, resume --------------------------------------------------------------------
+def test_study_refuses_bad_settings(tmp_path):
+    tiny = PRESETS["tiny"]
+    with pytest.raises(ValueError, match="must not repeat"):
+        Study(replace(tiny, losses=["dice", "dice"]), tmp_path)
+    with pytest.raises(ValueError, match="increasing positive"):
+        Study(replace(tiny, size_edges=(50, 10)), tmp_path)
+    with pytest.raises(FileNotFoundError, match="--bundles"):
+        Q.bundle_dir("lesion", tmp_path)
+    assert Study(replace(tiny, losses=["dice_ce"]), tmp_path).preset.losses == ["monai.losses.DiceLoss", "dice_ce"]
+
+
+@pytest.fixture(scope="module")
+def tiny_study(tmp_path_factory):
+    out = tmp_path_factory.mktemp("study")
+    assert cli(["quality", "--preset", "tiny", "--out", str(out), "--no-progress", "--n-boot", "200"]) == 0
+    return out
+
+
+@pytest.mark.slow
+def test_tiny_study_writes_table_csvs_and_plots(tiny_study):
+    import matplotlib.image as mpimg
+
+    report = (tiny_study / "report.md").read_text()
+    assert "| `monai.losses.DiceLoss` (baseline) |" in report and "| `dice_ce` |" in report
+    assert "sensitivity <10 vox" in report and "Paired against `monai.losses.DiceLoss`" in report
+    cases = list(csv.DictReader(open(tiny_study / "cases.csv")))
+    assert [(r["loss"], r["seed"]) for r in cases] == [("monai.losses.DiceLoss", "0")] * 2 + [("dice_ce", "0")] * 2
+    for r in cases:
+        assert 0.0 <= float(r["dice_lesion"]) <= 1.0 and 0.0 <= float(r["f1_lesion"]) <= 1.0
+        assert int(r["n_truth_lesion"]) == sum(int(r[f"truth_lesion_{g}"]) for g in ("<10", "10-50", ">50")) > 0
+    summary = list(csv.DictReader(open(tiny_study / "summary.csv")))
+    metrics = {(r["loss"], r["metric"]) for r in summary}
+    for loss in ("monai.losses.DiceLoss", "dice_ce"):
+        for m in ("dice", "f1", "sensitivity", "fp_lesions", "hd95", "sensitivity_<10", "sensitivity_>50"):
+            assert (loss, m) in metrics
+    paired = [r for r in summary if r["loss"] == "dice_ce" and r["metric"] == "dice"][0]
+    assert paired["diff"] != "" and int(paired["higher"]) + int(paired["equal"]) + int(paired["lower"]) == 2
+    for name in ("sensitivity_by_size.png", "dice_by_loss.png"):
+        img = mpimg.imread(tiny_study / name)
+        assert img.ndim == 3 and img.shape[0] > 200 and img.std() > 0.01  # a drawn figure, not a blank canvas
+
+
+@pytest.mark.slow
+def test_rerun_skips_finished_runs_and_redoes_changed_ones(tiny_study, monkeypatch):
+    calls = []
+    real = Q.run_bundle
+
+    def spy(bundle, configs, overrides, *args, **kwargs):
+        calls.append(configs[0])
+        return real(bundle, configs, overrides, *args, **kwargs)
+
+    monkeypatch.setattr(Q, "run_bundle", spy)
+    tiny = PRESETS["tiny"]
+    study = Study(tiny, tiny_study, log=lambda msg: None)
+    before = {k: v["cases"] for k, v in study.run(progress=False).items()}
+    assert calls == []  # every run read back, nothing trained or predicted
+
+    # a run whose result was lost (e.g. killed while scoring) is predicted and scored again, not retrained
+    (study.run_dir("dice_ce", 0) / "result.json").unlink()
+    again = study.run(progress=False)
+    assert calls == ["inference.json"]
+    assert again[("dice_ce", 0)]["cases"] == before[("dice_ce", 0)]
+
+    # a changed setting (3 epochs instead of 2) starts the runs over
+    calls.clear()
+    longer = Study(replace(tiny, epochs=3, losses=["monai.losses.DiceLoss"]), tiny_study, log=lambda msg: None)
+    assert longer.load_result("monai.losses.DiceLoss", 0) is None
+    monkeypatch.setattr(Q, "run_bundle", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt()))
+    with pytest.raises(KeyboardInterrupt):
+        longer.run(progress=False)
+    assert not (longer.run_dir("monai.losses.DiceLoss", 0) / "result.json").exists()  # the old result is gone
