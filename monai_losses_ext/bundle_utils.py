@@ -239,15 +239,24 @@ _MAPS: dict[str, str] = {
 }
 
 
+def _parts(loss: Any) -> list[Any]:
+    """The loss, the terms of a :class:`~monai_losses_ext.CompoundLoss` and their ``boundary`` terms."""
+    terms = getattr(loss, "terms", None)
+    out = [loss, *(terms.values() if isinstance(terms, (Mapping, torch.nn.ModuleDict)) else [])]
+    return out + [b for o in out if (b := getattr(o, "boundary", None)) is not None]
+
+
 def _map_mode(loss: Any) -> str:
     """``"signed"`` / ``"unsigned"``: the distance map a loss (or its boundary term / terms) reads."""
-    for obj in (loss, getattr(loss, "boundary", None), *getattr(loss, "terms", {}).values()) if isinstance(
-        getattr(loss, "terms", None), Mapping
-    ) else (loss, getattr(loss, "boundary", None)):
-        mode = getattr(obj, "map_mode", None)
-        if mode in ("signed", "unsigned") and "distance_map" in _forward_kwargs(obj):
-            return mode
-    return "signed"
+    modes = {o.map_mode for o in _parts(loss)
+             if getattr(o, "map_mode", None) in ("signed", "unsigned") and "distance_map" in _forward_kwargs(o)}  # fmt: skip
+    if len(modes) > 1:
+        raise ValueError(
+            f"{type(loss).__name__} combines losses that read a signed distance map (boundary) and an unsigned one "
+            "(Hausdorff-DT) through the same 'distance_map' keyword; compute both maps in the pipeline "
+            "(SignedDistanceMapd with mode='signed' and mode='unsigned') and call the two losses yourself"
+        )
+    return modes.pop() if modes else "signed"
 
 
 def _forward_kwargs(loss: Any) -> list[str]:
@@ -267,9 +276,7 @@ def loss_map_keys(loss: Any, label_key: str = "label") -> dict[str, str]:
     ``weight_map``, ``instances``); ``{}`` for losses that take ``(input, target)``
     only, which is every overlap / pixel loss. A :class:`~monai_losses_ext.CompoundLoss` asks for the union
     of its terms' maps."""
-    names = set(_forward_kwargs(loss))
-    for term in getattr(loss, "terms", {}).values() if isinstance(getattr(loss, "terms", None), Mapping) else []:
-        names |= set(_forward_kwargs(term))
+    names = {n for part in _parts(loss) for n in _forward_kwargs(part)}
     return {n: f"{label_key}_{n}" for n in sorted(names)}
 
 

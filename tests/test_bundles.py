@@ -312,6 +312,25 @@ def test_loss_switch_by_name(task, data, tmp_path):
     assert w.parser.get_parsed_content("loss_map_keys") == {"distance_map": "label_distance_map"}
 
 
+def test_compound_loss_gets_the_maps_of_its_terms():
+    import monai_losses_ext as E
+
+    both = E.CompoundLoss({"region": E.DiceBoundaryLoss(softmax=True, to_onehot_y=True), "blob": E.BlobLoss(softmax=True)})
+    assert bu.loss_map_keys(both) == {"distance_map": "label_distance_map", "instances": "label_instances"}
+    tf = bu.label_map_transforms(both, "label", num_classes=2)
+    label = torch.zeros(1, 12, 12, 12, dtype=torch.long)
+    label[0, 3:6, 3:6, 3:6] = 1
+    out = tf({"label": label})
+    assert set(out) == {"label", "label_distance_map", "label_instances"}
+    assert out["label_distance_map"][1, 4, 4, 4] < 0 < out["label_distance_map"][1, 10, 10, 10]  # signed: inside < 0
+    hd = E.CompoundLoss({"hd": E.HausdorffDTLoss(softmax=True), "dice": E.DiceLoss(softmax=True)})
+    unsigned = bu.label_map_transforms(hd, "label", num_classes=2)({"label": label})["label_distance_map"]
+    assert (unsigned >= 0).all()
+    mixed = E.CompoundLoss({"b": E.BoundaryLoss(softmax=True), "hd": E.HausdorffDTLoss(softmax=True)})
+    with pytest.raises(ValueError, match="signed distance map .* and an unsigned one"):
+        bu.label_map_transforms(mixed, "label", num_classes=2)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("name, key", [("focal_tversky", None), ("dice_boundary", "label_distance_map"),
                                        ("hausdorff_dt", "label_distance_map"), ("weight_map_ce", "label_weight_map"),
