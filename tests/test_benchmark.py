@@ -259,8 +259,13 @@ def test_rerun_skips_finished_runs_and_redoes_changed_ones(tiny_study, monkeypat
     assert calls == ["inference.json"]
     assert again[("dice_ce", 0)]["cases"] == before[("dice_ce", 0)]
 
+    # a run that fails does not stop the others; the study then says which failed
+    (study.run_dir("dice_ce", 0) / "result.json").unlink()
+    monkeypatch.setattr(Q, "run_bundle", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("bundle run failed")))
+    with pytest.raises(RuntimeError, match=r"1 of 2 runs failed(.|\n)*dice_ce seed 0: bundle run failed"):
+        study.run(progress=False)
+
     # a changed setting (3 epochs instead of 2) starts the runs over
-    calls.clear()
     longer = Study(replace(tiny, epochs=3, losses=["monai.losses.DiceLoss"]), tiny_study, log=lambda msg: None)
     assert longer.load_result("monai.losses.DiceLoss", 0) is None
     monkeypatch.setattr(Q, "run_bundle", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt()))

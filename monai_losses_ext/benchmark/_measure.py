@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+import sys
 import time
 
 import torch
@@ -12,7 +15,6 @@ def steady_allocator() -> bool:
     during a long training loop. Without it, whether a 10-30 MB buffer costs fresh page faults depends on
     what the previous call freed, and alternated timings of two losses swing by 2x. Returns True if set."""
     import ctypes
-    import sys
 
     if not sys.platform.startswith("linux"):
         return False
@@ -61,6 +63,21 @@ def time_pair(fn_a, fn_b, device: torch.device, repeats: int = 5) -> tuple[float
     return min(times_a), min(times_b), ratios[len(ratios) // 2]
 
 
+@contextlib.contextmanager
+def _native_stderr_quiet():
+    """The profiler's native library prints a start/stop line to file descriptor 2 on every use: silenced
+    here (Python exceptions still propagate)."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 2)
+            yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
 def peak_extra_bytes(fn, device: torch.device) -> int:
     """Peak bytes allocated by ``fn()`` above what was allocated before it (tensors it frees included).
 
@@ -75,7 +92,7 @@ def peak_extra_bytes(fn, device: torch.device) -> int:
         return torch.cuda.max_memory_allocated(device) - base
     from torch.profiler import ProfilerActivity, profile
 
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+    with _native_stderr_quiet(), profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         fn()
     events = sorted(
         (e.start_ns(), e.nbytes()) for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"

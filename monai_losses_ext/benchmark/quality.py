@@ -310,16 +310,28 @@ class Study:
         runs_bar = tqdm(total=len(jobs), desc="runs", unit="run", disable=not progress, position=0)
         epoch_bar = tqdm(total=self.preset.epochs, desc="epochs", unit="epoch", disable=not progress, position=1,
                          leave=False)  # fmt: skip
+        say = runs_bar.write if progress else self.log
+        failed: list[str] = []
         t0 = time.perf_counter()
         try:
             for loss, seed in jobs:
-                res, stored = self.run_one(loss, seed, epoch_bar if progress else None)
+                try:
+                    res, stored = self.run_one(loss, seed, epoch_bar if progress else None)
+                except RuntimeError as err:  # a run that fails (e.g. a diverging loss) does not stop the others
+                    failed.append(f"{loss} seed {seed}: {str(err).splitlines()[0]}")
+                    say(f"{loss} seed {seed}: FAILED, {err}")
+                    continue
+                finally:
+                    runs_bar.update()
                 results[(loss, seed)] = res
-                runs_bar.update()
-                what = "stored, skipped" if stored else f"trained in {res['train_seconds']:.0f} s"
-                runs_bar.write(f"{loss} seed {seed}: {what}") if progress else self.log(f"{loss} seed {seed}: {what}")
+                say(f"{loss} seed {seed}: " + ("stored, skipped" if stored else f"trained in {res['train_seconds']:.0f} s"))
         finally:
             epoch_bar.close()
             runs_bar.close()
         self.log(f"{len(jobs)} runs in {(time.perf_counter() - t0) / 60:.1f} min")
+        if failed:
+            raise RuntimeError(
+                f"{len(failed)} of {len(jobs)} runs failed (the others are stored; run the command again to retry "
+                "them once the cause is fixed):\n  " + "\n  ".join(failed)
+            )
         return results
