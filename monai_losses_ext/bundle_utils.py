@@ -535,9 +535,29 @@ class ResumeFromCheckpoint:
         if map_location is None:
             map_location = {"cuda:0": str(engine.state.device)} if torch.cuda.is_available() else "cpu"
         load_dict = {**self.load_dict, self.engine_key: engine}
+        horizons = {k: s.T_max for k, s in self.load_dict.items() if isinstance(getattr(s, "T_max", None), int)}
         CheckpointLoader(load_path=path, load_dict=load_dict, map_location=map_location)(engine)
         self.loaded_from = path
         engine.logger.info(f"resumed from {path}: continuing after epoch {engine.state.epoch}")
+        for key, t_max in horizons.items():
+            self._keep_horizon(engine, self.load_dict[key], t_max)
+
+    @staticmethod
+    def _keep_horizon(engine, scheduler, t_max: int) -> None:
+        """A run resumed with more ``--epochs`` anneals to the new end: the checkpoint's ``T_max`` (the old
+        number of epochs) is replaced by this run's, and the learning rate is set to the closed-form value of
+        the new schedule at the restored epoch (otherwise the cosine would climb back after the old end)."""
+        if scheduler.T_max == t_max:
+            return
+        old, scheduler.T_max = scheduler.T_max, t_max
+        lrs = scheduler._get_closed_form_lr()
+        for group, lr in zip(scheduler.optimizer.param_groups, lrs):
+            group["lr"] = lr
+        scheduler._last_lr = list(lrs)
+        engine.logger.info(
+            f"learning-rate schedule: T_max {old} from the checkpoint -> {t_max} (this run's epochs); "
+            f"learning rate now {lrs[0]:.3g}"
+        )
 
 
 class _JsonLines:

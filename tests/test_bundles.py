@@ -178,6 +178,20 @@ def test_interrupted_run_resumes(data, tmp_path):
     hist, _ = bu.read_history(str(tmp_path / "logs" / "history.jsonl"))
     assert [r["epoch"] for r in hist] == [1, 2, 3]
 
+    # training longer (--epochs 5) anneals to the new end: T_max follows the run, not the checkpoint, so the
+    # learning rate ends at eta_min instead of climbing back up the old cosine
+    w4 = train("lesion", data["lesion"], tmp_path, epochs=5)
+    seen4 = []
+    trainer4 = w4.parser.get_parsed_content("train#trainer")
+    trainer4.add_event_handler(Events.EPOCH_STARTED, lambda e: seen4.append(e.state.epoch))
+    w4.run()
+    sched = w4.parser.get_parsed_content("lr_scheduler")
+    assert seen4 == [4, 5] and (sched.T_max, sched.last_epoch) == (5, 5)
+    base = w4.parser.get_parsed_content("learning_rate")
+    assert sched.optimizer.param_groups[0]["lr"] == pytest.approx(0.01 * base, rel=1e-6)  # eta_min, the end
+    ckpt = torch.load(str(tmp_path / "models" / "checkpoint_epoch=5.pt"), map_location="cpu", weights_only=False)
+    assert ckpt["lr_scheduler"]["T_max"] == 5
+
     # resume=False starts again from epoch 1
     w3 = train("lesion", data["lesion"], tmp_path, epochs=1, resume=False)
     w3.run()
