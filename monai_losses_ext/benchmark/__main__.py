@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import shlex
 import sys
-import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -94,9 +93,8 @@ def main(argv=None) -> int:
         study = study_from_args(a)
         print(f"== quality study ({study.task}; {len(study.preset.losses)} losses x {len(study.preset.seeds)} seeds, "
               f"{study.preset.epochs} epochs) -> {study.out} ==", flush=True)  # fmt: skip
-        t0 = time.perf_counter()
         results = study.run(progress=not a.no_progress)
-        report = write_report(study, results, command, (time.perf_counter() - t0) / 60, n_boot=a.n_boot)
+        report = write_report(study, results, command, n_boot=a.n_boot)
         print(report.read_text())
         print(f"wrote {report}, cases.csv, summary.csv and the figures in {study.out}")
     return 0

@@ -148,7 +148,7 @@ def plots(out: Path, results: dict, losses, seeds, structures, size_edges, rows:
         ax.set_ylim(0, 1.05)
         ax.set_ylabel("lesion-wise sensitivity")
         ax.set_title(f"{s}: detected truth lesions by size (95% CI)", fontsize=10)
-    axes[0][-1].legend(fontsize=7, loc="lower right")
+    axes[0][-1].legend(fontsize=7, loc="upper left")
     fig.tight_layout()
     p1 = out / "sensitivity_by_size.png"
     fig.savefig(p1, dpi=100)
@@ -174,7 +174,7 @@ def plots(out: Path, results: dict, losses, seeds, structures, size_edges, rows:
     return [p1, p2]
 
 
-def write_report(study, results: dict, command: str, wall_minutes: float | None = None, n_boot: int = 2000) -> Path:
+def write_report(study, results: dict, command: str, n_boot: int = 2000) -> Path:
     """Write report.md, cases.csv, summary.csv and the figures into ``study.out``; returns report.md's path."""
     import platform
 
@@ -190,6 +190,8 @@ def write_report(study, results: dict, command: str, wall_minutes: float | None 
     write_csvs(study.out, results, losses, seeds, rows)
     figs = plots(study.out, results, losses, seeds, structures, p.size_edges, rows, p.baseline)
     train_min = {loss: np.mean([results[(loss, s)]["train_seconds"] for s in seeds]) / 60 for loss in losses}
+    # the runs' own times, stored with each run, so a resumed study reports the same total
+    run_min = sum(r["train_seconds"] + r["infer_seconds"] for r in results.values()) / 60
     n_test = len(results[(losses[0], seeds[0])]["cases"])
     device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else (platform.processor() or platform.machine())
     lines = [
@@ -198,8 +200,8 @@ def write_report(study, results: dict, command: str, wall_minutes: float | None 
         f"* Data: `{study.dataset_dir().name}`; {n_test} test cases (held out from training and model selection), "
         f"{p.num_val} validation cases for choosing the checkpoint, the rest for training.",
         f"* Schedule: {p.epochs} epochs; bundle overrides `{_compact(p.schedule)}`; seeds {seeds}.",
-        f"* Machine: {device}, {p.threads or 'all'} threads; torch {torch.__version__}, MONAI {monai.__version__}"
-        + (f"; study wall time {wall_minutes:.1f} min" if wall_minutes is not None else "") + ".",
+        f"* Machine: {device}, {p.threads or 'all'} threads; torch {torch.__version__}, MONAI {monai.__version__}; "
+        f"the {len(results)} runs took {run_min:.1f} min of training and inference in all.",
         "* Intervals: 95% bootstrap over test cases and seeds (2000 resamples). Sensitivity by size pools the "
         "truth lesions of all cases (detected / total, size in voxels of the truth lesion). HD95 is undefined "
         "(skipped, counted) when a case has an empty prediction or truth for that structure.", "",
