@@ -195,6 +195,18 @@ def test_speed_runs_and_writes_its_table(tmp_path):
     assert all(float(r["time_ratio"]) > 0 and float(r["ours_mem_x_logits"]) > 0 for r in rows if r["time_ratio"])
 
 
+def test_speed_times_installed_peers_against_the_matching_case(tmp_path):
+    """kornia (a test dependency) is timed as a peer; its focal loss is a softmax one, so it sits in the softmax
+    row; values of peers are not compared (their reductions differ), only that they ran on the same tensors."""
+    cli(["speed", "--preset", "tiny", "--out", str(tmp_path), "--only", "dice", "tversky", "focal"])
+    rows = list(csv.DictReader(open(tmp_path / "speed.csv")))
+    refs = {(r["loss"], r["reference"]) for r in rows}
+    assert {("DiceLoss", "kornia DiceLoss"), ("TverskyLoss", "kornia TverskyLoss"),
+            ("FocalLoss (softmax)", "kornia FocalLoss")} <= refs  # fmt: skip
+    assert ("FocalLoss (sigmoid)", "kornia FocalLoss") not in refs
+    assert all(float(r["time_ratio"]) > 0 for r in rows if r["reference"].startswith("kornia"))
+
+
 # -- study: errors, end to end, resume --------------------------------------------------------------------
 def test_study_refuses_bad_settings(tmp_path):
     tiny = PRESETS["tiny"]

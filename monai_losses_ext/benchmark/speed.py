@@ -119,48 +119,48 @@ def _monai_cases() -> list[Case]:
 
 
 def peer_references() -> dict[str, list[tuple[str, Factory]]]:
-    """Equivalent losses of the peer libraries that are importable here, keyed by our registry name."""
+    """Equivalent losses of the peer libraries that are importable here, keyed by the name of the case they
+    match (kornia's focal loss is a softmax one, smp's multiclass focal loss a one-vs-rest sigmoid one)."""
     peers: dict[str, list[tuple[str, Factory]]] = {}
     if importlib.util.find_spec("kornia") is not None:
         import kornia.losses as K
 
-        peers.setdefault("dice", []).append(("kornia DiceLoss", lambda: _IndexTarget(K.DiceLoss(), flatten_2d=True)))
-        peers.setdefault("tversky", []).append(
-            ("kornia TverskyLoss", lambda: _IndexTarget(K.TverskyLoss(alpha=0.3, beta=0.7), flatten_2d=True))
-        )
-        peers.setdefault("focal", []).append(
-            ("kornia FocalLoss", lambda: _IndexTarget(K.FocalLoss(alpha=0.25, reduction="mean")))
-        )
+        for case, label, make in (
+            ("DiceLoss", "kornia DiceLoss", lambda: _IndexTarget(K.DiceLoss(), flatten_2d=True)),
+            ("TverskyLoss", "kornia TverskyLoss",
+             lambda: _IndexTarget(K.TverskyLoss(alpha=0.3, beta=0.7), flatten_2d=True)),
+            ("FocalLoss (softmax)", "kornia FocalLoss", lambda: _IndexTarget(K.FocalLoss(alpha=0.25, reduction="mean"))),
+        ):  # fmt: skip
+            peers.setdefault(case, []).append((label, make))
     if importlib.util.find_spec("segmentation_models_pytorch") is not None:
         import segmentation_models_pytorch.losses as S
 
         mc = dict(mode="multiclass", from_logits=True)
-        for name, make in (
-            ("dice", lambda: S.DiceLoss(**mc)),
-            ("jaccard", lambda: S.JaccardLoss(**mc)),
-            ("tversky", lambda: S.TverskyLoss(alpha=0.3, beta=0.7, **mc)),
-            ("focal", lambda: S.FocalLoss(mode="multiclass", alpha=0.25)),
-            ("lovasz_softmax", lambda: S.LovaszLoss(mode="multiclass")),
+        for case, make in (
+            ("DiceLoss", lambda: S.DiceLoss(**mc)),
+            ("JaccardLoss", lambda: S.JaccardLoss(**mc)),
+            ("TverskyLoss", lambda: S.TverskyLoss(alpha=0.3, beta=0.7, **mc)),
+            ("FocalLoss (sigmoid)", lambda: S.FocalLoss(mode="multiclass", alpha=0.25)),
+            ("LovaszSoftmaxLoss", lambda: S.LovaszLoss(mode="multiclass")),
         ):
             label = f"smp {make().__class__.__name__}"
-            peers.setdefault(name, []).append((label, lambda make=make: _IndexTarget(make())))
+            peers.setdefault(case, []).append((label, lambda make=make: _IndexTarget(make())))
     return peers
 
 
 def cases(peers: bool = True) -> list[Case]:
-    """Every benchmark case: each registered loss at least once, with MONAI/PyTorch and peer references.
-    Peers are attached to the first case of their registry name."""
+    """Every benchmark case: each registered loss at least once, with MONAI/PyTorch and peer references."""
     out = _monai_cases()
     missing = sorted(set(list_losses()) - {c.registry for c in out})
     if missing:
         raise RuntimeError(f"speed benchmark has no case for the registered losses {missing}")
     if peers:
-        seen: set[str] = set()
         extra = peer_references()
+        unknown = sorted(set(extra) - {c.name for c in out})
+        if unknown:
+            raise RuntimeError(f"peer references for cases that do not exist: {unknown}")
         for c in out:
-            if c.registry in extra and c.registry not in seen:
-                c.refs = c.refs + extra[c.registry]
-                seen.add(c.registry)
+            c.refs = c.refs + extra.get(c.name, [])
     return out
 
 
