@@ -284,3 +284,46 @@ def test_rerun_skips_finished_runs_and_redoes_changed_ones(tiny_study, monkeypat
     with pytest.raises(KeyboardInterrupt):
         longer.run(progress=False)
     assert not (longer.run_dir("monai.losses.DiceLoss", 0) / "result.json").exists()  # the old result is gone
+
+
+def write_single_channel_task(root, n=5, shape=(24, 28, 20)):
+    """An MSD-layout task as users often have it: one image channel and masks saved as 0/255."""
+    import json
+
+    import nibabel as nib
+
+    rng = np.random.default_rng(0)
+    (root / "imagesTr").mkdir(parents=True)
+    (root / "labelsTr").mkdir()
+    items = []
+    for i in range(n):
+        mask = ball(shape, rng.uniform(8, 14, 3), 3.0) | ball(shape, rng.uniform(6, 16, 3), 1.5)
+        image = (100 + 80 * mask + rng.normal(0, 3, shape)).astype(np.float32)
+        nib.save(nib.Nifti1Image(image, np.eye(4)), str(root / "imagesTr" / f"c{i}.nii.gz"))
+        nib.save(nib.Nifti1Image((255 * mask).astype(np.uint8), np.eye(4)), str(root / "labelsTr" / f"c{i}.nii.gz"))
+        items.append({"image": f"./imagesTr/c{i}.nii.gz", "label": f"./labelsTr/c{i}.nii.gz"})
+    (root / "dataset.json").write_text(json.dumps({"labels": {"0": "background", "1": "lesion"}, "training": items}))
+    return root
+
+
+@pytest.mark.slow
+def test_bundle_args_reach_training_inference_and_scoring(tmp_path):
+    """--bundle-args: a single-channel task with 0/255 masks trains, predicts (the inference net gets
+    in_channels too) and is scored with the same remap; without the remap the runs fail with the fix named."""
+    data = write_single_channel_task(tmp_path / "Task99")
+    base = ["quality", "--preset", "tiny", "--data", str(data), "--losses", "dice_ce", "--baseline", "dice_ce",
+            "--no-progress", "--n-boot", "100"]  # fmt: skip
+    with pytest.raises(RuntimeError, match=r"1 of 1 runs failed(.|\n)*ValueError: .*holds values \{0, 255\}.*remap"):
+        cli(base + ["--out", str(tmp_path / "no_remap"), "--bundle-args", "{'in_channels': 1}"])
+
+    out = tmp_path / "remap"
+    assert cli(base + ["--out", str(out), "--bundle-args", "{'in_channels': 1, 'label_remap': {255: 1}}"]) == 0
+    cases = list(csv.DictReader(open(out / "cases.csv")))
+    assert len(cases) == 2 and all(int(r["n_truth_lesion"]) >= 1 for r in cases)
+    assert "in_channels=1" in (out / "report.md").read_text() and "100 resamples" in (out / "report.md").read_text()
+
+    # scoring checks the label values itself: without the remap, 255 is named with the fix
+    study = Study(replace(PRESETS["tiny"], losses=["dice_ce"], baseline="dice_ce"), out, data=data, log=lambda m: None)
+    with pytest.raises(ValueError, match=r"\[255\].*label_remap"):
+        study.score_predictions(study.run_dir("dice_ce", 0) / "test_pred", study.splits()[1])
+

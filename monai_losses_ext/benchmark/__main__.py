@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import ast
 import shlex
 import sys
 from dataclasses import replace
@@ -13,6 +14,7 @@ EPILOG = """examples:
   python -m monai_losses_ext.benchmark quality --preset gpu # the larger study on a GPU
   python -m monai_losses_ext.benchmark quality --data /data/Task01_BrainTumour --task tumour --num-test 40
   python -m monai_losses_ext.benchmark quality --losses dice_ce focal_tversky --seeds 0 1 2
+  python -m monai_losses_ext.benchmark quality --data /data/MyLesions --bundle-args "{'in_channels': 1, 'label_remap': {255: 1}}"
   python -m monai_losses_ext.benchmark speed --device cuda --size 128 --amp
 
 Run the same command again to resume: finished runs are read back, an interrupted training continues from
@@ -46,6 +48,9 @@ def parser() -> argparse.ArgumentParser:
     q.add_argument("--threads", type=int, help="CPU threads per run (0: all)")
     q.add_argument("--n-boot", type=int, default=2000, help="bootstrap resamples (default 2000)")
     q.add_argument("--bundles", type=Path, help="the bundles/ folder (default: this checkout's)")
+    q.add_argument("--bundle-args", type=_literal_dict, default={}, metavar="DICT",
+                   help="more bundle overrides for every run, a Python dict, e.g. \"{'in_channels': 1, "
+                        "'label_remap': {255: 1}}\" for single-channel images with 0/255 masks")  # fmt: skip
     q.add_argument("--no-progress", action="store_true")
     s = p.add_argument_group("speed (defaults from the preset: cpu 64^3, gpu 128^3 + AMP)")
     s.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
@@ -59,6 +64,16 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+def _literal_dict(text: str) -> dict:
+    try:
+        value = ast.literal_eval(text)
+    except (ValueError, SyntaxError) as err:
+        raise argparse.ArgumentTypeError(f"not a Python literal: {text!r} ({err})") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"expected a dict such as \"{{'in_channels': 1}}\", got {text!r}")
+    return value
+
+
 def study_from_args(a):
     from .quality import PRESETS, Study
 
@@ -67,6 +82,8 @@ def study_from_args(a):
         "num_val": a.num_val, "threads": a.threads, "baseline": a.baseline,
         "size_edges": tuple(a.size_edges) if a.size_edges else None,
     }.items() if v is not None}  # fmt: skip
+    if a.bundle_args:
+        changes["schedule"] = {**PRESETS[a.preset].schedule, **a.bundle_args}
     preset = replace(PRESETS[a.preset], **changes)
     return Study(preset, a.out, task=a.task, data=a.data, bundles=a.bundles)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -91,6 +92,17 @@ def run_bundle(
     if poll:
         poll()
     if proc.returncode != 0:
-        tail = "".join(log_file.read_text().splitlines(keepends=True)[-40:])
-        raise RuntimeError(f"bundle run failed (exit code {proc.returncode}), log {log_file}:\n{tail}")
+        lines = log_file.read_text().splitlines(keepends=True)
+        raise RuntimeError(
+            f"bundle run failed (exit code {proc.returncode}): {root_cause(lines)}\nlog {log_file}:\n{''.join(lines[-40:])}"
+        )
     return time.perf_counter() - t0
+
+
+def root_cause(lines: Sequence[str]) -> str:
+    """The first exception line of a log (in a chained traceback Python prints the original error first),
+    which names the cause where the last line often names only a wrapper."""
+    for line in lines:
+        if re.match(r"^[A-Za-z_][\w.]*(Error|Exception|Interrupt): ", line):
+            return line.strip()
+    return "no exception in the log"

@@ -38,7 +38,6 @@ CPU_SCHEDULE = {
     "batch_size": 2, "num_samples": 2, "pos_fraction": 0.8, "learning_rate": 0.003, "val_interval": 5,
     "sw_batch_size": 4, "log_every": 20, "progress_bar": False,
 }  # fmt: skip
-NET_KEYS = ("patch_size", "channels", "strides", "num_res_units", "sw_batch_size")
 
 
 @dataclass
@@ -265,8 +264,9 @@ class Study:
                 "num_threads": p.threads, "resume": True, "progress_bar": False,
             }  # fmt: skip
             train_s = run_bundle(bundle, ["train.json"], overrides, rd / "train.log", env, poll)
+        infer_ids = json.loads((bundle / "configs" / "inference.json").read_text())
         infer = {
-            **{k: p.schedule[k] for k in NET_KEYS if k in p.schedule}, "bundle_root": str(rd),
+            **{k: v for k, v in p.schedule.items() if k in infer_ids}, "bundle_root": str(rd),
             "dataset_dir": str(data), "datalist": [{"image": c["image"]} for c in test],
             "output_dir": str(rd / "test_pred"), "num_threads": p.threads,
         }  # fmt: skip
@@ -283,6 +283,8 @@ class Study:
         import nibabel as nib
 
         structures = structures_of(self.dataset_dir(), self.task)
+        allowed = {0, *(v for values in structures.values() for v in values)}
+        remap = {int(k): int(v) for k, v in (self.preset.schedule.get("label_remap") or {}).items()}
         rows = []
         for c in test:
             name = _case_name(c["image"])
@@ -293,6 +295,16 @@ class Study:
             truth = np.asarray(lab.dataobj).astype(np.int64)
             pred = np.asarray(nib.load(str(pred_path)).dataobj).astype(np.int64)
             truth, pred = truth.reshape(truth.shape[:3]), pred.reshape(pred.shape[:3])
+            values, index = np.unique(truth, return_inverse=True)
+            values = np.array([remap.get(int(v), int(v)) for v in values], dtype=np.int64)
+            truth = values[index].reshape(truth.shape)
+            unexpected = sorted(set(values.tolist()) - allowed)
+            if unexpected:
+                raise ValueError(
+                    f"label {c['label']} holds values {unexpected} that dataset.json does not name (known: "
+                    f"{sorted(allowed)}); masks saved as 0/255 need --bundle-args \"{{'label_remap': {{255: 1}}}}\", "
+                    "which the training and the scoring both apply."
+                )
             spacing = [float(z) for z in lab.header.get_zooms()[:3]]
             rows.append({"case": name, **score_case(pred, truth, structures, spacing, self.preset.size_edges)})
         return rows

@@ -202,7 +202,7 @@ def write_report(study, results: dict, command: str, n_boot: int = 2000) -> Path
         f"* Schedule: {p.epochs} epochs; bundle overrides `{_compact(p.schedule)}`; seeds {seeds}.",
         f"* Machine: {device}, {p.threads or 'all'} threads; torch {torch.__version__}, MONAI {monai.__version__}; "
         f"the {len(results)} runs took {run_min:.1f} min of training and inference in all.",
-        "* Intervals: 95% bootstrap over test cases and seeds (2000 resamples). Sensitivity by size pools the "
+        f"* Intervals: 95% bootstrap over test cases and seeds ({n_boot} resamples). Sensitivity by size pools the "
         "truth lesions of all cases (detected / total, size in voxels of the truth lesion). HD95 is undefined "
         "(skipped, counted) when a case has an empty prediction or truth for that structure.", "",
         markdown(rows, losses, structures, p.size_edges, p.baseline, train_min),
