@@ -219,6 +219,14 @@ def test_study_refuses_bad_settings(tmp_path):
     assert Study(replace(tiny, losses=["dice_ce"]), tmp_path).preset.losses == ["monai.losses.DiceLoss", "dice_ce"]
 
 
+@pytest.mark.parametrize("text, message", [("{'in_channels': 1", "not a Python literal"), ("[1]", "expected a dict")])
+def test_bundle_args_must_be_a_dict(text, message, capsys):
+    with pytest.raises(SystemExit) as exc:
+        cli(["quality", "--bundle-args", text])
+    assert exc.value.code == 2
+    assert message in capsys.readouterr().err
+
+
 @pytest.fixture(scope="module")
 def tiny_study(tmp_path_factory):
     out = tmp_path_factory.mktemp("study")
