@@ -14,5 +14,5 @@ from pathlib import Path
 from monai_losses_ext.benchmark.__main__ import main
 
 if __name__ == "__main__":
-    defaults = ["--size", "96", "--repeats", "5", "--out", str(Path(__file__).resolve().parent / "results")]
+    defaults = ["--size", "96", "--repeats", "11", "--out", str(Path(__file__).resolve().parent / "results")]
     raise SystemExit(main(["speed", *defaults, *sys.argv[1:]]))

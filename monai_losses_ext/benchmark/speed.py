@@ -322,7 +322,7 @@ def write_csv(rows: list[Row], path: Path) -> None:
 
 def main(args) -> str:
     """Run the speed part with the parsed CLI arguments; prints and writes ``speed.md`` / ``speed.csv``."""
-    steady_allocator()
+    heap_kept = steady_allocator()
     if args.threads:
         torch.set_num_threads(args.threads)
     rows, map_rows, setting = run(
@@ -330,6 +330,8 @@ def main(args) -> str:
         amp=args.amp, only=args.only, peers=not args.no_peers,
         progress=lambda msg: print("  " + msg, file=sys.stderr, flush=True),
     )  # fmt: skip
+    if heap_kept:
+        setting += " CPU heap: glibc keeps freed memory, as it settles into during a training loop."
     table = to_markdown(rows, map_rows, setting)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
