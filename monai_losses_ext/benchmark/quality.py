@@ -282,9 +282,12 @@ class Study:
     def score_predictions(self, pred_dir: Path, test: list[dict]) -> list[dict]:
         import nibabel as nib
 
+        from ..transforms import ValidateLabel
+
         structures = structures_of(self.dataset_dir(), self.task)
-        allowed = {0, *(v for values in structures.values() for v in values)}
-        remap = {int(k): int(v) for k, v in (self.preset.schedule.get("label_remap") or {}).items()}
+        known = sorted({0, *(v for values in structures.values() for v in values)})
+        # the bundle's own label check: the same remap as the training, then the values dataset.json names
+        check = ValidateLabel(labels=known, remap=self.preset.schedule.get("label_remap") or None)
         rows = []
         for c in test:
             name = _case_name(c["image"])
@@ -292,19 +295,15 @@ class Study:
             if not pred_path.exists():
                 raise FileNotFoundError(f"inference wrote no prediction for test case {name} ({pred_path})")
             lab = nib.load(c["label"])
-            truth = np.asarray(lab.dataobj).astype(np.int64)
+            try:
+                truth = check(np.asarray(lab.dataobj), name=str(c["label"])).astype(np.int64)
+            except ValueError as err:
+                raise ValueError(
+                    f"{str(err).rstrip('.')}. In the benchmark a remap is given with --bundle-args "
+                    "\"{'label_remap': {255: 1}}\" (the training and the scoring both apply it)."
+                ) from None
             pred = np.asarray(nib.load(str(pred_path)).dataobj).astype(np.int64)
             truth, pred = truth.reshape(truth.shape[:3]), pred.reshape(pred.shape[:3])
-            values, index = np.unique(truth, return_inverse=True)
-            values = np.array([remap.get(int(v), int(v)) for v in values], dtype=np.int64)
-            truth = values[index].reshape(truth.shape)
-            unexpected = sorted(set(values.tolist()) - allowed)
-            if unexpected:
-                raise ValueError(
-                    f"label {c['label']} holds values {unexpected} that dataset.json does not name (known: "
-                    f"{sorted(allowed)}); masks saved as 0/255 need --bundle-args \"{{'label_remap': {{255: 1}}}}\", "
-                    "which the training and the scoring both apply."
-                )
             spacing = [float(z) for z in lab.header.get_zooms()[:3]]
             rows.append({"case": name, **score_case(pred, truth, structures, spacing, self.preset.size_edges)})
         return rows
