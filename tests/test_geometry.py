@@ -124,12 +124,12 @@ def test_boundary_descent_improves_overlap():
     for _ in range(30):
         opt.zero_grad()
         value = loss(logits, t, distance_map=dmap)
-        first = float(value) if first is None else first
+        first = value.item() if first is None else first
         value.backward()
         opt.step()
     pred = logits.argmax(1, keepdim=True)
     dice = E.DiceLoss(include_background=False)(one_hot(pred, 3), one_hot(t, 3))
-    assert float(value) < first and float(dice) < 0.05
+    assert value.item() < first and float(dice) < 0.05
 
 
 def test_hausdorff_dt_zero_at_perfect_prediction_and_two_sided_larger():
