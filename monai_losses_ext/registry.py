@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import importlib
 import inspect
+from typing import Any
 
 import torch
 
@@ -32,26 +34,48 @@ def list_losses() -> list[str]:
     return sorted(_NAMES)
 
 
-def get_loss(name: str, defaults: dict | None = None, **kwargs) -> torch.nn.Module:
-    """Build the loss registered as ``name`` (registry name or class name; case, '-' and '_' do not matter).
+def _import_dotted(path: str) -> Any:
+    mod, _, attr = path.rpartition(".")
+    try:
+        return getattr(importlib.import_module(mod), attr)
+    except (ImportError, AttributeError) as err:
+        raise ValueError(f"cannot import loss {path!r}: {err}; give a registry name ({', '.join(list_losses())}) "
+                         "or the dotted path of a loss class such as 'monai.losses.DiceLoss'.") from err
+
+
+def get_loss(name: str | type, defaults: dict | None = None, **kwargs) -> torch.nn.Module:
+    """Build a loss from a registry name or class name (``"focal_tversky"``, ``"FocalTverskyLoss"``; case, '-'
+    and '_' do not matter), a dotted class path (``"monai.losses.DiceLoss"``) or a class.
 
     ``kwargs`` go to the constructor as they are (an argument the loss does not take is an error).
     ``defaults`` are applied only where the constructor takes them: a config that lets the user pick any
     loss by name can pass the input format once, e.g.
     ``get_loss(name, defaults={"softmax": True, "to_onehot_y": True, "distributed": True})``; cross-entropy,
     which always reads logits and index labels, simply does not take ``softmax``.
+
+    Raises ``ValueError`` for an unknown name or an unimportable path and ``TypeError`` when the result is
+    not a ``torch.nn.Module`` (``"fractions.Fraction"`` builds, but is no loss).
     """
-    if not isinstance(name, str):
-        raise TypeError(f"loss name must be a string, got {type(name).__name__}.")
-    cls = _LOOKUP.get(_key(name))
-    if cls is None:
-        raise ValueError(f"unknown loss {name!r}; known losses: {', '.join(list_losses())}.")
+    if isinstance(name, str) and "." in name.strip():
+        cls = _import_dotted(name.strip())
+    elif isinstance(name, str):
+        cls = _LOOKUP.get(_key(name))
+        if cls is None:
+            raise ValueError(f"unknown loss {name!r}; known losses: {', '.join(list_losses())}.")
+    elif isinstance(name, type):
+        cls = name
+    else:
+        raise TypeError(f"loss name must be a string or a class, got {type(name).__name__}.")
+    if not (isinstance(cls, type) and issubclass(cls, torch.nn.Module)):
+        raise TypeError(f"loss {name!r} is {cls!r}, not a torch.nn.Module class: give a registry name "
+                        f"({', '.join(list_losses())}) or the dotted path of a loss class such as "
+                        "'monai.losses.DiceLoss'.")
+    params = inspect.signature(cls.__init__).parameters
     if defaults:
-        params = inspect.signature(cls.__init__).parameters
         takes_all = any(p.kind == p.VAR_KEYWORD for p in params.values())
         kwargs = {**{k: v for k, v in defaults.items() if takes_all or k in params}, **kwargs}
     try:
         return cls(**kwargs)
     except TypeError as err:
-        accepted = [p for p in inspect.signature(cls.__init__).parameters if p != "self"]
+        accepted = [p for p in params if p != "self"]
         raise TypeError(f"{cls.__name__} ({name!r}): {err}; it takes {accepted}.") from err

@@ -6,7 +6,8 @@ cases -> a PNG with slices (truth and prediction) and the loss / validation Dice
     python scripts/demo.py --loss focal_tversky --out runs/demo_ft
 
 Every step is a plain ``python -m monai.bundle run`` of bundles/lesion_segmentation (the commands are
-printed), so what the demo does is what a user runs. The lesions are synthetic (inserted with partial
+printed, with one progress line per epoch), so what the demo does is what a user runs. Running it again
+into the same --out is safe: the bundle moves the previous run's models/ and logs/ to <out>/previous/. The lesions are synthetic (inserted with partial
 volume into deformed MNI152 anatomy) and their ground truth is exact: the figures show that the pipeline
 learns, not how it would do on patients.
 """
@@ -20,10 +21,10 @@ import sys
 import time
 from pathlib import Path
 
+from monai_losses_ext.benchmark.quality import CPU_SCHEDULE
+from monai_losses_ext.bundle import bundle_command, child_env, read_history, run_bundle, shown
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-from monai_losses_ext.benchmark._bundle import bundle_command, child_env, run_bundle, shown  # noqa: E402
-from monai_losses_ext.benchmark.quality import CPU_SCHEDULE  # noqa: E402
 
 BUNDLE = ROOT / "bundles" / "lesion_segmentation"
 
@@ -41,11 +42,11 @@ def bundle_run(configs: list[str], overrides: dict, env: dict, log_file: Path) -
     command and its metric lines; returns the wall time."""
     log(f"$ {shown(bundle_command(BUNDLE, configs, overrides))}")
     try:
-        seconds = run_bundle(BUNDLE, configs, overrides, log_file, env)
+        seconds = run_bundle(BUNDLE, configs, overrides, log_file, env, echo=lambda line: print("    " + line, flush=True))
     except RuntimeError as err:
         raise SystemExit(str(err)) from None
     lines = log_file.read_text().splitlines()
-    keep = [ln for ln in lines if " - INFO - " in ln and ("Metrics" in ln or "train_loss" in ln or "±" in ln)]
+    keep = [ln for ln in lines if " - INFO - " in ln and "±" in ln]
     for ln in keep[-12:]:
         print("    " + ln.split(" - INFO - ", 1)[-1], flush=True)
     return seconds
@@ -81,7 +82,7 @@ def train_and_evaluate(name: str, loss: str, out: Path, args, env: dict) -> dict
     ev = {k: run[k] for k in ("bundle_root", "dataset_dir", "num_val", "patch_size", "channels", "strides",
                               "num_res_units", "sw_batch_size", "num_threads")}  # fmt: skip
     log(f"[{name}] evaluating the best checkpoint on the {args.num_val} held-out cases")
-    t_eval = bundle_run(["evaluate.json"], ev, env, out / "evaluate.log")
+    t_eval = bundle_run(["train.json", "evaluate.json"], ev, env, out / "evaluate.log")
     summary = json.loads((out / "eval" / "summary.json").read_text())["metrics"]
     return {
         "loss": loss,
@@ -103,8 +104,6 @@ def plot(out: Path, data: Path, png: Path, title: str) -> None:
     import matplotlib.pyplot as plt
     import nibabel as nib
     import numpy as np
-
-    from monai_losses_ext.bundle_utils import read_history
 
     preds = sorted((out / "pred").glob("*_seg.nii.gz"))[:3]
     train, val = read_history(str(out / "logs" / "history.jsonl"))
@@ -171,7 +170,7 @@ def main(argv=None) -> int:
     # predictions of the first model on the held-out cases, for the figure
     ev = results["ours"]["eval_overrides"]
     log("writing NIfTI predictions of the held-out cases (inference config)")
-    bundle_run(["inference.json"], {**ev, "infer_split": "validation"}, env, args.out / "inference.log")
+    bundle_run(["train.json", "inference.json"], {**ev, "infer_split": "validation"}, env, args.out / "inference.log")
     total = time.perf_counter() - t0
 
     r = results["ours"]

@@ -21,7 +21,7 @@ import nibabel as nib  # noqa: E402
 
 from monai.bundle import ConfigWorkflow  # noqa: E402
 
-from monai_losses_ext import bundle_utils as bu  # noqa: E402
+from monai_losses_ext import bundle as bu  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 BUNDLES = {"lesion": ROOT / "bundles" / "lesion_segmentation", "tumour": ROOT / "bundles" / "tumour_segmentation"}
@@ -82,7 +82,7 @@ def data(tmp_path_factory):
 
 
 def workflow(task: str, config: str | list, wtype: str = "train", **override) -> ConfigWorkflow:
-    files = [str(BUNDLES[task] / "configs" / c) for c in ([config] if isinstance(config, str) else config)]
+    files = bu.config_files(BUNDLES[task], [config] if isinstance(config, str) else config)
     w = ConfigWorkflow(config_file=files, meta_file=str(BUNDLES[task] / "configs" / "metadata.json"),
                        logging_file=False, workflow_type=wtype, **override)  # fmt: skip
     w.initialize()
@@ -164,7 +164,7 @@ def test_interrupted_run_resumes(data, tmp_path):
     with pytest.raises(Exception) as err:
         w.run()
     assert "simulated crash" in error_text(err.value)
-    assert bu.latest_checkpoint(str(tmp_path / "models")).endswith("checkpoint_epoch=1.pt")
+    assert bu.list_checkpoints(str(tmp_path / "models"))[0].endswith("checkpoint_epoch=1.pt")
 
     w2 = train("lesion", data["lesion"], tmp_path, epochs=3)
     seen = []
@@ -278,7 +278,9 @@ def test_datalist_split_and_regions(data, tmp_path):
     lab = torch.tensor([0, 1, 2, 3]).reshape(1, 4, 1, 1)
     from monai_losses_ext.transforms import OneHot
 
-    back = bu.RegionsToLabelsd("pred", regions)({"pred": OneHot(regions=regions)(lab)})["pred"]
+    from monai_losses_ext.transforms import RegionsToLabelsd
+
+    back = RegionsToLabelsd("pred", regions)({"pred": OneHot(regions=regions)(lab)})["pred"]
     assert back.flatten().tolist() == [0, 1, 2, 3]
 
 
@@ -363,7 +365,7 @@ def test_nan_loss_stops_with_a_clear_message():
 
     engine = Engine(lambda e, b: {"loss": torch.tensor(float("nan") if e.state.iteration == 3 else 1.0)})
     bu.StopOnNaNLoss().attach(engine)
-    with pytest.raises(RuntimeError, match=r"iteration 3 \(epoch 1\).*lower learning rate.*check the data"):
+    with pytest.raises(RuntimeError, match=r"loss is nan at iteration 3 \(epoch 1\).*learning rate is too high.*bad data"):
         engine.run(range(5), max_epochs=1)
 
 

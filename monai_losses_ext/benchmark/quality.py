@@ -27,8 +27,7 @@ from typing import Any
 import numpy as np
 
 from .. import metrics as M
-from ..bundle_utils import msd_datalist, read_history, tumour_regions
-from ._bundle import bundle_dir, child_env, run_bundle
+from ..bundle import bundle_dir, case_name, child_env, msd_datalist, read_history, run_bundle, tumour_regions
 
 __all__ = ["Preset", "PRESETS", "Study", "structures_of", "score_case"]
 
@@ -139,10 +138,6 @@ def _write_json(path: Path, obj: Any) -> None:
     os.replace(tmp, path)
 
 
-def _case_name(path: str) -> str:
-    return re.sub(r"\.nii(\.gz)?$", "", os.path.basename(path))
-
-
 @dataclass
 class Study:
     """One study: a preset (possibly changed by the command line), the data, and the output folder."""
@@ -207,8 +202,8 @@ class Study:
         p = self.preset
         return {
             "loss": loss, "seed": seed, "task": self.task, "epochs": p.epochs, "schedule": p.schedule,
-            "dataset_dir": str(self.dataset_dir()), "train_val_cases": [_case_name(c["image"]) for c in trainval],
-            "num_val": p.num_val, "test_cases": [_case_name(c["image"]) for c in test],
+            "dataset_dir": str(self.dataset_dir()), "train_val_cases": [case_name(c["image"]) for c in trainval],
+            "num_val": p.num_val, "test_cases": [case_name(c["image"]) for c in test],
             "size_edges": list(p.size_edges),
         }  # fmt: skip
 
@@ -264,9 +259,8 @@ class Study:
                 "num_threads": p.threads, "resume": True, "progress_bar": False,
             }  # fmt: skip
             train_s = run_bundle(bundle, ["train.json"], overrides, rd / "train.log", env, poll)
-        infer_ids = json.loads((bundle / "configs" / "inference.json").read_text())
-        infer = {
-            **{k: v for k, v in p.schedule.items() if k in infer_ids}, "bundle_root": str(rd),
+        infer = {  # inference.json is an overlay on train.json: every schedule key is one of its ids
+            **p.schedule, "bundle_root": str(rd),
             "dataset_dir": str(data), "datalist": [{"image": c["image"]} for c in test],
             "output_dir": str(rd / "test_pred"), "num_threads": p.threads,
         }  # fmt: skip
@@ -290,7 +284,7 @@ class Study:
         check = ValidateLabel(labels=known, remap=self.preset.schedule.get("label_remap") or None)
         rows = []
         for c in test:
-            name = _case_name(c["image"])
+            name = case_name(c["image"])
             pred_path = pred_dir / f"{name}_seg.nii.gz"
             if not pred_path.exists():
                 raise FileNotFoundError(f"inference wrote no prediction for test case {name} ({pred_path})")

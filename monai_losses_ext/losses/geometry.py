@@ -280,20 +280,43 @@ class DiceBoundaryLoss(torch.nn.Module):
 
 class BoundaryAlphaScheduler:
     """Ignite/MONAI handler: lowers ``DiceBoundaryLoss.alpha`` by its step after every epoch.
-    ``BoundaryAlphaScheduler(loss).attach(trainer)``; in a bundle config list it among the train handlers."""
 
-    def __init__(self, loss: DiceBoundaryLoss) -> None:
-        if not hasattr(loss, "step_alpha"):
+    ``BoundaryAlphaScheduler(loss).attach(trainer)``. ``loss`` may be a ``DiceBoundaryLoss``, a
+    ``CompoundLoss`` holding some, or a wrapper with a ``.loss`` attribute (the bundles' ``LossWithMaps``).
+    Resume-aware: ``state_dict()`` / ``load_state_dict()`` hold the current alphas, so a checkpoint that saves
+    it (the bundles' checkpoints do; ignite's ``Checkpoint`` does when it is listed in ``to_save``) continues
+    the schedule where it stopped. With ``required=False`` a loss without a schedule is accepted and the
+    handler does nothing, so a config can always list it.
+    """
+
+    def __init__(self, loss: torch.nn.Module, required: bool = True) -> None:
+        inner = getattr(loss, "loss", loss)
+        terms = getattr(inner, "terms", None)
+        parts = [inner, *(terms.values() if isinstance(terms, (dict, torch.nn.ModuleDict)) else [])]
+        self.losses = [p for p in parts if callable(getattr(p, "step_alpha", None))]
+        if required and not self.losses:
             raise TypeError(f"BoundaryAlphaScheduler needs a DiceBoundaryLoss, got {type(loss).__name__}.")
-        self.loss = loss
 
     def attach(self, engine) -> None:
         from ignite.engine import Events
 
-        engine.add_event_handler(Events.EPOCH_COMPLETED, self)
+        if self.losses:
+            engine.add_event_handler(Events.EPOCH_COMPLETED, self)
 
     def __call__(self, engine=None) -> None:
-        self.loss.step_alpha()
+        for loss in self.losses:
+            loss.step_alpha()
+
+    def state_dict(self) -> dict:
+        return {"alpha": [float(loss.alpha) for loss in self.losses]}
+
+    def load_state_dict(self, state: dict) -> None:
+        alphas = list(state.get("alpha", []))
+        if len(alphas) != len(self.losses):
+            raise ValueError(f"BoundaryAlphaScheduler state holds {len(alphas)} alpha(s) for {len(self.losses)} "
+                             "scheduled loss(es): the checkpoint was written with another loss")
+        for loss, a in zip(self.losses, alphas):
+            loss.alpha = float(a)
 
 
 class _ForegroundProb(torch.autograd.Function):

@@ -53,7 +53,7 @@ from .distance import (
     resolve_backend,
 )
 from .instances import LesionInstances, LesionInstancesd
-from .onehot import OneHot, OneHotd
+from .onehot import OneHot, OneHotd, RegionsToLabelsd
 from .validate import ValidateLabel, ValidateLabeld
 from .weightmap import UNetWeightMap, UNetWeightMapd, border_distances
 
@@ -63,6 +63,7 @@ __all__ = [
     "LesionInstancesd",
     "OneHot",
     "OneHotd",
+    "RegionsToLabelsd",
     "SignedDistanceMap",
     "SignedDistanceMapd",
     "UNetWeightMap",

@@ -1,4 +1,5 @@
-"""``OneHot`` / ``OneHotd``: index labels -> one-hot channels, or overlapping region channels.
+"""``OneHot`` / ``OneHotd``: index labels -> one-hot channels, or overlapping region channels; and back:
+``RegionsToLabelsd`` paints binarised region channels into one label map (for saving predictions).
 
 The output (C, *spatial) is what the losses take as a target with ``to_onehot_y=False``. For the
 multi-label (sigmoid) BraTS set-up with labels 1 necrotic core, 2 oedema, 3 enhancing tumour,
@@ -16,6 +17,7 @@ from __future__ import annotations
 from collections.abc import Hashable, Mapping, Sequence
 from typing import Any
 
+import numpy as np
 import torch
 from monai.config import KeysCollection
 from monai.transforms import MapTransform, Transform
@@ -32,7 +34,7 @@ from ._common import (
     wrap_like,
 )
 
-__all__ = ["OneHot", "OneHotd"]
+__all__ = ["OneHot", "OneHotd", "RegionsToLabelsd"]
 
 
 class OneHot(Transform):
@@ -129,3 +131,31 @@ class OneHotd(MapTransform):
             d[out_key] = self.transform(d[key], name=describe(d[key], d, key))
         return d
 
+
+class RegionsToLabelsd(MapTransform):
+    """Binarised region channels ``(R, *spatial)`` -> one label map ``(1, *spatial)`` (for saving predictions).
+
+    Each region is painted with its *own* label: its values that no smaller nested region holds
+    (TC [1, 3], WT [1, 2, 3], ET [3] -> WT paints 2, TC paints 1, ET paints 3), largest region first, so the
+    nested structure is kept and a voxel gets the label of the smallest region containing it.
+    """
+
+    def __init__(self, keys: KeysCollection, regions: Sequence[Sequence[int]], allow_missing_keys: bool = False):
+        super().__init__(keys, allow_missing_keys)
+        regs = [sorted({int(v) for v in r}) for r in regions]
+        order = sorted(range(len(regs)), key=lambda i: -len(regs[i]))
+        self.paint: list[tuple[int, int]] = []
+        for i in order:
+            smaller = set().union(*[set(regs[j]) for j in range(len(regs)) if j != i and len(regs[j]) < len(regs[i]) and set(regs[j]) <= set(regs[i])])
+            own = [v for v in regs[i] if v not in smaller] or regs[i]
+            self.paint.append((i, min(own)))
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            x = d[key]
+            out = torch.zeros_like(x[:1]) if isinstance(x, torch.Tensor) else np.zeros_like(x[:1])
+            for ch, value in self.paint:
+                out[0][x[ch] > 0.5] = value
+            d[key] = out
+        return d

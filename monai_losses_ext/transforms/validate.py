@@ -6,7 +6,8 @@ allowed values and the fix:
 * masks saved as 0/255 (``remap={255: 1}`` fixes them here, explicitly);
 * label values >= the number of classes (BraTS label 4, an ignore value 255 or -1);
 * labels resampled with linear interpolation (fractions such as 0.5);
-* a label whose spatial shape differs from its image (dict version, ``image_key=``).
+* a label whose spatial shape differs from its image, or whose affine (voxel-to-world matrix) does
+  (dict version, ``image_key=``; ``affine_tolerance=None`` allows an affine mismatch).
 """
 
 from __future__ import annotations
@@ -124,7 +125,11 @@ class ValidateLabeld(MapTransform):
         keys: label keys to check.
         num_classes, labels, remap, dtype: see :class:`ValidateLabel`.
         image_key: when given, each label must have the same number of dims and the same spatial shape
-            (all dims after the channel) as ``data[image_key]``.
+            (all dims after the channel) as ``data[image_key]``, and, when both carry an affine (MetaTensors
+            from ``LoadImaged``), the same affine within ``affine_tolerance``.
+        affine_tolerance: the largest absolute difference allowed between an entry of the label's affine and
+            the image's (mm for the origin; the direction-times-spacing entries are in mm per voxel).
+            ``None`` skips the affine check (labels known to share the image grid despite their headers).
         allow_missing_keys: skip missing label keys instead of raising.
     """
 
@@ -136,11 +141,32 @@ class ValidateLabeld(MapTransform):
         remap: Mapping[float, float] | None = None,
         dtype: Any = None,
         image_key: Hashable | None = None,
+        affine_tolerance: float | None = 1e-3,
         allow_missing_keys: bool = False,
     ) -> None:
         super().__init__(keys, allow_missing_keys)
         self.validator = ValidateLabel(num_classes=num_classes, labels=labels, remap=remap, dtype=dtype)
         self.image_key = image_key
+        self.affine_tolerance = None if affine_tolerance is None else float(affine_tolerance)
+
+    def _check_affine(self, label: Any, image: Any, name: str) -> None:
+        la, ia = getattr(label, "affine", None), getattr(image, "affine", None)
+        if self.affine_tolerance is None or la is None or ia is None:
+            return
+        la, ia = (np.asarray(a.detach().cpu() if isinstance(a, torch.Tensor) else a, dtype=np.float64) for a in (la, ia))
+        if la.shape != ia.shape:
+            return  # different spatial dims: the shape check reports it
+        diff = float(np.abs(la - ia).max())
+        if diff > self.affine_tolerance:
+            fmt = lambda a: np.array2string(a, precision=3, suppress_small=True, separator=", ").replace("\n", "")  # noqa: E731
+            raise ValueError(
+                f"{name} does not lie on the grid of image '{self.image_key}': their affines differ by up to "
+                f"{diff:.4g} (tolerance {self.affine_tolerance:g}); label affine {fmt(la)}, image affine {fmt(ia)}. "
+                "Check that the files belong to the same case and were exported with the same header; resample "
+                "the label onto the image (ResampleToMatchd(keys='label', key_dst='image', mode='nearest')), or "
+                "pass affine_tolerance=None (--label_affine_tolerance null in the bundles) if the voxels match "
+                "and only the header is off."
+            )
 
     def _check_shape(self, label: Any, image: Any, name: str) -> None:
         ls, im = tuple(label.shape), tuple(image.shape)
@@ -169,5 +195,6 @@ class ValidateLabeld(MapTransform):
             name = describe(d[key], d, key)
             if self.image_key is not None:
                 self._check_shape(d[key], d[self.image_key], name)
+                self._check_affine(d[key], d[self.image_key], name)
             d[key] = self.validator(d[key], name=name)
         return d

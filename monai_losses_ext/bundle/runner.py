@@ -1,5 +1,9 @@
 """Running the bundles in ``bundles/`` as a user would: ``python -m monai.bundle run`` with overrides, in a
-child process (its own threads and memory, its full log to a file)."""
+child process (its own threads and memory, its full log to a file). The demo, the benchmark and the tests
+drive the bundles through this module.
+
+``configs`` are file names in ``<bundle>/configs``; ``train.json`` comes first and the other configs are
+overlays on it (``["train.json", "evaluate.json"]``), as MONAI model-zoo bundles are run."""
 
 from __future__ import annotations
 
@@ -11,6 +15,8 @@ import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+
+from .handlers import EpochProgress
 
 REPO = Path(__file__).resolve().parents[2]
 BUNDLES = {"lesion": "lesion_segmentation", "tumour": "tumour_segmentation"}
@@ -35,9 +41,16 @@ def _arg(v) -> str:
     return v if isinstance(v, str) else str(v) if isinstance(v, (bool, int, float)) else json.dumps(v)
 
 
+def config_files(bundle: Path, configs: Sequence[str]) -> list[str]:
+    """The paths of ``configs`` in ``bundle/configs``, ``train.json`` first: the other configs are overlays."""
+    names = list(configs)
+    names = names if names[:1] == ["train.json"] else ["train.json", *[c for c in names if c != "train.json"]]
+    return [str(Path(bundle) / "configs" / c) for c in names]
+
+
 def bundle_command(bundle: Path, configs: Sequence[str], overrides: Mapping) -> list[str]:
-    """The ``python -m monai.bundle run`` command line of ``configs`` (file names in ``bundle/configs``)."""
-    files = [str(bundle / "configs" / c) for c in configs]
+    """The ``python -m monai.bundle run`` command line of ``configs`` (see :func:`config_files`)."""
+    files = config_files(bundle, configs)
     cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", str(files),
            "--meta_file", str(bundle / "configs" / "metadata.json"),
            "--logging_file", str(bundle / "configs" / "logging.conf")]  # fmt: skip
@@ -69,9 +82,11 @@ def run_bundle(
     env: Mapping[str, str] | None = None,
     poll: Callable[[], None] | None = None,
     poll_seconds: float = 1.0,
+    echo: Callable[[str], None] | None = None,
 ) -> float:
     """Run one bundle command in a child process, its output to ``log_file``; ``poll()`` is called every
-    ``poll_seconds`` while it runs (to update progress bars). Returns the wall time; raises
+    ``poll_seconds`` while it runs (to update progress bars) and ``echo(line)`` gets each per-epoch progress
+    line of the log as it appears (``[epoch 3/40] loss ...``; e.g. ``print``). Returns the wall time; raises
     ``RuntimeError`` with the end of the log when the run fails."""
     cmd = bundle_command(bundle, configs, overrides)
     log_file.parent.mkdir(parents=True, exist_ok=True)
@@ -80,10 +95,12 @@ def run_bundle(
         log.write(f"$ {shown(cmd)}\n")
         log.flush()
         proc = subprocess.Popen(cmd, env=dict(env or child_env()), cwd=str(bundle), stdout=log, stderr=subprocess.STDOUT)
+        tail = _Tail(log_file, echo)
         try:
             while proc.poll() is None:
                 if poll:
                     poll()
+                tail()
                 time.sleep(poll_seconds)
         except BaseException:
             proc.kill()
@@ -91,12 +108,32 @@ def run_bundle(
             raise
     if poll:
         poll()
+    tail()
     if proc.returncode != 0:
         lines = log_file.read_text().splitlines(keepends=True)
         raise RuntimeError(
             f"bundle run failed (exit code {proc.returncode}): {root_cause(lines)}\nlog {log_file}:\n{''.join(lines[-40:])}"
         )
     return time.perf_counter() - t0
+
+
+class _Tail:
+    """Echoes the progress lines (``EpochProgress``) that a log file gained since the last call."""
+
+    def __init__(self, path: Path, echo: Callable[[str], None] | None) -> None:
+        self.path, self.echo, self.pos, self.rest = Path(path), echo, 0, ""
+
+    def __call__(self) -> None:
+        if self.echo is None:
+            return
+        with open(self.path, errors="replace") as f:
+            f.seek(self.pos)
+            text = self.rest + f.read()
+            self.pos = f.tell()
+        *lines, self.rest = text.split("\n")
+        for line in lines:
+            if line.startswith(EpochProgress.prefix):
+                self.echo(line)
 
 
 def root_cause(lines: Sequence[str]) -> str:

@@ -1,0 +1,55 @@
+"""What the MONAI bundles in ``bundles/`` call, one job per module. The bundle configs import only this
+package (``"$monai_losses_ext.bundle.msd_datalist(...)"``, ``{"_target_": "monai_losses_ext.bundle.Checkpointer"}``).
+
+==================  ===================================================================================
+:mod:`.data`        MSD-style ``dataset.json`` lists and splits, tumour regions from label names, the
+                    modality check, the device, ``CaseDataset`` (names the case and file of a failure)
+:mod:`.loss`        the loss by registry name or dotted path, the label maps its ``forward`` reads, the
+                    transforms that compute them, ``LossWithMaps`` for ``SupervisedTrainer``
+:mod:`.handlers`    stop on divergence, validate after the last epoch, one console line per epoch, the
+                    rank-aware TensorBoard writer
+:mod:`.rundir`      the run folder: lock, writability, fresh run vs resume, the previous run moved aside
+:mod:`.checkpoint`  atomic checkpoints, resume from the newest loadable one, the best model across resumes
+:mod:`.history`     ``history.jsonl``, one record per epoch and validation, cut back on resume
+:mod:`.evaluation`  per-case metrics CSV / summary, per-channel metric selection
+:mod:`.metadata`    the required fields of ``metadata.json``
+:mod:`.runner`      ``python -m monai.bundle run`` in a child process (demo, benchmark, tests)
+==================  ===================================================================================
+"""
+
+from .checkpoint import (
+    BestModelSaver,
+    CheckpointError,
+    Checkpointer,
+    atomic_save,
+    checkpoint_epoch,
+    list_checkpoints,
+    load_checkpoint,
+)
+from .data import (
+    CaseDataset,
+    CaseError,
+    DatasetNotFoundError,
+    case_name,
+    check_modalities,
+    msd_datalist,
+    resolve_device,
+    tumour_regions,
+)
+from .evaluation import CaseMetricsWriter, select_channel
+from .handlers import EpochProgress, StopOnNaNLoss, TrainingDivergedError, ValidateLastEpoch, summary_writer
+from .history import TrainHistory, ValHistory, read_history, truncate_history
+from .loss import LabelMaps, LossWithMaps, build_loss, label_map_transforms, loss_map_keys
+from .metadata import REQUIRED_METADATA, check_metadata
+from .rundir import RunDir, RunLockedError
+from .runner import bundle_command, bundle_dir, child_env, config_files, root_cause, run_bundle, shown
+
+__all__ = [
+    "BestModelSaver", "CaseDataset", "CaseError", "CaseMetricsWriter", "CheckpointError", "Checkpointer",
+    "DatasetNotFoundError", "EpochProgress", "LabelMaps", "LossWithMaps", "REQUIRED_METADATA", "RunDir",
+    "RunLockedError", "StopOnNaNLoss", "TrainHistory", "TrainingDivergedError", "ValHistory", "ValidateLastEpoch",
+    "atomic_save", "build_loss", "bundle_command", "bundle_dir", "case_name", "check_metadata", "check_modalities",
+    "checkpoint_epoch", "child_env", "config_files", "label_map_transforms", "list_checkpoints", "load_checkpoint",
+    "loss_map_keys", "msd_datalist", "read_history", "resolve_device", "root_cause", "run_bundle", "select_channel",
+    "shown", "summary_writer", "truncate_history", "tumour_regions",
+]  # fmt: skip

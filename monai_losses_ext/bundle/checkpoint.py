@@ -1,0 +1,298 @@
+"""Checkpoints that survive a kill: atomic writes, the newest loadable checkpoint found on resume, the best
+model kept across resumes.
+
+* :func:`atomic_save`: a temporary file in the same folder, flushed and fsynced, then renamed over the
+  target (a rename replaces a symbolic link planted at the target instead of writing through it).
+* ``checkpoint_epoch=N.pt`` (one per epoch, the older ones removed only once the new one is complete) holds
+  the network, optimizer, LR scheduler, the trainer's epoch / iteration, the best-metric state, the state of
+  every other listed object (the boundary-loss alpha schedule) and the run's arguments.
+* :class:`Checkpointer` (trainer handler) restores such a checkpoint at ``STARTED`` and writes one after every
+  epoch; :class:`BestModelSaver` (evaluator handler) replaces ``model.pt`` only when the key metric beats the
+  best of every epoch so far, including those before a resume.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import logging
+import os
+import re
+import tempfile
+import warnings
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+
+from .handlers import is_rank_zero
+
+__all__ = [
+    "CHECKPOINT_PATTERN", "CheckpointError", "atomic_save", "atomic_write_json", "checkpoint_epoch",
+    "list_checkpoints", "load_checkpoint", "Checkpointer", "BestModelSaver",
+]  # fmt: skip
+
+logger = logging.getLogger(__name__)
+CHECKPOINT_PATTERN = "checkpoint_epoch=*.pt"
+FORMAT = 1  # the layout of a checkpoint written by Checkpointer
+
+
+class CheckpointError(ValueError):
+    """A checkpoint cannot be read, or does not fit this run; the message names the file and the way out."""
+
+
+def _fsync_dir(folder: str) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _atomic_write(path: str, write) -> None:
+    folder = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=os.path.splitext(path)[1], dir=folder)
+    umask = os.umask(0)
+    os.umask(umask)
+    try:
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; a checkpoint is as readable as any output
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+    _fsync_dir(folder)
+
+
+def atomic_save(obj: Any, path: str) -> None:
+    """``torch.save(obj, path)`` that leaves either the old file or the complete new one, never a part."""
+    _atomic_write(str(path), lambda f: torch.save(obj, f))
+
+
+def atomic_write_json(obj: Any, path: str) -> None:
+    """``json.dump`` with the same guarantee as :func:`atomic_save`."""
+    _atomic_write(str(path), lambda f: f.write(json.dumps(obj, indent=2).encode()))
+
+
+def checkpoint_epoch(path: str) -> int:
+    """The epoch in a ``checkpoint_epoch=N.pt`` file name (-1 for another name)."""
+    m = re.fullmatch(r"checkpoint_epoch=(\d+)\.pt", os.path.basename(str(path)))
+    return int(m.group(1)) if m else -1
+
+
+def list_checkpoints(ckpt_dir: str) -> list[str]:
+    """The epoch checkpoints of ``ckpt_dir``, newest epoch first."""
+    files = [f for f in glob.glob(os.path.join(str(ckpt_dir), CHECKPOINT_PATTERN)) if checkpoint_epoch(f) >= 0]
+    return sorted(files, key=checkpoint_epoch, reverse=True)
+
+
+def load_checkpoint(path: str) -> dict:
+    """A checkpoint written by :class:`Checkpointer`, read with ``weights_only=True`` (tensors and plain
+    values only); a :class:`CheckpointError` naming the file when it is a symbolic link, empty, truncated,
+    or not such a checkpoint."""
+    path = str(path)
+    if os.path.islink(path):
+        raise CheckpointError(f"{path} is a symbolic link, not a checkpoint written by this bundle; not followed")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - EOFError, zip / unpickling errors of a cut file
+        size = os.path.getsize(path) if os.path.exists(path) else 0
+        raise CheckpointError(f"{path} cannot be read ({size} bytes; {type(err).__name__}: {err})") from err
+    if not isinstance(ckpt, Mapping) or ckpt.get("format") != FORMAT or "network" not in ckpt:
+        raise CheckpointError(f"{path} is not a checkpoint of this bundle (no 'format': {FORMAT} and 'network' entries)")
+    return dict(ckpt)
+
+
+def _unwrap(network: torch.nn.Module) -> torch.nn.Module:
+    return network.module if isinstance(network, torch.nn.parallel.DistributedDataParallel) else network
+
+
+def _shape_report(network: torch.nn.Module, state: Mapping) -> str:
+    own = _unwrap(network).state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    resized = [f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}" for k, v in own.items()
+               if k in state and tuple(state[k].shape) != tuple(v.shape)]  # fmt: skip
+    parts = []
+    for label, items in (("missing", missing), ("unexpected", unexpected), ("other shape (checkpoint vs now)", resized)):
+        if items:
+            parts.append(f"{len(items)} {label}: {', '.join(items[:3])}{' ...' if len(items) > 3 else ''}")
+    return "; ".join(parts)
+
+
+_COUNTERS = {"last_epoch", "_step_count", "_last_lr", "_get_lr_called_within_step", "verbose", "_is_initial"}
+
+
+def _read_json(path: str) -> dict:
+    try:
+        with open(path) as f:
+            out = json.load(f)
+        return out if isinstance(out, dict) else {}
+    except (OSError, ValueError):
+        return {}
+
+
+class Checkpointer:
+    """Trainer handler that owns the epoch checkpoints of a :class:`~monai_losses_ext.bundle.rundir.RunDir`.
+
+    At ``STARTED`` it restores the checkpoint the run folder chose (``run_dir.resume_state``): network (a
+    mismatch stops with the file, the differing arguments and ``--resume False``), optimizer, LR scheduler,
+    epoch and iteration, best-metric state and every object of ``objects``. Arguments of ``args`` that differ
+    from the checkpoint's are applied and logged; a changed learning rate or number of epochs resets the LR
+    schedule to this run's and replays it to the restored epoch (public scheduler API only). A checkpoint
+    that already reached more epochs than ``--epochs`` is refused.
+
+    After every epoch (rank 0 only) it writes ``checkpoint_epoch=N.pt`` atomically, then removes the older
+    ones beyond ``n_saved``. List it after the validation and history handlers of the epoch.
+    """
+
+    def __init__(
+        self,
+        run_dir,
+        network: torch.nn.Module,
+        optimizer: torch.optim.Optimizer | None = None,
+        lr_scheduler: Any = None,
+        objects: Mapping[str, Any] | None = None,
+        args: Mapping[str, Any] | None = None,
+        n_saved: int = 1,
+    ) -> None:
+        self.run_dir, self.network, self.optimizer, self.lr_scheduler = run_dir, network, optimizer, lr_scheduler
+        self.objects = dict(objects or {})
+        self.args = {k: v for k, v in dict(args or {}).items()}
+        self.n_saved = max(1, int(n_saved))
+        self.restored_from: str | None = None
+
+    def attach(self, engine) -> None:
+        from ignite.engine import Events
+
+        engine.add_event_handler(Events.STARTED, self.restore)
+        engine.add_event_handler(Events.EPOCH_COMPLETED, self.save)
+
+    # ------------------------------------------------------------------------------------------- save
+    def state(self, engine) -> dict:
+        out = {
+            "format": FORMAT, "epoch": int(engine.state.epoch), "iteration": int(engine.state.iteration),
+            "network": _unwrap(self.network).state_dict(), "best": dict(self.run_dir.best), "args": self.args,
+        }  # fmt: skip
+        if self.optimizer is not None:
+            out["optimizer"] = self.optimizer.state_dict()
+        if self.lr_scheduler is not None:
+            out["lr_scheduler"] = self.lr_scheduler.state_dict()
+        out["objects"] = {k: o.state_dict() for k, o in self.objects.items()}
+        return out
+
+    def save(self, engine) -> None:
+        if not is_rank_zero():
+            return
+        path = os.path.join(self.run_dir.ckpt_dir, f"checkpoint_epoch={engine.state.epoch}.pt")
+        atomic_save(self.state(engine), path)
+        for old in list_checkpoints(self.run_dir.ckpt_dir)[self.n_saved :]:
+            if checkpoint_epoch(old) < engine.state.epoch:
+                os.remove(old)  # os.remove on a planted symlink removes the link, never its target
+        engine.logger.info(f"saved {path}")
+
+    # ---------------------------------------------------------------------------------------- restore
+    def restore(self, engine) -> None:
+        ckpt, path = self.run_dir.resume_state, self.run_dir.resume_path
+        if ckpt is None:
+            return
+        epoch = int(ckpt["epoch"])
+        if engine.state.max_epochs is not None and epoch > engine.state.max_epochs:
+            raise CheckpointError(
+                f"{path} reached epoch {epoch}, more than --epochs {engine.state.max_epochs}: resuming would train "
+                f"nothing and report epoch {epoch}. Give --epochs {epoch} or more to continue, or --resume False "
+                "to start again (the old run is moved to previous/)."
+            )
+        try:
+            _unwrap(self.network).load_state_dict(ckpt["network"])
+        except RuntimeError as err:
+            changed = {k: (ckpt.get("args", {}).get(k), v) for k, v in self.args.items()
+                       if k in ckpt.get("args", {}) and ckpt["args"][k] != v}  # fmt: skip
+            raise CheckpointError(
+                f"{path} does not fit this network ({_shape_report(self.network, ckpt['network'])}); "
+                + (f"arguments changed since it was written (checkpoint -> now): {changed}. " if changed else "")
+                + "Give the arguments it was trained with, or start again with --resume False (the old run is "
+                "moved to previous/)."
+            ) from err
+        if self.optimizer is not None and "optimizer" in ckpt:
+            self.optimizer.load_state_dict(ckpt["optimizer"])
+        self._restore_schedule(engine, ckpt, epoch)
+        for key, obj in self.objects.items():
+            if key in ckpt.get("objects", {}):
+                obj.load_state_dict(ckpt["objects"][key])
+        engine.state.epoch, engine.state.iteration = epoch, int(ckpt["iteration"])
+        self.run_dir.best = dict(ckpt.get("best") or self.run_dir.best)
+        lost = _read_json(os.path.join(self.run_dir.ckpt_dir, "model.json"))
+        if lost.get("epoch", 0) > epoch and lost.get("value", float("-inf")) > self.run_dir.best.get("value", float("-inf")):
+            # killed between saving model.pt and this epoch's checkpoint: model.pt is that lost epoch's model,
+            # validated and better than the restored best, so it stays the best to beat
+            self.run_dir.best = {k: lost[k] for k in ("metric", "value", "epoch") if k in lost}
+        self.restored_from = path
+        engine.logger.info(f"resumed from {path}: continuing after epoch {epoch}")
+        old = ckpt.get("args", {})
+        changed = {k: (old[k], v) for k, v in self.args.items() if k in old and old[k] != v}
+        for k, (a, b) in changed.items():
+            engine.logger.warning(f"resume: --{k} changed from {a!r} (checkpoint) to {b!r}: applied from epoch {epoch + 1}")
+
+    def _restore_schedule(self, engine, ckpt: Mapping, epoch: int) -> None:
+        sched = self.lr_scheduler
+        if sched is None or "lr_scheduler" not in ckpt:
+            return
+        fresh = sched.state_dict()
+        saved = ckpt["lr_scheduler"]
+        differ = sorted(k for k in fresh if k not in _COUNTERS and k in saved and saved[k] != fresh[k])
+        if not differ:
+            sched.load_state_dict(saved)
+            return
+        # this run's schedule (other learning rate / epochs), replayed to the restored epoch on the restored
+        # optimizer, so the learning rate is the one the new schedule has at this epoch
+        for group, base in zip(self.optimizer.param_groups, fresh.get("base_lrs", [])):
+            group["initial_lr"] = group["lr"] = base
+        sched.load_state_dict({**fresh, "last_epoch": 0})
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # "lr_scheduler.step() before optimizer.step()": a replay
+            for _ in range(epoch):
+                sched.step()
+        lr = self.optimizer.param_groups[0]["lr"]
+        engine.logger.warning(
+            f"resume: the LR schedule changed since {self.run_dir.resume_path} ({', '.join(f'{k} {saved[k]} -> {fresh[k]}' for k in differ)}): "
+            f"this run's schedule is applied, learning rate now {lr:.4g} at epoch {epoch}"
+        )
+
+
+class BestModelSaver:
+    """Evaluator handler: after each validation, when ``metric`` (default: the evaluator's key metric) beats
+    the best of every earlier epoch of this run (``run_dir.best``, restored on resume), write the network's
+    weights atomically to ``<ckpt_dir>/model.pt`` (a plain state_dict, DDP wrapper removed, as MONAI's
+    ``CheckpointLoader`` reads it) and ``model.json`` (``{"metric", "value", "epoch"}``). Rank 0 only."""
+
+    def __init__(self, run_dir, network: torch.nn.Module, metric: str | None = None, filename: str = "model.pt") -> None:
+        self.run_dir, self.network, self.metric, self.filename = run_dir, network, metric, filename
+
+    def attach(self, engine) -> None:
+        from ignite.engine import Events
+
+        engine.add_event_handler(Events.COMPLETED, self)
+
+    def __call__(self, engine) -> None:
+        name = self.metric or getattr(engine.state, "key_metric_name", None)
+        if name not in engine.state.metrics:
+            raise KeyError(f"BestModelSaver: metric {name!r} not among the validation metrics {sorted(engine.state.metrics)}")
+        value, best = float(engine.state.metrics[name]), self.run_dir.best
+        if best.get("epoch") and not value > float(best["value"]):
+            return
+        self.run_dir.best = {"metric": name, "value": value, "epoch": int(engine.state.epoch)}
+        if is_rank_zero():
+            path = os.path.join(self.run_dir.ckpt_dir, self.filename)
+            atomic_save(_unwrap(self.network).state_dict(), path)
+            atomic_write_json(self.run_dir.best, os.path.splitext(path)[0] + ".json")
+            engine.logger.info(f"best {name} {value:.4f} at epoch {engine.state.epoch}: saved {path}")

@@ -1,0 +1,180 @@
+"""Ignite handlers of the training loop that hold no run state: stop on divergence, validate after the last
+epoch, one console line per epoch, and the rank-aware TensorBoard writer. (The run state — checkpoints, the
+best model, the history — lives in :mod:`.checkpoint` and :mod:`.history`.)"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+
+__all__ = ["loss_value", "is_rank_zero", "StopOnNaNLoss", "TrainingDivergedError", "ValidateLastEpoch", "EpochProgress",
+           "summary_writer"]  # fmt: skip
+
+
+def loss_value(output: Any) -> float | None:
+    """The training loss of an engine output (``{"loss": ...}``, a list of such dicts, or a number)."""
+    if isinstance(output, Mapping):
+        v = output.get("loss")
+    elif isinstance(output, Sequence) and output and isinstance(output[0], Mapping):
+        v = output[0].get("loss")
+    else:
+        v = output
+    if isinstance(v, torch.Tensor):
+        return float(v.detach().float().mean().cpu())
+    return None if v is None else float(v)
+
+
+def is_rank_zero() -> bool:
+    """True outside torch.distributed and on its rank 0: the one process that writes files."""
+    return not (torch.distributed.is_available() and torch.distributed.is_initialized()) or torch.distributed.get_rank() == 0
+
+
+class TrainingDivergedError(RuntimeError):
+    """The training loss or the network's output became NaN or infinite."""
+
+
+_ADVICE = (
+    "Likely cause: the learning rate is too high for this loss and data (try --learning_rate {lower}); other "
+    "causes are AMP overflow (--amp false) and bad data (NaN/inf voxels, unnormalised intensities, label "
+    "values: ValidateLabeld). The last epoch checkpoint was written before this iteration: resume with a lower "
+    "--learning_rate, or start again with --resume false."
+)
+
+
+class StopOnNaNLoss:
+    """Ignite handler: stop the run with a :class:`TrainingDivergedError` as soon as training diverges.
+
+    Two ways a run diverges: the loss becomes NaN/inf (ITERATION_COMPLETED sees it), or the network's output
+    does and a validating loss refuses it (``"input holds NaN/Inf"``) before any loss value exists. Both
+    stop with one message that names the iteration, the epoch, the learning rate and the likely cause.
+    Unlike ignite's ``TerminateOnNan`` (which ends the run quietly) the run fails, so a script notices.
+    List it before MONAI's ``StatsHandler``: handlers of an exception run in order, and the first that
+    raises ends the others.
+    """
+
+    def __init__(self, optimizer: torch.optim.Optimizer | None = None) -> None:
+        self.optimizer = optimizer
+
+    def attach(self, engine) -> None:
+        from ignite.engine import Events
+
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self)
+        engine.add_event_handler(Events.EXCEPTION_RAISED, self._exception)
+
+    def _where(self, engine) -> str:
+        lr = f", learning rate {self.optimizer.param_groups[0]['lr']:.3g}" if self.optimizer is not None else ""
+        return f"iteration {engine.state.iteration} (epoch {engine.state.epoch}{lr})"
+
+    def _advice(self) -> str:
+        lr = self.optimizer.param_groups[0]["lr"] if self.optimizer is not None else None
+        return _ADVICE.format(lower=f"{lr / 10:.3g}" if lr else "<10x lower>")
+
+    def __call__(self, engine) -> None:
+        value = loss_value(engine.state.output)
+        if value is not None and not math.isfinite(value):
+            raise TrainingDivergedError(f"training diverged: the loss is {value} at {self._where(engine)}. {self._advice()}")
+
+    def _exception(self, engine, err: BaseException) -> None:
+        text = str(err)
+        if isinstance(err, ValueError) and ("NaN" in text or "Inf" in text) and "input" in text:
+            first = text.splitlines()[0] if text else type(err).__name__
+            raise TrainingDivergedError(
+                f"training diverged: the network's output holds NaN/Inf at {self._where(engine)} (the loss "
+                f"refused it: {first}). {self._advice()}"
+            ) from err
+        raise err
+
+
+class ValidateLastEpoch:
+    """Trainer handler: also validate after the last epoch when ``val_interval`` does not divide ``max_epochs``,
+    so the best-model checkpoint always sees the final weights (``ValidationHandler`` runs every N epochs)."""
+
+    def __init__(self, validator, interval: int = 1) -> None:
+        self.validator = validator
+        self.interval = max(1, int(interval))
+
+    def attach(self, engine) -> None:
+        from ignite.engine import Events
+
+        engine.add_event_handler(Events.EPOCH_COMPLETED, self)
+
+    def __call__(self, engine) -> None:
+        epoch = engine.state.epoch
+        if epoch == engine.state.max_epochs and epoch % self.interval != 0:
+            self.validator.run(epoch)
+
+
+class EpochProgress:
+    """Trainer handler: one console line per epoch (rank 0 only), e.g.
+
+    ``[epoch 12/40] loss 0.3121 | val_mean_dice 0.6120 (best 0.6244 at epoch 10) | 8.1 s``
+
+    with the epoch-mean training loss and the last validation of ``validator`` (its key metric). List it
+    after the validation and checkpoint handlers, so the line reports this epoch's validation and best.
+    """
+
+    prefix = "[epoch "
+
+    def __init__(self, validator=None, run_state=None, stream=None) -> None:
+        self.validator, self.run_state, self.stream = validator, run_state, stream
+        self._losses: list[float] = []
+        self._t0 = time.perf_counter()
+        self._val_epoch = -1
+
+    def attach(self, engine) -> None:
+        from ignite.engine import Events
+
+        engine.add_event_handler(Events.EPOCH_STARTED, self._started)
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self._iteration)
+        engine.add_event_handler(Events.EPOCH_COMPLETED, self)
+
+    def _started(self, engine) -> None:
+        self._losses, self._t0 = [], time.perf_counter()
+
+    def _iteration(self, engine) -> None:
+        v = loss_value(engine.state.output)
+        if v is not None:
+            self._losses.append(v)
+
+    def line(self, engine) -> str:
+        parts = [f"{self.prefix}{engine.state.epoch}/{engine.state.max_epochs}]"]
+        if self._losses:
+            parts.append(f"loss {sum(self._losses) / len(self._losses):.4f}")
+        ev = self.validator
+        key = getattr(ev.state, "key_metric_name", None) if ev is not None else None
+        if key and key in ev.state.metrics:
+            val = f"| {key} {float(ev.state.metrics[key]):.4f}"
+            if ev.state.epoch != engine.state.epoch:
+                val += f" (epoch {ev.state.epoch})"
+            best = getattr(self.run_state, "best", None)
+            if best and best.get("epoch"):
+                val += f" (best {best['value']:.4f} at epoch {best['epoch']})"
+            parts.append(val)
+        parts.append(f"| {time.perf_counter() - self._t0:.1f} s")
+        return " ".join(parts)
+
+    def __call__(self, engine) -> None:
+        if is_rank_zero():
+            print(self.line(engine), file=self.stream, flush=True)
+
+
+class _NoSummary:
+    """What ``summary_writer`` gives ranks other than 0: accepts every call, writes nothing."""
+
+    def __getattr__(self, name: str):
+        return lambda *args, **kwargs: None
+
+
+def summary_writer(run_dir):
+    """One TensorBoard ``SummaryWriter`` for ``run_dir.log_dir`` on rank 0 (shared by the train and validation
+    ``TensorBoardStatsHandler``), and a writer that writes nothing on the other ranks of a torchrun job, so
+    only rank 0 creates event files. Closed by :meth:`RunDir.run <monai_losses_ext.bundle.rundir.RunDir.run>`."""
+    if not is_rank_zero():
+        return _NoSummary()
+    from torch.utils.tensorboard import SummaryWriter
+
+    return SummaryWriter(log_dir=str(run_dir.log_dir))

@@ -1,0 +1,125 @@
+"""``logs/history.jsonl``: one JSON line per training epoch and per validation, for plots and for the
+benchmark's progress. Appends never follow a symbolic link; on resume the file is cut back to the resumed
+epoch (:func:`truncate_history`), so it never holds an epoch twice or misses one."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from typing import Any
+
+import numpy as np
+import torch
+
+from .handlers import is_rank_zero, loss_value
+
+__all__ = ["TrainHistory", "ValHistory", "read_history", "truncate_history"]
+
+
+def _append(path: str, record: dict) -> None:
+    if not is_rank_zero():
+        return
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o644)
+    with os.fdopen(fd, "a") as f:
+        f.write(json.dumps(record) + "\n")
+
+
+def _scalar(v: Any) -> float | None:
+    if isinstance(v, torch.Tensor):
+        v = v.detach().cpu()
+        return float(v) if v.numel() == 1 else None
+    if isinstance(v, (int, float, np.floating, np.integer)):
+        return float(v)
+    return None
+
+
+class TrainHistory:
+    """Trainer handler: appends ``{"kind": "train", "epoch", "iteration", "loss" (epoch mean), "seconds"}``
+    after each epoch (rank 0 only). List it before the checkpoint handler: an epoch is in the history before
+    its checkpoint exists, and a resume cuts what lies beyond the checkpoint."""
+
+    def __init__(self, path: str) -> None:
+        self.path = str(path)
+        self._losses: list[float] = []
+        self._t0 = time.perf_counter()
+
+    def attach(self, engine) -> None:
+        from ignite.engine import Events
+
+        engine.add_event_handler(Events.EPOCH_STARTED, self._epoch_started)
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self._iteration)
+        engine.add_event_handler(Events.EPOCH_COMPLETED, self._epoch_completed)
+
+    def _epoch_started(self, engine) -> None:
+        self._losses, self._t0 = [], time.perf_counter()
+
+    def _iteration(self, engine) -> None:
+        v = loss_value(engine.state.output)
+        if v is not None:
+            self._losses.append(v)
+
+    def _epoch_completed(self, engine) -> None:
+        _append(self.path, {
+            "kind": "train", "epoch": engine.state.epoch, "iteration": engine.state.iteration,
+            "loss": float(np.mean(self._losses)) if self._losses else None,
+            "seconds": round(time.perf_counter() - self._t0, 3),
+        })  # fmt: skip
+
+
+class ValHistory:
+    """Evaluator handler: appends ``{"kind": "val", "epoch", <scalar metrics>}`` after each validation run
+    (``ValidationHandler`` sets the evaluator's epoch to the trainer's); rank 0 only."""
+
+    def __init__(self, path: str) -> None:
+        self.path = str(path)
+
+    def attach(self, engine) -> None:
+        from ignite.engine import Events
+
+        engine.add_event_handler(Events.COMPLETED, self)
+
+    def __call__(self, engine) -> None:
+        rec: dict[str, Any] = {"kind": "val", "epoch": engine.state.epoch}
+        rec.update({k: s for k, v in engine.state.metrics.items() if (s := _scalar(v)) is not None})
+        _append(self.path, rec)
+
+
+def _records(path: str) -> list[dict]:
+    out = []
+    if os.path.exists(path):
+        with open(path) as f:
+            for line in f:
+                try:
+                    out.append(json.loads(line))
+                except json.JSONDecodeError:
+                    continue  # a line cut short by a kill: its epoch is trained again on resume
+    return out
+
+
+def read_history(path: str) -> tuple[list[dict], list[dict]]:
+    """``(train records, validation records)`` of a history file (empty lists when there is none)."""
+    recs = _records(str(path))
+    return [r for r in recs if r.get("kind") == "train"], [r for r in recs if r.get("kind") != "train"]
+
+
+def truncate_history(path: str, last_epoch: int) -> int:
+    """Keep the records of epochs ``<= last_epoch`` (and drop a half-written last line), rewriting the file
+    atomically; returns how many records were dropped."""
+    path = str(path)
+    if not os.path.exists(path) or os.path.islink(path):
+        return 0
+    recs = _records(path)
+    keep = [r for r in recs if int(r.get("epoch", 0)) <= int(last_epoch)]
+    with open(path) as f:
+        intact = f.read().endswith("\n") or not recs
+    if len(keep) == len(recs) and intact:
+        return 0
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "w") as f:
+        f.writelines(json.dumps(r) + "\n" for r in keep)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    return len(recs) - len(keep)
