@@ -10,7 +10,6 @@ import os
 import re
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -23,56 +22,7 @@ from monai.bundle import ConfigWorkflow  # noqa: E402
 
 from monai_losses_ext import bundle as bu  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
-BUNDLES = {"lesion": ROOT / "bundles" / "lesion_segmentation", "tumour": ROOT / "bundles" / "tumour_segmentation"}
-SHAPE = (24, 28, 20)
-AFFINE = np.array([[-1.5, 0, 0, 20.0], [0, 1.5, 0, -30.0], [0, 0, 2.0, -15.0], [0, 0, 0, 1]])  # LAS, anisotropic
-# small everything: 16^3 patches, a 3-level U-Net with 4..16 channels, batch 1, one patch per case
-TINY = {
-    "patch_size": [16, 16, 16], "channels": [4, 8, 16], "strides": [2, 2], "num_res_units": 0,
-    "batch_size": 1, "num_samples": 1, "sw_batch_size": 2, "progress_bar": False, "num_threads": 1,
-}  # fmt: skip
-EVAL_KEYS = ("patch_size", "channels", "strides", "num_res_units", "sw_batch_size", "num_threads")
-
-
-def write_case(folder: Path, name: str, task: str, rng, label_override=None) -> dict:
-    nch = 2 if task == "lesion" else 4
-    g = np.stack(np.meshgrid(*[np.arange(s) for s in SHAPE], indexing="ij"), -1).astype(float)
-    centre = np.array(SHAPE) / 2
-    head = (((g - centre) / (np.array(SHAPE) * 0.45)) ** 2).sum(-1) < 1
-    label = np.zeros(SHAPE, np.uint8)
-    for _ in range(rng.integers(1, 4)):
-        c = centre + rng.uniform(-0.2, 0.2, 3) * np.array(SHAPE)
-        r = rng.uniform(2.0, 3.5)
-        ball = (((g - c) / r) ** 2).sum(-1) < 1
-        if task == "lesion":
-            label[ball] = 1
-        else:
-            label[((((g - c) / (1.6 * r)) ** 2).sum(-1) < 1) & (label == 0)] = 2  # oedema shell
-            label[ball] = 1  # necrotic core
-            label[ball & ((((g - c) / (0.6 * r)) ** 2).sum(-1) >= 1)] = 3  # enhancing rim
-    if label_override is not None:
-        label = label_override(label)
-    image = np.zeros(SHAPE + (nch,), np.float32)
-    for ch in range(nch):
-        image[..., ch] = head * (100 + 10 * ch) + (label > 0) * (80 - 20 * ch) + rng.normal(0, 3, SHAPE)
-    (folder / "imagesTr").mkdir(parents=True, exist_ok=True)
-    (folder / "labelsTr").mkdir(parents=True, exist_ok=True)
-    nib.save(nib.Nifti1Image(image, AFFINE), str(folder / "imagesTr" / f"{name}.nii.gz"))
-    nib.save(nib.Nifti1Image(label, AFFINE), str(folder / "labelsTr" / f"{name}.nii.gz"))
-    return {"image": f"./imagesTr/{name}.nii.gz", "label": f"./labelsTr/{name}.nii.gz"}
-
-
-def write_dataset(folder: Path, task: str, n: int = 4, seed: int = 0, bad: dict | None = None) -> Path:
-    rng = np.random.default_rng(seed)
-    labels = (
-        {"0": "background", "1": "lesion"}
-        if task == "lesion"
-        else {"0": "background", "1": "necrotic tumour core", "2": "peritumoral oedema", "3": "enhancing tumour"}
-    )
-    items = [write_case(folder, f"case_{i:03d}", task, rng, (bad or {}).get(i)) for i in range(n)]
-    (folder / "dataset.json").write_text(json.dumps({"name": task, "labels": labels, "training": items, "test": []}))
-    return folder
+from _bundle_data import BUNDLES, EVAL_KEYS, SHAPE, TINY, write_dataset  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -379,3 +329,42 @@ def test_bundle_files_and_metadata(task):
     meta = json.loads((b / "configs" / "metadata.json").read_text())
     assert meta["network_data_format"]["inputs"]["image"]["num_channels"] == (2 if task == "lesion" else 4)
     assert bu.check_metadata({"version": "1"}) != []
+
+
+@pytest.mark.parametrize("task", ["lesion", "tumour"])
+@pytest.mark.parametrize("configs, wtype", [
+    (["train.json"], "train"), (["train.json", "evaluate.json"], "infer"), (["train.json", "inference.json"], "infer"),
+])  # fmt: skip
+def test_every_config_combination_resolves(task, configs, wtype, data, tmp_path):
+    w = workflow(task, configs, wtype, dataset_dir=str(data[task]), bundle_root=str(tmp_path), max_cases=3, num_val=1)
+    assert not w.check_properties(), w.check_properties()
+    w.parser.get_parsed_content("train#trainer" if wtype == "train" else "evaluator")
+
+
+@pytest.mark.parametrize("task", ["lesion", "tumour"])
+def test_multi_gpu_overlay_resolves_in_a_one_process_group(task, data, tmp_path, monkeypatch):
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    for k, v in {"RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}.items():
+        monkeypatch.setenv(k, v)
+    w = workflow(task, ["train.json", "multi_gpu_train.json"], "train", dataset_dir=str(data[task]),
+                 bundle_root=str(tmp_path), max_cases=3, num_val=1)  # fmt: skip
+    try:
+        assert not w.check_properties(), w.check_properties()
+        assert isinstance(w.parser.get_parsed_content("network"), torch.nn.parallel.DistributedDataParallel)
+        assert w.parser.get_parsed_content("loss_defaults")["distributed"] is True
+    finally:
+        w.finalize()
+    assert not torch.distributed.is_initialized()
+
+
+@pytest.mark.parametrize("task", ["lesion", "tumour"])
+def test_overlays_stay_thin_and_define_no_network(task):
+    for name in ("evaluate.json", "inference.json", "multi_gpu_train.json"):
+        path = BUNDLES[task] / "configs" / name
+        assert len(path.read_text().splitlines()) < 100, name
+        cfg = json.loads(path.read_text())
+        assert "network_def" not in cfg and not any(k.startswith("load_transforms") for k in cfg), name

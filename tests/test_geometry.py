@@ -190,6 +190,27 @@ def test_alpha_scheduler_with_ignite_engine():
     assert abs(loss.alpha - 0.3) < 1e-12
     with pytest.raises(TypeError, match="DiceBoundaryLoss"):
         E.BoundaryAlphaScheduler(E.DiceLoss())
+    E.BoundaryAlphaScheduler(E.DiceLoss(), required=False).attach(engine)  # a config can always list it
+
+
+def test_alpha_scheduler_state_resumes_the_schedule_of_compound_terms():
+    from ignite.engine import Engine
+
+    def make():
+        inner = E.DiceBoundaryLoss(softmax=True, to_onehot_y=True, alpha=1.0, step=0.1, min_alpha=0.05)
+        return inner, E.BoundaryAlphaScheduler(E.CompoundLoss({"db": inner, "dice": E.DiceLoss(softmax=True)}))
+
+    inner, sched = make()
+    engine = Engine(lambda e, b: None)
+    sched.attach(engine)
+    engine.run([0], max_epochs=3)
+    state = sched.state_dict()
+    assert state["alpha"] == [pytest.approx(0.7)]
+    inner2, sched2 = make()
+    sched2.load_state_dict(state)
+    assert inner2.alpha == pytest.approx(0.7)
+    with pytest.raises(ValueError, match="another loss"):
+        sched2.load_state_dict({"alpha": []})
 
 
 def test_map_shape_errors_name_both_shapes():

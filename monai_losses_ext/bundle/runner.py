@@ -38,7 +38,9 @@ def bundle_dir(task: str, bundles_root: str | Path | None = None) -> Path:
 
 
 def _arg(v) -> str:
-    return v if isinstance(v, str) else str(v) if isinstance(v, (bool, int, float)) else json.dumps(v)
+    """One CLI value as ``python -m monai.bundle run`` (fire) reads it: None, bools and numbers as Python
+    literals, lists and dicts as JSON."""
+    return v if isinstance(v, str) else str(v) if v is None or isinstance(v, (bool, int, float)) else json.dumps(v)
 
 
 def config_files(bundle: Path, configs: Sequence[str]) -> list[str]:

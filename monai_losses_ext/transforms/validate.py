@@ -129,7 +129,8 @@ class ValidateLabeld(MapTransform):
             from ``LoadImaged``), the same affine within ``affine_tolerance``.
         affine_tolerance: the largest absolute difference allowed between an entry of the label's affine and
             the image's (mm for the origin; the direction-times-spacing entries are in mm per voxel).
-            ``None`` skips the affine check (labels known to share the image grid despite their headers).
+            ``None`` (or ``False``, which a command line can pass) skips the affine check, for labels known to
+            share the image grid despite their headers.
         allow_missing_keys: skip missing label keys instead of raising.
     """
 
@@ -141,13 +142,13 @@ class ValidateLabeld(MapTransform):
         remap: Mapping[float, float] | None = None,
         dtype: Any = None,
         image_key: Hashable | None = None,
-        affine_tolerance: float | None = 1e-3,
+        affine_tolerance: float | bool | None = 1e-3,
         allow_missing_keys: bool = False,
     ) -> None:
         super().__init__(keys, allow_missing_keys)
         self.validator = ValidateLabel(num_classes=num_classes, labels=labels, remap=remap, dtype=dtype)
         self.image_key = image_key
-        self.affine_tolerance = None if affine_tolerance is None else float(affine_tolerance)
+        self.affine_tolerance = None if affine_tolerance is None or affine_tolerance is False else float(affine_tolerance)
 
     def _check_affine(self, label: Any, image: Any, name: str) -> None:
         la, ia = getattr(label, "affine", None), getattr(image, "affine", None)
@@ -164,7 +165,7 @@ class ValidateLabeld(MapTransform):
                 f"{diff:.4g} (tolerance {self.affine_tolerance:g}); label affine {fmt(la)}, image affine {fmt(ia)}. "
                 "Check that the files belong to the same case and were exported with the same header; resample "
                 "the label onto the image (ResampleToMatchd(keys='label', key_dst='image', mode='nearest')), or "
-                "pass affine_tolerance=None (--label_affine_tolerance null in the bundles) if the voxels match "
+                "pass affine_tolerance=None (--label_affine_tolerance False in the bundles) if the voxels match "
                 "and only the header is off."
             )
 
