@@ -140,6 +140,15 @@ def test_registry_errors():
         E.get_loss("dice_loss_typo")
     with pytest.raises(TypeError, match="it takes"):
         E.get_loss("weighted_ce", softmax=True)
+    with pytest.raises(TypeError, match="'fractions.Fraction' is <class 'fractions.Fraction'>, not a torch.nn.Module"):
+        E.get_loss("fractions.Fraction")
+    with pytest.raises(ValueError, match="cannot import loss 'monai.losses.NoSuchLoss'"):
+        E.get_loss("monai.losses.NoSuchLoss")
+    import monai.losses
+
+    # a dotted path or a class goes through the same defaults filter as a registry name
+    assert isinstance(E.get_loss("monai.losses.DiceLoss", defaults={"softmax": True, "not_an_arg": 1}), monai.losses.DiceLoss)
+    assert E.get_loss(monai.losses.DiceLoss, defaults={"softmax": True}).softmax
 
 
 def test_validate_false_skips_checks_but_not_results():

@@ -447,3 +447,22 @@ def test_transforms_pickle_and_instantiate_from_bundle_config():
     assert torch.equal(out["label"][1], torch.as_tensor(lab[0] == 255).float())
     assert out["label"].shape == (2, 6, 6, 6) and out["label_sdf"].shape == (2, 6, 6, 6)
     assert out["label_weight"].shape == out["label_instances"].shape == (1, 6, 6, 6)
+
+
+def test_validate_labeld_refuses_an_image_label_affine_mismatch():
+    from monai.data import MetaTensor
+
+    from monai_losses_ext.transforms import ValidateLabeld
+
+    aff = torch.diag(torch.tensor([1.5, 1.5, 2.0, 1.0], dtype=torch.float64))
+    image = MetaTensor(torch.zeros(1, 4, 4, 4), affine=aff, meta={"filename_or_obj": "/d/img.nii.gz"})
+    off = aff.clone()
+    off[1, 3] = 10.0
+    label = MetaTensor(torch.zeros(1, 4, 4, 4), affine=off, meta={"filename_or_obj": "/d/lab.nii.gz"})
+    with pytest.raises(ValueError, match=r"lab.nii.gz.*affines differ by up to 10 \(tolerance 0.001\).*label affine"):
+        ValidateLabeld("label", num_classes=2, image_key="image")({"image": image, "label": label})
+    for allow in (None, False):  # the check is switched off on request
+        ValidateLabeld("label", num_classes=2, image_key="image", affine_tolerance=allow)({"image": image, "label": label})
+    near = aff.clone()
+    near[0, 3] = 1e-4  # header rounding
+    ValidateLabeld("label", num_classes=2, image_key="image")({"image": image, "label": MetaTensor(torch.zeros(1, 4, 4, 4), affine=near)})

@@ -108,7 +108,40 @@ class ValidateLastEpoch:
             self.validator.run(epoch)
 
 
-class EpochProgress:
+class EpochLoss:
+    """Base of the trainer handlers that report the epoch-mean training loss and the epoch's wall time:
+    ``attach`` collects them; subclasses act at ``EPOCH_COMPLETED`` in ``__call__``."""
+
+    def __init__(self) -> None:
+        self._losses: list[float] = []
+        self._t0 = time.perf_counter()
+
+    def attach(self, engine) -> None:
+        from ignite.engine import Events
+
+        engine.add_event_handler(Events.EPOCH_STARTED, self._epoch_started)
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self._iteration)
+        engine.add_event_handler(Events.EPOCH_COMPLETED, self)
+
+    def _epoch_started(self, engine) -> None:
+        self._losses, self._t0 = [], time.perf_counter()
+
+    def _iteration(self, engine) -> None:
+        v = loss_value(engine.state.output)
+        if v is not None:
+            self._losses.append(v)
+
+    def epoch_loss(self) -> float | None:
+        return sum(self._losses) / len(self._losses) if self._losses else None
+
+    def epoch_seconds(self) -> float:
+        return time.perf_counter() - self._t0
+
+    def __call__(self, engine) -> None:
+        raise NotImplementedError
+
+
+class EpochProgress(EpochLoss):
     """Trainer handler: one console line per epoch (rank 0 only), e.g.
 
     ``[epoch 12/40] loss 0.3121 | val_mean_dice 0.6120 (best 0.6244 at epoch 10) | 8.1 s``
@@ -120,30 +153,13 @@ class EpochProgress:
     prefix = "[epoch "
 
     def __init__(self, validator=None, run_state=None, stream=None) -> None:
+        super().__init__()
         self.validator, self.run_state, self.stream = validator, run_state, stream
-        self._losses: list[float] = []
-        self._t0 = time.perf_counter()
-        self._val_epoch = -1
-
-    def attach(self, engine) -> None:
-        from ignite.engine import Events
-
-        engine.add_event_handler(Events.EPOCH_STARTED, self._started)
-        engine.add_event_handler(Events.ITERATION_COMPLETED, self._iteration)
-        engine.add_event_handler(Events.EPOCH_COMPLETED, self)
-
-    def _started(self, engine) -> None:
-        self._losses, self._t0 = [], time.perf_counter()
-
-    def _iteration(self, engine) -> None:
-        v = loss_value(engine.state.output)
-        if v is not None:
-            self._losses.append(v)
 
     def line(self, engine) -> str:
         parts = [f"{self.prefix}{engine.state.epoch}/{engine.state.max_epochs}]"]
-        if self._losses:
-            parts.append(f"loss {sum(self._losses) / len(self._losses):.4f}")
+        if self.epoch_loss() is not None:
+            parts.append(f"loss {self.epoch_loss():.4f}")
         ev = self.validator
         key = getattr(ev.state, "key_metric_name", None) if ev is not None else None
         if key and key in ev.state.metrics:
@@ -154,7 +170,7 @@ class EpochProgress:
             if best and best.get("epoch"):
                 val += f" (best {best['value']:.4f} at epoch {best['epoch']})"
             parts.append(val)
-        parts.append(f"| {time.perf_counter() - self._t0:.1f} s")
+        parts.append(f"| {self.epoch_seconds():.1f} s")
         return " ".join(parts)
 
     def __call__(self, engine) -> None:

@@ -6,13 +6,12 @@ from __future__ import annotations
 
 import json
 import os
-import time
 from typing import Any
 
 import numpy as np
 import torch
 
-from .handlers import is_rank_zero, loss_value
+from .handlers import EpochLoss, is_rank_zero
 
 __all__ = ["TrainHistory", "ValHistory", "read_history", "truncate_history"]
 
@@ -35,36 +34,19 @@ def _scalar(v: Any) -> float | None:
     return None
 
 
-class TrainHistory:
+class TrainHistory(EpochLoss):
     """Trainer handler: appends ``{"kind": "train", "epoch", "iteration", "loss" (epoch mean), "seconds"}``
     after each epoch (rank 0 only). List it before the checkpoint handler: an epoch is in the history before
     its checkpoint exists, and a resume cuts what lies beyond the checkpoint."""
 
     def __init__(self, path: str) -> None:
+        super().__init__()
         self.path = str(path)
-        self._losses: list[float] = []
-        self._t0 = time.perf_counter()
 
-    def attach(self, engine) -> None:
-        from ignite.engine import Events
-
-        engine.add_event_handler(Events.EPOCH_STARTED, self._epoch_started)
-        engine.add_event_handler(Events.ITERATION_COMPLETED, self._iteration)
-        engine.add_event_handler(Events.EPOCH_COMPLETED, self._epoch_completed)
-
-    def _epoch_started(self, engine) -> None:
-        self._losses, self._t0 = [], time.perf_counter()
-
-    def _iteration(self, engine) -> None:
-        v = loss_value(engine.state.output)
-        if v is not None:
-            self._losses.append(v)
-
-    def _epoch_completed(self, engine) -> None:
+    def __call__(self, engine) -> None:
         _append(self.path, {
             "kind": "train", "epoch": engine.state.epoch, "iteration": engine.state.iteration,
-            "loss": float(np.mean(self._losses)) if self._losses else None,
-            "seconds": round(time.perf_counter() - self._t0, 3),
+            "loss": self.epoch_loss(), "seconds": round(self.epoch_seconds(), 3),
         })  # fmt: skip
 
 
