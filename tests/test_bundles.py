@@ -60,9 +60,10 @@ def train(task, data_dir, root, check=True, **kw):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("task", ["lesion", "tumour"])
-def test_train_evaluate_inference(task, data, tmp_path):
+def test_train_evaluate_inference(task, data, tmp_path, capsys):
     w = train(task, data[task], tmp_path)
     w.run()
+    assert re.search(r"^\[epoch 1/1\] loss \d\.\d{4} \| val_mean_dice \d\.\d{4} \| \d+\.\d s$", capsys.readouterr().out, re.M)
     trainer = w.parser.get_parsed_content("train#trainer")
     assert (trainer.state.epoch, trainer.state.iteration) == (1, 2)
     assert (tmp_path / "models" / "model.pt").exists() and (tmp_path / "models" / "checkpoint_epoch=1.pt").exists()
@@ -89,7 +90,7 @@ def test_train_evaluate_inference(task, data, tmp_path):
     summary = json.loads((tmp_path / "eval" / "summary.json").read_text())
     assert summary["cases"] == 1 and set(summary["metrics"][f"dice_{names[0]}"]) >= {"mean", "std"}
 
-    inf = workflow(task, "inference.json", "infer", **common)
+    inf = workflow(task, "inference.json", "infer", infer_split="validation", **common)  # labelled cases: images only
     inf.run()
     out = tmp_path / "pred" / "case_002_seg.nii.gz"
     assert out.exists()

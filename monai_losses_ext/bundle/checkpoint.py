@@ -167,7 +167,7 @@ class Checkpointer:
     ) -> None:
         self.run_dir, self.network, self.optimizer, self.lr_scheduler = run_dir, network, optimizer, lr_scheduler
         self.objects = dict(objects or {})
-        self.args = {k: v for k, v in dict(args or {}).items()}
+        self.args = dict(args or {})
         self.n_saved = max(1, int(n_saved))
         self.restored_from: str | None = None
 
@@ -212,23 +212,26 @@ class Checkpointer:
                 f"nothing and report epoch {epoch}. Give --epochs {epoch} or more to continue, or --resume False "
                 "to start again (the old run is moved to previous/)."
             )
+        changed = self._changed_args(ckpt)
+        way_out = ("Give the arguments it was trained with, or start again with --resume False (the old run is "
+                   "moved to previous/).")  # fmt: skip
         try:
             _unwrap(self.network).load_state_dict(ckpt["network"])
         except RuntimeError as err:
-            changed = {k: (ckpt.get("args", {}).get(k), v) for k, v in self.args.items()
-                       if k in ckpt.get("args", {}) and ckpt["args"][k] != v}  # fmt: skip
             raise CheckpointError(
                 f"{path} does not fit this network ({_shape_report(self.network, ckpt['network'])}); "
                 + (f"arguments changed since it was written (checkpoint -> now): {changed}. " if changed else "")
-                + "Give the arguments it was trained with, or start again with --resume False (the old run is "
-                "moved to previous/)."
+                + way_out
             ) from err
-        if self.optimizer is not None and "optimizer" in ckpt:
-            self.optimizer.load_state_dict(ckpt["optimizer"])
-        self._restore_schedule(engine, ckpt, epoch)
-        for key, obj in self.objects.items():
-            if key in ckpt.get("objects", {}):
-                obj.load_state_dict(ckpt["objects"][key])
+        try:
+            if self.optimizer is not None and "optimizer" in ckpt:
+                self.optimizer.load_state_dict(ckpt["optimizer"])
+            self._restore_schedule(engine, ckpt, epoch)
+            for key, obj in self.objects.items():
+                if key in ckpt.get("objects", {}):
+                    obj.load_state_dict(ckpt["objects"][key])
+        except (ValueError, KeyError, RuntimeError) as err:
+            raise CheckpointError(f"{path}: the optimizer / schedule state does not fit this run ({err}). {way_out}") from err
         engine.state.epoch, engine.state.iteration = epoch, int(ckpt["iteration"])
         self.run_dir.best = dict(ckpt.get("best") or self.run_dir.best)
         lost = _read_json(os.path.join(self.run_dir.ckpt_dir, "model.json"))
@@ -238,10 +241,13 @@ class Checkpointer:
             self.run_dir.best = {k: lost[k] for k in ("metric", "value", "epoch") if k in lost}
         self.restored_from = path
         engine.logger.info(f"resumed from {path}: continuing after epoch {epoch}")
-        old = ckpt.get("args", {})
-        changed = {k: (old[k], v) for k, v in self.args.items() if k in old and old[k] != v}
         for k, (a, b) in changed.items():
             engine.logger.warning(f"resume: --{k} changed from {a!r} (checkpoint) to {b!r}: applied from epoch {epoch + 1}")
+
+    def _changed_args(self, ckpt: Mapping) -> dict[str, tuple[Any, Any]]:
+        """``{name: (checkpoint's value, this run's)}`` for the run arguments that differ."""
+        old = ckpt.get("args") or {}
+        return {k: (old[k], v) for k, v in self.args.items() if k in old and old[k] != v}
 
     def _restore_schedule(self, engine, ckpt: Mapping, epoch: int) -> None:
         sched = self.lr_scheduler

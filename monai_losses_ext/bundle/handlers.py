@@ -144,10 +144,11 @@ class EpochLoss:
 class EpochProgress(EpochLoss):
     """Trainer handler: one console line per epoch (rank 0 only), e.g.
 
-    ``[epoch 12/40] loss 0.3121 | val_mean_dice 0.6120 (best 0.6244 at epoch 10) | 8.1 s``
+    ``[epoch 12/40] loss 0.3121 | val_mean_dice 0.6120, best 0.6244 at epoch 10 | 8.1 s``
 
-    with the epoch-mean training loss and the last validation of ``validator`` (its key metric). List it
-    after the validation and checkpoint handlers, so the line reports this epoch's validation and best.
+    with the epoch-mean training loss, the last validation of ``validator`` (its key metric; "at epoch N"
+    when it was not this epoch) and the best so far (``run_state.best``) when another epoch holds it. List
+    it after the validation and checkpoint handlers, so the line reports this epoch's validation and best.
     """
 
     prefix = "[epoch "
@@ -165,10 +166,10 @@ class EpochProgress(EpochLoss):
         if key and key in ev.state.metrics:
             val = f"| {key} {float(ev.state.metrics[key]):.4f}"
             if ev.state.epoch != engine.state.epoch:
-                val += f" (epoch {ev.state.epoch})"
-            best = getattr(self.run_state, "best", None)
-            if best and best.get("epoch"):
-                val += f" (best {best['value']:.4f} at epoch {best['epoch']})"
+                val += f" at epoch {ev.state.epoch}"
+            best = getattr(self.run_state, "best", None) or {}
+            if best.get("epoch") and best["epoch"] != ev.state.epoch:
+                val += f", best {best['value']:.4f} at epoch {best['epoch']}"
             parts.append(val)
         parts.append(f"| {self.epoch_seconds():.1f} s")
         return " ".join(parts)
