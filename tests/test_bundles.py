@@ -369,3 +369,18 @@ def test_overlays_stay_thin_and_define_no_network(task):
         assert len(path.read_text().splitlines()) < 100, name
         cfg = json.loads(path.read_text())
         assert "network_def" not in cfg and not any(k.startswith("load_transforms") for k in cfg), name
+
+
+def test_runner_echoes_epoch_lines_and_run_state_messages(tmp_path):
+    from monai_losses_ext.bundle.runner import _Tail
+
+    log, seen = tmp_path / "train.log", []
+    log.write_text("2026-12-01 10:00:00,000 - ignite.engine - INFO - Epoch[1] Complete\n[epoch 1/4] loss 0.5 | 1.0 s\n"
+                   "2026-12-01 10:00:01,000 - monai_losses_ext.bundle.rundir - WARNING - previous run moved to x\n[epoch 2/4] lo")  # fmt: skip
+    tail = _Tail(log, seen.append)
+    tail()
+    assert seen == ["[epoch 1/4] loss 0.5 | 1.0 s", "WARNING - previous run moved to x"]  # the cut line waits
+    with open(log, "a") as f:
+        f.write("ss 0.4 | 1.0 s\n")
+    tail()
+    assert seen[-1] == "[epoch 2/4] loss 0.4 | 1.0 s" and len(seen) == 3

@@ -240,9 +240,9 @@ class Checkpointer:
             # validated and better than the restored best, so it stays the best to beat
             self.run_dir.best = {k: lost[k] for k in ("metric", "value", "epoch") if k in lost}
         self.restored_from = path
-        engine.logger.info(f"resumed from {path}: continuing after epoch {epoch}")
+        logger.info(f"resumed from {path}: continuing after epoch {epoch}")
         for k, (a, b) in changed.items():
-            engine.logger.warning(f"resume: --{k} changed from {a!r} (checkpoint) to {b!r}: applied from epoch {epoch + 1}")
+            logger.warning(f"resume: --{k} changed from {a!r} (checkpoint) to {b!r}: applied from epoch {epoch + 1}")
 
     def _changed_args(self, ckpt: Mapping) -> dict[str, tuple[Any, Any]]:
         """``{name: (checkpoint's value, this run's)}`` for the run arguments that differ."""
@@ -269,7 +269,7 @@ class Checkpointer:
             for _ in range(epoch):
                 sched.step()
         lr = self.optimizer.param_groups[0]["lr"]
-        engine.logger.warning(
+        logger.warning(
             f"resume: the LR schedule changed since {self.run_dir.resume_path} ({', '.join(f'{k} {saved[k]} -> {fresh[k]}' for k in differ)}): "
             f"this run's schedule is applied, learning rate now {lr:.4g} at epoch {epoch}"
         )

@@ -120,7 +120,9 @@ def run_bundle(
 
 
 class _Tail:
-    """Echoes the progress lines (``EpochProgress``) that a log file gained since the last call."""
+    """Echoes what a log file gained since the last call that a user should see: the per-epoch lines of
+    ``EpochProgress`` and the messages of the run-state loggers (``monai_losses_ext.bundle.*``: resumed
+    from, previous run moved, checkpoint skipped, stale lock)."""
 
     def __init__(self, path: Path, echo: Callable[[str], None] | None) -> None:
         self.path, self.echo, self.pos, self.rest = Path(path), echo, 0, ""
@@ -136,6 +138,8 @@ class _Tail:
         for line in lines:
             if line.startswith(EpochProgress.prefix):
                 self.echo(line)
+            elif " - monai_losses_ext.bundle." in line:
+                self.echo(line.split(" - ", 2)[-1])  # "<level> - <message>" without the time and logger
 
 
 def root_cause(lines: Sequence[str]) -> str:
