@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["loss_value", "is_rank_zero", "StopOnNaNLoss", "TrainingDivergedError", "ValidateLastEpoch", "EpochProgress",
+__all__ = ["loss_value", "is_rank_zero", "close_process_group", "StopOnNaNLoss", "TrainingDivergedError", "ValidateLastEpoch", "EpochProgress",
            "summary_writer"]  # fmt: skip
 
 
@@ -31,6 +31,23 @@ def loss_value(output: Any) -> float | None:
 def is_rank_zero() -> bool:
     """True outside torch.distributed and on its rank 0: the one process that writes files."""
     return not (torch.distributed.is_available() and torch.distributed.is_initialized()) or torch.distributed.get_rank() == 0
+
+
+def close_process_group(grace_seconds: float = 0.2) -> None:
+    """End a torchrun process cleanly (the ``finalize`` of ``multi_gpu_train.json``).
+
+    gloo's worker threads release a finished collective's tensors after the collective has returned; for
+    tensors that belong to Python objects (the validation metrics' ``all_gather``) that release takes the
+    GIL. A rank that reaches interpreter shutdown first (rank 1: it saves nothing at the end) has its worker
+    take the GIL during finalisation, which kills the thread through a C++ ``noexcept`` frame:
+    ``terminate called without an active exception``, SIGABRT after a good run. So: destroy the process
+    group, then block with the GIL released for ``grace_seconds`` so a worker waiting for it finishes while the
+    interpreter is still alive. (A ``barrier()`` here does not help: it keeps the last collective's work
+    alive inside its own work object, which a worker releases the same way just before exit.)
+    """
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
+        time.sleep(grace_seconds)
 
 
 class TrainingDivergedError(RuntimeError):
