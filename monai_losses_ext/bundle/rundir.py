@@ -130,6 +130,7 @@ class RunDir:
             self._token = token
             atexit.register(self.release)
             return
+        raise RunLockedError(f"could not take the lock {self.lock_path}: other runs keep starting in {self.root}")
 
     def release(self) -> None:
         """Remove the lock if this process holds it (idempotent)."""
