@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from .. import metrics as M
-from ..bundle import bundle_dir, case_name, child_env, msd_datalist, read_history, run_bundle, tumour_regions
+from ..bundle import atomic_write_json, bundle_dir, case_name, child_env, msd_datalist, read_history, run_bundle, tumour_regions
 
 __all__ = ["Preset", "PRESETS", "Study", "structures_of", "score_case"]
 
@@ -133,9 +133,7 @@ def score_case(
 
 def _write_json(path: Path, obj: Any) -> None:
     """Written whole or not at all (an interrupted write never leaves a half file that looks finished)."""
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=1))
-    os.replace(tmp, path)
+    atomic_write_json(obj, str(path), indent=1)
 
 
 @dataclass

@@ -22,6 +22,8 @@ from .checkpoint import (
     CheckpointError,
     Checkpointer,
     atomic_save,
+    atomic_write,
+    atomic_write_json,
     checkpoint_epoch,
     list_checkpoints,
     load_checkpoint,
@@ -37,7 +39,7 @@ from .data import (
     tumour_regions,
 )
 from .evaluation import CaseMetricsWriter, select_channel
-from .handlers import EpochProgress, close_process_group, StopOnNaNLoss, TrainingDivergedError, ValidateLastEpoch, summary_writer
+from .handlers import EpochProgress, close_process_group, is_distributed, is_rank_zero, StopOnNaNLoss, TrainingDivergedError, ValidateLastEpoch, summary_writer
 from .history import TrainHistory, ValHistory, read_history, truncate_history
 from .loss import LabelMaps, LossWithMaps, build_loss, label_map_transforms, loss_map_keys
 from .metadata import REQUIRED_METADATA, check_metadata
@@ -48,7 +50,7 @@ __all__ = [
     "BestModelSaver", "CaseDataset", "CaseError", "CaseMetricsWriter", "CheckpointError", "Checkpointer",
     "DatasetNotFoundError", "EpochProgress", "LabelMaps", "LossWithMaps", "REQUIRED_METADATA", "RunDir",
     "RunLockedError", "StopOnNaNLoss", "TrainHistory", "TrainingDivergedError", "ValHistory", "ValidateLastEpoch",
-    "atomic_save", "build_loss", "bundle_command", "bundle_dir", "case_name", "check_metadata", "check_modalities", "close_process_group",
+    "atomic_save", "atomic_write", "atomic_write_json", "build_loss", "bundle_command", "bundle_dir", "case_name", "check_metadata", "check_modalities", "close_process_group", "is_distributed", "is_rank_zero",
     "checkpoint_epoch", "child_env", "config_files", "label_map_transforms", "list_checkpoints", "load_checkpoint",
     "loss_map_keys", "msd_datalist", "read_history", "resolve_device", "root_cause", "run_bundle", "select_channel",
     "shown", "summary_writer", "truncate_history", "tumour_regions",

@@ -13,6 +13,7 @@ model kept across resumes.
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import json
 import logging
@@ -28,7 +29,7 @@ import torch
 from .handlers import is_rank_zero
 
 __all__ = [
-    "CHECKPOINT_PATTERN", "CheckpointError", "atomic_save", "atomic_write_json", "checkpoint_epoch",
+    "CHECKPOINT_PATTERN", "CheckpointError", "atomic_save", "atomic_write", "atomic_write_json", "checkpoint_epoch",
     "list_checkpoints", "load_checkpoint", "Checkpointer", "BestModelSaver",
 ]  # fmt: skip
 
@@ -42,19 +43,19 @@ class CheckpointError(ValueError):
 
 
 def _fsync_dir(folder: str) -> None:
-    try:
+    """Make a rename in ``folder`` durable. Best effort: some file systems cannot open or fsync a directory,
+    and the rename is atomic without it (only its durability across a power cut is at stake)."""
+    with contextlib.suppress(OSError):
         fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
 
-def _atomic_write(path: str, write) -> None:
+def atomic_write(path: str, write) -> None:
+    """Write ``path`` through ``write(binary file)`` so that it holds either its old content or the complete
+    new one: a temporary file in the same folder, flushed and fsynced, renamed over ``path``."""
     folder = os.path.dirname(os.path.abspath(path))
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=os.path.splitext(path)[1], dir=folder)
     umask = os.umask(0)
@@ -75,12 +76,12 @@ def _atomic_write(path: str, write) -> None:
 
 def atomic_save(obj: Any, path: str) -> None:
     """``torch.save(obj, path)`` that leaves either the old file or the complete new one, never a part."""
-    _atomic_write(str(path), lambda f: torch.save(obj, f))
+    atomic_write(str(path), lambda f: torch.save(obj, f))
 
 
-def atomic_write_json(obj: Any, path: str) -> None:
+def atomic_write_json(obj: Any, path: str, indent: int = 2) -> None:
     """``json.dump`` with the same guarantee as :func:`atomic_save`."""
-    _atomic_write(str(path), lambda f: f.write(json.dumps(obj, indent=2).encode()))
+    atomic_write(str(path), lambda f: f.write(json.dumps(obj, indent=indent).encode()))
 
 
 def checkpoint_epoch(path: str) -> int:
@@ -169,7 +170,6 @@ class Checkpointer:
         self.objects = dict(objects or {})
         self.args = dict(args or {})
         self.n_saved = max(1, int(n_saved))
-        self.restored_from: str | None = None
 
     def attach(self, engine) -> None:
         from ignite.engine import Events
@@ -239,7 +239,6 @@ class Checkpointer:
             # killed between saving model.pt and this epoch's checkpoint: model.pt is that lost epoch's model,
             # validated and better than the restored best, so it stays the best to beat
             self.run_dir.best = {k: lost[k] for k in ("metric", "value", "epoch") if k in lost}
-        self.restored_from = path
         logger.info(f"resumed from {path}: continuing after epoch {epoch}")
         for k, (a, b) in changed.items():
             logger.warning(f"resume: --{k} changed from {a!r} (checkpoint) to {b!r}: applied from epoch {epoch + 1}")

@@ -4,6 +4,7 @@ best model, the history — lives in :mod:`.checkpoint` and :mod:`.history`.)"""
 
 from __future__ import annotations
 
+import abc
 import math
 import time
 from collections.abc import Mapping, Sequence
@@ -11,7 +12,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["loss_value", "is_rank_zero", "close_process_group", "StopOnNaNLoss", "TrainingDivergedError", "ValidateLastEpoch", "EpochProgress",
+__all__ = ["loss_value", "is_distributed", "is_rank_zero", "close_process_group", "StopOnNaNLoss", "TrainingDivergedError", "ValidateLastEpoch", "EpochProgress",
            "summary_writer"]  # fmt: skip
 
 
@@ -28,9 +29,14 @@ def loss_value(output: Any) -> float | None:
     return None if v is None else float(v)
 
 
+def is_distributed() -> bool:
+    """True inside an initialised torch.distributed process group (a torchrun job)."""
+    return torch.distributed.is_available() and torch.distributed.is_initialized()
+
+
 def is_rank_zero() -> bool:
     """True outside torch.distributed and on its rank 0: the one process that writes files."""
-    return not (torch.distributed.is_available() and torch.distributed.is_initialized()) or torch.distributed.get_rank() == 0
+    return not is_distributed() or torch.distributed.get_rank() == 0
 
 
 def close_process_group(grace_seconds: float = 0.2) -> None:
@@ -45,7 +51,7 @@ def close_process_group(grace_seconds: float = 0.2) -> None:
     interpreter is still alive. (A ``barrier()`` here does not help: it keeps the last collective's work
     alive inside its own work object, which a worker releases the same way just before exit.)
     """
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
+    if is_distributed():
         torch.distributed.destroy_process_group()
         time.sleep(grace_seconds)
 
@@ -125,7 +131,7 @@ class ValidateLastEpoch:
             self.validator.run(epoch)
 
 
-class EpochLoss:
+class EpochLoss(abc.ABC):
     """Base of the trainer handlers that report the epoch-mean training loss and the epoch's wall time:
     ``attach`` collects them; subclasses act at ``EPOCH_COMPLETED`` in ``__call__``."""
 
@@ -154,8 +160,9 @@ class EpochLoss:
     def epoch_seconds(self) -> float:
         return time.perf_counter() - self._t0
 
+    @abc.abstractmethod
     def __call__(self, engine) -> None:
-        raise NotImplementedError
+        """What the handler does with this epoch's loss at ``EPOCH_COMPLETED``."""
 
 
 class EpochProgress(EpochLoss):

@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from .checkpoint import atomic_write
 from .handlers import EpochLoss, is_rank_zero
 
 __all__ = ["TrainHistory", "ValHistory", "read_history", "truncate_history"]
@@ -68,21 +69,26 @@ class ValHistory:
         _append(self.path, rec)
 
 
-def _records(path: str) -> list[dict]:
+def _parse(text: str) -> list[dict]:
     out = []
-    if os.path.exists(path):
-        with open(path) as f:
-            for line in f:
-                try:
-                    out.append(json.loads(line))
-                except json.JSONDecodeError:
-                    continue  # a line cut short by a kill: its epoch is trained again on resume
+    for line in text.splitlines():
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue  # a line cut short by a kill: its epoch is trained again on resume
     return out
+
+
+def _read(path: str) -> str:
+    if not os.path.exists(path):
+        return ""
+    with open(path) as f:
+        return f.read()
 
 
 def read_history(path: str) -> tuple[list[dict], list[dict]]:
     """``(train records, validation records)`` of a history file (empty lists when there is none)."""
-    recs = _records(str(path))
+    recs = _parse(_read(str(path)))
     return [r for r in recs if r.get("kind") == "train"], [r for r in recs if r.get("kind") != "train"]
 
 
@@ -92,16 +98,10 @@ def truncate_history(path: str, last_epoch: int) -> int:
     path = str(path)
     if not os.path.exists(path) or os.path.islink(path):
         return 0
-    recs = _records(path)
+    text = _read(path)
+    recs = _parse(text)
     keep = [r for r in recs if int(r.get("epoch", 0)) <= int(last_epoch)]
-    with open(path) as f:
-        intact = f.read().endswith("\n") or not recs
-    if len(keep) == len(recs) and intact:
+    if len(keep) == len(recs) and (text.endswith("\n") or not recs):
         return 0
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w") as f:
-        f.writelines(json.dumps(r) + "\n" for r in keep)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    atomic_write(path, lambda f: f.write("".join(json.dumps(r) + "\n" for r in keep).encode()))
     return len(recs) - len(keep)

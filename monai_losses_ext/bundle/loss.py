@@ -14,7 +14,7 @@ from monai.transforms import Transform
 from ..registry import get_loss
 from ..transforms import LesionInstancesd, OneHotd, SignedDistanceMapd, UNetWeightMapd
 
-__all__ = ["build_loss", "loss_map_keys", "label_map_transforms", "LabelMaps", "LossWithMaps", "unwrap_loss"]
+__all__ = ["build_loss", "loss_map_keys", "label_map_transforms", "LabelMaps", "LossWithMaps"]
 
 
 def build_loss(name: Any, defaults: Mapping[str, Any] | None = None, kwargs: Mapping[str, Any] | None = None) -> torch.nn.Module:
@@ -25,11 +25,6 @@ def build_loss(name: Any, defaults: Mapping[str, Any] | None = None, kwargs: Map
     if isinstance(name, torch.nn.Module):
         return name
     return get_loss(name, defaults=dict(defaults or {}), **dict(kwargs or {}))
-
-
-def unwrap_loss(loss: Any) -> Any:
-    """The loss inside a :class:`LossWithMaps` (the loss itself otherwise)."""
-    return loss.loss if isinstance(loss, LossWithMaps) else loss
 
 
 # forward keyword -> kind of map (its transform); ``distance_map`` is signed or unsigned after the loss's

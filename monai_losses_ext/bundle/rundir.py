@@ -33,6 +33,7 @@ from typing import Any
 import torch
 
 from .checkpoint import CheckpointError, list_checkpoints, load_checkpoint
+from .handlers import is_distributed, is_rank_zero
 from .history import truncate_history
 
 __all__ = ["RunDir", "RunLockedError"]
@@ -64,10 +65,6 @@ def _alive(pid: int, ticks: str | None) -> bool:
     return ticks is None or now is None or now == ticks
 
 
-def _distributed() -> bool:
-    return torch.distributed.is_available() and torch.distributed.is_initialized()
-
-
 class RunDir:
     """The run folder of one training run. See the module docstring for what :meth:`open` does.
 
@@ -87,7 +84,6 @@ class RunDir:
         self.resume_path: str | None = None
         self.resume_state: dict | None = None
         self.best: dict = {}
-        self.moved_to: str | None = None
         self._token: str | None = None
         self.created = time.time()
 
@@ -171,7 +167,6 @@ class RunDir:
             target = os.path.join(dest, os.path.relpath(path, self.root))
             os.makedirs(os.path.dirname(target), exist_ok=True)
             shutil.move(path, target)  # a symbolic link is moved as a link, never followed
-        self.moved_to = dest
         logger.warning(f"a fresh run into a used folder: the previous run's {len(files)} file(s) in "
                        f"{os.path.relpath(self.ckpt_dir, self.root)}/ and {os.path.relpath(self.log_dir, self.root)}/ "
                        f"were moved to {dest}")  # fmt: skip
@@ -194,14 +189,14 @@ class RunDir:
     # ------------------------------------------------------------------------------------------ open
     def open(self) -> RunDir:
         """Lock, check, choose and tidy the folder (rank 0), then share the choice with the other ranks."""
-        if not _distributed() or torch.distributed.get_rank() == 0:
+        if is_rank_zero():
             self.acquire()
             try:
                 self._prepare()
             except BaseException:
                 self.release()
                 raise
-        if _distributed():
+        if is_distributed():
             choice = [self.resume_path]
             torch.distributed.broadcast_object_list(choice, src=0)
             if torch.distributed.get_rank() != 0 and choice[0] is not None:
