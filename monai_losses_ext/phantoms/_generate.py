@@ -9,11 +9,12 @@ import numpy as np
 from ._atlas import load_atlas
 from ._fields import Grid
 from ._lesion import LESION_DEFAULTS, insert_ms_lesions
-from ._subject import apply_artefacts, make_subject, synthesise_contrasts
+from ._site import SITE_DEFAULTS, resolve_site
+from ._subject import apply_artefacts, make_subject, synthesise_contrasts, synthesise_head
 from ._tumour import TUMOUR_DEFAULTS, insert_tumour
 
 __all__ = ["Case", "TASKS", "MODALITIES", "LABELS", "DEFAULT_SPACING", "DEFAULT_FOV_MM",
-           "output_grid", "generate_case", "task_options"]
+           "output_grid", "generate_case", "task_options", "split_options"]
 
 TASKS = ("lesion", "tumour")
 # Channel order; the tumour order is the one of MSD Task01_BrainTumour (FLAIR, T1, T1gd, T2).
@@ -54,8 +55,22 @@ def task_options(task: str, **opts) -> dict:
     defaults = _DEFAULTS[task]
     unknown = sorted(set(opts) - set(defaults))
     if unknown:
-        raise TypeError(f"unknown option(s) {unknown} for task {task!r}; known: {sorted(defaults)}")
+        raise TypeError(f"unknown option(s) {unknown} for task {task!r}; known: {sorted(defaults)}"
+                        f" (acquisition-site options: {sorted(SITE_DEFAULTS)})")
     return {**defaults, **opts}
+
+
+def split_options(opts: dict) -> tuple[dict, dict]:
+    """(task options, site options) of a flat keyword dict: site options are the keys of
+    :data:`SITE_DEFAULTS`, everything else goes to the task (and is checked there)."""
+    site = {k: v for k, v in opts.items() if k in SITE_DEFAULTS}
+    return {k: v for k, v in opts.items() if k not in SITE_DEFAULTS}, site
+
+
+def _spacing(spacing, site_spacing):
+    if spacing is not None:
+        return spacing
+    return DEFAULT_SPACING if site_spacing is None else site_spacing
 
 
 def output_grid(spacing=DEFAULT_SPACING, shape=None) -> Grid:
@@ -74,36 +89,57 @@ def output_grid(spacing=DEFAULT_SPACING, shape=None) -> Grid:
     return Grid.centred(load_atlas().centre, shape, sp)
 
 
-def generate_case(task: str, seed: int = 0, index: int = 0, *, spacing=DEFAULT_SPACING, shape=None,
+def generate_case(task: str, seed: int = 0, index: int = 0, *, spacing=None, shape=None, site=None,
                   **opts) -> Case:
     """Generate case ``index`` of the synthetic ``task`` ("lesion" or "tumour").
 
-    The random stream is ``numpy.random.default_rng(SeedSequence([seed, index]))`` split into
-    independent children (anatomy, contrast, pathology, artefacts), so any case can be made on
-    its own, in any order or process, and the same subject anatomy is shared by both tasks.
-    Keyword options: ``spacing`` / ``shape`` of the output grid (see :func:`output_grid`) and
-    the task options (:data:`LESION_DEFAULTS` or :data:`TUMOUR_DEFAULTS`).
+    The random stream is ``SeedSequence([seed, index])`` spawned into five independent
+    children: anatomy, contrast, pathology, artefacts, and a fifth for what only non-default
+    site options need (the head, lesion shapes), so the defaults draw exactly what they always
+    drew.  Any case can be made on its own, in any order or process, and the same subject
+    anatomy is shared by both tasks.
+
+    Keyword options: ``spacing`` / ``shape`` of the output grid (see :func:`output_grid`;
+    ``spacing=None`` is the site's spacing, else :data:`DEFAULT_SPACING`), ``site`` (None =
+    "in_domain", a name in :data:`SITES` or a mapping of site options), the task options
+    (:data:`LESION_DEFAULTS` or :data:`TUMOUR_DEFAULTS`) and the site options
+    (:data:`SITE_DEFAULTS`), which override the preset's.
     """
     task = _task(task)
-    options = task_options(task, **opts)
+    task_opts, site_opts = split_options(opts)
+    options = task_options(task, **task_opts)
+    site = resolve_site(task, site, **site_opts)
+    so = site.options
     seed, index = int(seed), int(index)
     if seed < 0 or index < 0:
         raise ValueError(f"seed and index must be >= 0, got seed={seed}, index={index}")
-    grid = output_grid(spacing, shape)
-    rng_anat, rng_contrast, rng_path, rng_art = (
-        np.random.default_rng(s) for s in np.random.SeedSequence([seed, index]).spawn(4)
-    )
+    grid = output_grid(_spacing(spacing, site.spacing), shape)
+    streams = np.random.SeedSequence([seed, index]).spawn(5)
+    rng_anat, rng_contrast, rng_path, rng_art = (np.random.default_rng(s) for s in streams[:4])
+    rng_head, rng_shape = (np.random.default_rng(s) for s in streams[4].spawn(2))
     channels = MODALITIES[task]
     subject = make_subject(rng_anat, grid)
-    image, means = synthesise_contrasts(rng_contrast, subject, channels)
+    image, means = synthesise_contrasts(rng_contrast, subject, channels, jitter=so["contrast_jitter"],
+                                        contrast=so["tissue_contrast"])
     if task == "lesion":
-        label, path_info = insert_ms_lesions(rng_path, subject, image, means, channels, options)
+        label, path_info = insert_ms_lesions(rng_path, subject, image, means, channels, options,
+                                             shapes=so["lesion_shapes"], lesion_contrast=so["lesion_contrast"],
+                                             rng_shape=rng_shape)
     else:
-        label, path_info = insert_tumour(rng_path, subject, image, means, channels, options)
-    art_info = apply_artefacts(rng_art, image, subject, means)
+        label, path_info = insert_tumour(rng_path, subject, image, means, channels, options,
+                                         lesion_contrast=so["lesion_contrast"])
+    head_info = None if so["skull_strip"] else synthesise_head(rng_head, image, subject, channels,
+                                                               jitter=so["contrast_jitter"])
+    art_info = apply_artefacts(rng_art, image, subject, means, bias=so["bias"], noise=so["noise"],
+                               blur=so["blur"], log_gain=so["log_gain"],
+                               slice_thickness_mm=so["slice_thickness_mm"], skull_strip=so["skull_strip"])
     info = {
         "task": task, "seed": seed, "index": index, "channels": list(channels),
-        "shape": list(grid.shape), "spacing_mm": list(grid.spacing),
-        "anatomy": subject.info, "artefacts": art_info, **path_info,
+        "shape": list(grid.shape), "spacing_mm": list(grid.spacing), "site": site.name,
+        "anatomy": subject.info,
+        "tissue_means": {name: [round(float(v), 5) for v in means[name]] for name in channels},
+        "artefacts": art_info, **path_info,
     }
+    if head_info is not None:
+        info["head"] = head_info
     return Case(image, label, grid.affine, info)

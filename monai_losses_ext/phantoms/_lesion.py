@@ -1,4 +1,5 @@
-"""MS-like white-matter lesions: many small ovoids, mostly periventricular."""
+"""MS-like white-matter lesions: many small ovoids (or irregular, confluent, elongated
+shapes), mostly periventricular."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from ._fields import Grid, random_rotation
+from ._site import SITE_DEFAULTS
 from ._subject import Subject
 
 __all__ = ["LESION_DEFAULTS", "insert_ms_lesions"]
@@ -47,16 +49,11 @@ def _volume(rng, median, sigma, vmin, vmax) -> float:
     return float(np.clip(median, vmin, vmax))
 
 
-def _ellipsoid_occupancy(grid: Grid, centre, axes_mm, rot, s: int):
-    """Supersampled occupancy of an ellipsoid: (index box, float32 fraction per voxel)."""
-    box = grid.box_around(centre, axes_mm.max() + max(grid.spacing))
-    ax = grid.axes(box)
-    sub = (np.arange(s) + 0.5) / s - 0.5  # sub-voxel offsets in voxel units
-    coords = [(a[:, None] + sp * sub[None, :]).ravel() for a, sp in zip(ax, grid.spacing)]
-    # Quadratic form (x - c)^T M (x - c) with M = R diag(1/a^2) R^T, evaluated on the fine grid.
+def _quadratic_form(coords, centre, axes_mm, rot) -> np.ndarray:
+    """(x - c)^T M (x - c) with M = R diag(1/a^2) R^T on the grid spanned by three 1-D arrays."""
     m = rot @ np.diag(1.0 / axes_mm**2) @ rot.T
     d = [c - c0 for c, c0 in zip(coords, centre)]
-    q = (
+    return (
         m[0, 0] * d[0][:, None, None] ** 2
         + m[1, 1] * d[1][None, :, None] ** 2
         + m[2, 2] * d[2][None, None, :] ** 2
@@ -64,13 +61,83 @@ def _ellipsoid_occupancy(grid: Grid, centre, axes_mm, rot, s: int):
         + 2 * m[0, 2] * d[0][:, None, None] * d[2][None, None, :]
         + 2 * m[1, 2] * d[1][None, :, None] * d[2][None, None, :]
     )
-    inside = (q <= 1.0).reshape(len(ax[0]), s, len(ax[1]), s, len(ax[2]), s)
+
+
+def _fine_coords(grid: Grid, box, s: int):
+    ax = grid.axes(box)
+    sub = (np.arange(s) + 0.5) / s - 0.5  # sub-voxel offsets in voxel units
+    return ax, [(a[:, None] + sp * sub[None, :]).ravel() for a, sp in zip(ax, grid.spacing)]
+
+
+def _ellipsoid_occupancy(grid: Grid, centre, axes_mm, rot, s: int):
+    """Supersampled occupancy of an ellipsoid: (index box, float32 fraction per voxel)."""
+    return _union_occupancy(grid, centre, [(np.zeros(3), axes_mm, rot)], s)
+
+
+def _union_occupancy(grid: Grid, centre, comps, s: int):
+    """Supersampled occupancy of a union of ellipsoids ``(offset_mm, axes_mm, rot)`` around
+    ``centre``: (index box, float32 fraction per voxel)."""
+    reach = max(float(np.linalg.norm(o)) + a.max() for o, a, _ in comps)
+    box = grid.box_around(centre, reach + max(grid.spacing))
+    ax, coords = _fine_coords(grid, box, s)
+    inside = None
+    for o, a, r in comps:
+        q = _quadratic_form(coords, np.asarray(centre) + o if o.any() else centre, a, r) <= 1.0
+        inside = q if inside is None else inside | q
+    inside = inside.reshape(len(ax[0]), s, len(ax[1]), s, len(ax[2]), s)
     return box, inside.mean(axis=(1, 3, 5), dtype=np.float64).astype(np.float32)
 
 
+def _unit_axes(elong: float, asym: float = 1.0) -> np.ndarray:
+    """Semi-axes of a unit-volume-radius ellipsoid (volume 4/3 pi) with that elongation."""
+    return np.array([elong ** (2 / 3), elong ** (-1 / 3) * asym, elong ** (-1 / 3) / asym])
+
+
+def _union_volume(comps, n: int = 48) -> float:
+    """Volume of a union of ellipsoids (offset, axes, rot), midpoint rule on an n^3 lattice."""
+    reach = max(float(np.linalg.norm(o)) + a.max() for o, a, _ in comps)
+    t = -reach + (np.arange(n) + 0.5) * (2 * reach / n)
+    inside = np.zeros((n, n, n), dtype=bool)
+    for o, a, r in comps:
+        inside |= _quadratic_form([t, t, t], o, a, r) <= 1.0
+    return float(inside.mean()) * (2 * reach) ** 3
+
+
+def _components(rng: np.random.Generator, shape: str, main_axes: np.ndarray) -> list:
+    """The ellipsoids of an ``irregular`` / ``confluent`` lesion in its unit frame (the main
+    ellipsoid: offset 0, ``main_axes``, identity), as (offset, axes, rot) triples.
+
+    Each extra ellipsoid is centred in a random direction ``u`` from a parent ellipsoid's
+    centre, at ``f`` times the parent's radius along ``u`` (its surface for f = 1), so the
+    union is connected:
+
+    * irregular: 2-4 ellipsoids; the extra ones are 0.4-0.7 of the main size, centred at
+      f = 0.9-1.15 from the main one (lobes at about the main radius);
+    * confluent: 3-7 ellipsoids of 0.55-0.9 of the main size, each centred at f = 0.9-1.15 from
+      a randomly chosen earlier one (merged plaques spread over about two radii).
+    """
+    comps = [(np.zeros(3), main_axes, np.eye(3))]
+    n = int(rng.integers(2, 5)) if shape == "irregular" else int(rng.integers(3, 8))
+    for _ in range(n - 1):
+        if shape == "irregular":
+            parent, size, f = comps[0], rng.uniform(0.4, 0.7), rng.uniform(0.9, 1.15)
+        else:
+            parent = comps[int(rng.integers(len(comps)))]
+            size, f = rng.uniform(0.55, 0.9), rng.uniform(0.9, 1.15)
+        u = rng.normal(size=3)
+        u /= np.linalg.norm(u)
+        p_off, p_axes, p_rot = parent
+        local = p_rot.T @ u
+        radius = 1.0 / np.sqrt(np.sum((local / p_axes) ** 2))  # parent's surface along u
+        comps.append((p_off + f * radius * u, size * _unit_axes(rng.uniform(1.0, 2.0)), random_rotation(rng)))
+    return comps
+
+
 def insert_ms_lesions(rng: np.random.Generator, subject: Subject, image: np.ndarray, means: dict,
-                      channels, opts: dict) -> tuple[np.ndarray, dict]:
-    """Place non-touching ovoid lesions; blend them into ``image`` in place; return (label, info).
+                      channels, opts: dict, *, shapes=SITE_DEFAULTS["lesion_shapes"],
+                      lesion_contrast=SITE_DEFAULTS["lesion_contrast"],
+                      rng_shape: np.random.Generator | None = None) -> tuple[np.ndarray, dict]:
+    """Place non-touching lesions; blend them into ``image`` in place; return (label, info).
 
     Centres are drawn with weight ``WM^2 * (3 exp(-d_vent / 8 mm) + 0.1)`` (periventricular
     and deep white matter); near the ventricles the long axis points away from them
@@ -78,6 +145,16 @@ def insert_ms_lesions(rng: np.random.Generator, subject: Subject, image: np.ndar
     voxel, touches another lesion's support, when it leaves the grid, when less than 70 % of
     it lies in GM+WM, or when its label (occupancy >= 0.5) is empty or not one 26-connected
     component; hence every lesion is exactly one connected component of the label.
+
+    ``shapes``: each lesion's shape is drawn uniformly from it (with ``rng_shape``, so the
+    default ``("ovoid",)`` draws nothing): "ovoid" (elongation 1-2), "irregular" and
+    "confluent" (unions of ellipsoids, see :func:`_components`, scaled to the drawn volume,
+    confluent ones to 2-4 times it, at most ``volume_range_mm3[1]``), "elongated"
+    (elongation 2.5-4, long axis along the gradient of the distance to the ventricles, i.e.
+    perpendicular to the ventricle wall, wherever there are ventricles).
+    ``lesion_contrast`` k scales the lesion's deviation from WM: intensity
+    ``WM (1 + k (u - 1))`` with ``u`` the per-lesion ratio (e.g. FLAIR 1.7-2.3), at least
+    0.05 WM.
     """
     grid = subject.grid
     n_req = _n_lesions(rng, opts["n_lesions"], opts["empty_fraction"])
@@ -102,23 +179,46 @@ def insert_ms_lesions(rng: np.random.Generator, subject: Subject, image: np.ndar
     vmax = opts["volume_range_mm3"][1]
     occupied = np.zeros(grid.shape, dtype=bool)  # supports of placed lesions, grown by one voxel
     s = int(opts["supersampling"])
+    shapes = tuple(shapes)
+    if len(shapes) > 1 or shapes[0] != "ovoid":
+        if rng_shape is None:
+            raise ValueError("lesion shapes other than 'ovoid' need rng_shape")
 
     for _ in range(n_req):
         volume = _volume(rng, opts["volume_median_mm3"], opts["volume_sigma"], vmin, vmax)
+        shape = shapes[0] if len(shapes) == 1 else shapes[int(rng_shape.integers(len(shapes)))]
+        target = volume
+        if shape == "confluent":
+            target = min(volume * float(rng_shape.uniform(2.0, 4.0)), vmax)
         for attempt in range(500):
             idx = np.unravel_index(int(np.searchsorted(cdf, rng.uniform(0.0, cdf[-1]), side="right")), grid.shape)
             centre = grid.world(np.asarray(idx) + rng.uniform(-0.5, 0.5, size=3))
             r = (3.0 * volume / (4.0 * np.pi)) ** (1.0 / 3.0)
             elong, asym = rng.uniform(1.0, 2.0), rng.uniform(0.85, 1.15)
+            if shape == "elongated":
+                elong = 2.5 + 1.5 * (elong - 1.0)  # U(2.5, 4) from the same draw
             axes_mm = r * np.array([elong ** (2 / 3), elong ** (-1 / 3) * asym, elong ** (-1 / 3) / asym])
             periventricular = bool(d_vent[idx] < 10.0)
             direction = None
-            if periventricular:
+            if periventricular or (shape == "elongated" and np.isfinite(d_vent[idx])):
                 g = np.array([_diff(d_vent, idx, d) for d in range(3)]) / np.asarray(grid.spacing)
                 if np.linalg.norm(g) > 1e-6:
-                    direction = g / np.linalg.norm(g) + rng.normal(0.0, 0.25, size=3)
+                    if shape == "elongated":  # always along the gradient, +-0.1 rad or so
+                        jitter = (0.4 * rng.normal(0.0, 0.25, size=3) if periventricular
+                                  else rng_shape.normal(0.0, 0.1, size=3))
+                        direction = g / np.linalg.norm(g) + jitter
+                    else:
+                        direction = g / np.linalg.norm(g) + rng.normal(0.0, 0.25, size=3)
             rot = random_rotation(rng, direction)
-            box, f = _ellipsoid_occupancy(grid, centre, axes_mm, rot, s)
+            if shape in ("irregular", "confluent"):
+                unit = _components(rng_shape, shape, axes_mm / r)
+                scale = r * (target / (r**3 * _union_volume(unit))) ** (1.0 / 3.0)
+                comps = [(scale * (rot @ o), scale * a, rot @ q) for o, a, q in unit]
+                axes_mm = comps[0][1]
+                box, f = _union_occupancy(grid, centre, comps, s)
+            else:
+                comps = None
+                box, f = _ellipsoid_occupancy(grid, centre, axes_mm, rot, s)
             if (f[[0, -1], :, :].any() or f[:, [0, -1], :].any() or f[:, :, [0, -1]].any()):
                 continue  # clipped by the grid border
             support = f > 0
@@ -137,12 +237,20 @@ def insert_ms_lesions(rng: np.random.Generator, subject: Subject, image: np.ndar
         values = {}
         for c, name in enumerate(channels):
             lo, hi = _LESION_VS_WM[name]
-            values[name] = float(wm_ref[name] * rng.uniform(lo, hi))
+            if lesion_contrast == 1.0:
+                values[name] = float(wm_ref[name] * rng.uniform(lo, hi))
+            else:
+                u = rng.uniform(lo, hi)
+                values[name] = float(wm_ref[name] * max(1.0 + lesion_contrast * (u - 1.0), 0.05))
             image[c][box] = (1.0 - f) * image[c][box] + f * values[name]
         info["lesions"].append({
+            "shape": shape,
+            "components": 1 if comps is None else len(comps),
+            "elongation": round(float(elong), 3),
             "centre_mm": np.round(centre, 2).tolist(),
             "axes_mm": np.round(axes_mm, 3).tolist(),
-            "volume_mm3": round(4.0 / 3.0 * np.pi * float(np.prod(axes_mm)), 3),
+            "volume_mm3": round(4.0 / 3.0 * np.pi * float(np.prod(axes_mm)) if comps is None else target, 3),
+            "intensity_vs_wm": {name: round(values[name] / wm_ref[name], 4) for name in channels},
             "label_volume_mm3": round(float(lab.sum()) * grid.voxel_volume, 3),
             "partial_volume_mm3": round(float(f.sum()) * grid.voxel_volume, 3),
             "periventricular": periventricular,

@@ -6,11 +6,14 @@ from dataclasses import dataclass
 
 import numpy as np
 from scipy import ndimage as ndi
+from scipy.special import ndtr
 
 from ._atlas import load_atlas, smoothed_maps
 from ._fields import FourierField, Grid
+from ._site import SITE_DEFAULTS
 
-__all__ = ["TISSUE_MEANS", "Subject", "make_subject", "synthesise_contrasts", "apply_artefacts"]
+__all__ = ["TISSUE_MEANS", "HEAD_MEANS", "HEAD_THICKNESS_MM", "Subject", "make_subject",
+           "synthesise_contrasts", "synthesise_head", "apply_artefacts"]
 
 # Mean intensity of (CSF, GM, WM) per contrast, arbitrary units (WM on T1 = 1).
 TISSUE_MEANS = {
@@ -19,6 +22,19 @@ TISSUE_MEANS = {
     "T2": (1.00, 0.60, 0.45),
     "FLAIR": (0.12, 0.75, 0.55),
 }
+# Mean intensity of (skull, scalp fat) per contrast, same units; used with ``skull_strip=False``.
+# Cortical bone is dark on every sequence; fat is bright on T1 and moderately bright on
+# (fast spin echo) T2 and FLAIR.
+HEAD_MEANS = {
+    "T1": (0.10, 1.30),
+    "T1c": (0.11, 1.30),
+    "T2": (0.08, 0.95),
+    "FLAIR": (0.06, 0.85),
+}
+# Thickness ranges (mm) of the skull and scalp shells; smooth random fields (40 mm length
+# scale) map into them, so each subject's thickness varies around the head.
+HEAD_THICKNESS_MM = {"skull": (4.0, 7.0), "scalp": (4.0, 8.0)}
+_HEAD_LENGTHSCALE_MM = 40.0
 
 
 @dataclass
@@ -88,46 +104,104 @@ def make_subject(rng: np.random.Generator, grid: Grid, *, rotation_deg=6.0, scal
     return Subject(grid, out[0], out[1], out[2], out[3], info)
 
 
-def synthesise_contrasts(rng: np.random.Generator, subject: Subject, channels, jitter=0.05):
+def synthesise_contrasts(rng: np.random.Generator, subject: Subject, channels,
+                         jitter=SITE_DEFAULTS["contrast_jitter"], contrast=SITE_DEFAULTS["tissue_contrast"]):
     """Partial-volume mixture of per-tissue means, jittered per subject.
 
+    ``contrast`` scales the differences of the (CSF, GM, WM) table means around their mean per
+    channel (1: the table); then each mean is multiplied by ``exp(N(0, jitter))``.
     Returns (image float32 (C, X, Y, Z), means {channel: (csf, gm, wm)}).
     """
     image = np.empty((len(channels), *subject.grid.shape), dtype=np.float32)
     means = {}
     for c, name in enumerate(channels):
-        mu = np.asarray(TISSUE_MEANS[name]) * np.exp(rng.normal(0.0, jitter, size=3))
+        table = np.asarray(TISSUE_MEANS[name])
+        if contrast != 1.0:
+            table = table.mean() + contrast * (table - table.mean())
+        mu = table * np.exp(rng.normal(0.0, jitter, size=3))
         means[name] = mu
         image[c] = mu[0] * subject.csf + mu[1] * subject.gm + mu[2] * subject.wm
     return image, means
 
 
+def synthesise_head(rng: np.random.Generator, image: np.ndarray, subject: Subject, channels,
+                    jitter=SITE_DEFAULTS["contrast_jitter"]) -> dict:
+    """In place: a dark skull shell and a bright scalp (fat) shell around the brain mask.
+
+    ``d`` = distance (mm) outside the brain mask's surface (Euclidean distance transform minus
+    half a voxel); skull where ``0 < d <= t_skull``, scalp where
+    ``t_skull < d <= t_skull + t_scalp``, air beyond; ``t = lo + (hi - lo) Phi(f)`` with ``f``
+    a smooth unit-variance field, ``Phi`` the normal CDF and (lo, hi) from
+    :data:`HEAD_THICKNESS_MM`.  Shell boundaries get a linear partial-volume falloff of one
+    voxel, and the shells fill the part of each voxel that is not brain tissue
+    (``1 - CSF - GM - WM``).  Means from :data:`HEAD_MEANS`, jittered like the tissues.
+    """
+    grid = subject.grid
+    axes = grid.axes()
+    h = float(np.mean(grid.spacing))
+    d = ndi.distance_transform_edt(~subject.brain_mask, sampling=grid.spacing).astype(np.float32) - 0.5 * h
+    thick = {}
+    for part, (lo, hi) in HEAD_THICKNESS_MM.items():
+        f = FourierField(rng, _HEAD_LENGTHSCALE_MM).on_axes(axes)
+        thick[part] = (lo + (hi - lo) * ndtr(f)).astype(np.float32)
+    outer_skull = thick["skull"]
+    outer_scalp = thick["skull"] + thick["scalp"]
+    f_in_skull = np.clip(0.5 - (d - outer_skull) / h, 0.0, 1.0)
+    f_in_scalp = np.clip(0.5 - (d - outer_scalp) / h, 0.0, 1.0)
+    rest = np.clip(1.0 - (subject.csf + subject.gm + subject.wm), 0.0, 1.0)
+    f_skull, f_scalp = rest * f_in_skull, rest * (f_in_scalp - f_in_skull)
+    info = {"skull_mm": [round(float(thick["skull"].min()), 2), round(float(thick["skull"].max()), 2)],
+            "scalp_mm": [round(float(thick["scalp"].min()), 2), round(float(thick["scalp"].max()), 2)],
+            "means": {}}
+    for c, name in enumerate(channels):
+        mu = np.asarray(HEAD_MEANS[name]) * np.exp(rng.normal(0.0, jitter, size=2))
+        image[c] += mu[0] * f_skull + mu[1] * f_scalp
+        info["means"][name] = np.round(mu, 4).tolist()
+    return info
+
+
 def apply_artefacts(rng: np.random.Generator, image: np.ndarray, subject: Subject, means: dict,
-                    *, bias=0.15, bias_lengthscale_mm=70.0, noise=(0.01, 0.04), blur=(0.3, 0.6)) -> dict:
-    """In place: multiplicative bias field, blur (PSF), Rician noise, skull strip, gain.
+                    *, bias=SITE_DEFAULTS["bias"], bias_lengthscale_mm=70.0, noise=SITE_DEFAULTS["noise"],
+                    blur=SITE_DEFAULTS["blur"], log_gain=SITE_DEFAULTS["log_gain"],
+                    slice_thickness_mm=SITE_DEFAULTS["slice_thickness_mm"],
+                    skull_strip=SITE_DEFAULTS["skull_strip"]) -> dict:
+    """In place: multiplicative bias field, blur (PSF and slice profile), Rician noise, skull
+    strip, gain.
 
     Per channel: ``exp(b(x))`` with ``b`` a smooth field of std up to ``bias``; a Gaussian
-    blur of ``blur`` voxels (same for all channels); Rician noise
+    blur of ``blur`` voxels (same for all channels); with ``slice_thickness_mm`` = T larger
+    than the spacing ``s_z`` along axis 2, an extra Gaussian along axis 2 of
+    FWHM ``sqrt(T^2 - s_z^2)``, so that with the resampling's anti-aliasing
+    (FWHM^2 = s_z^2 - 1 mm^2 on a 1 mm template) the slice profile has FWHM T (T < s_z, slice
+    gaps, is not modelled: the profile is then s_z); Rician noise
     ``sqrt((I + s n1)^2 + (s n2)^2)`` with ``s`` a fraction ``noise`` of the channel's brightest
-    tissue; voxels outside the brain mask set to 0 (skull-stripped, like BraTS/MSD);
-    a random gain ``exp(U(-0.2, 0.2))``.
+    tissue; with ``skull_strip`` voxels outside the brain mask set to 0 (like BraTS/MSD);
+    a random gain ``exp(U(*log_gain))``.
     """
     grid = subject.grid
     axes = grid.axes()
     mask = subject.brain_mask
     sigma_blur = float(rng.uniform(*blur))
     info = {"blur_vox": round(sigma_blur, 3), "bias_std": [], "noise_sigma": [], "gain": []}
+    sigma = sigma_blur
+    if slice_thickness_mm is not None:
+        sz = grid.spacing[2]
+        extra_vox = np.sqrt(max(slice_thickness_mm**2 - sz**2, 0.0)) / 2.355 / sz
+        if extra_vox > 0:
+            sigma = (sigma_blur, sigma_blur, float(np.hypot(sigma_blur, extra_vox)))
+        info["slice_fwhm_mm"] = round(float(max(slice_thickness_mm, sz)), 3)
     for c, name in enumerate(means):
         strength = float(rng.uniform(0.3, 1.0) * bias)
         field = FourierField(rng, bias_lengthscale_mm).on_axes(axes)
         sd = float(rng.uniform(*noise) * max(means[name]))
-        gain = float(np.exp(rng.uniform(-0.2, 0.2)))
+        gain = float(np.exp(rng.uniform(*log_gain)))
         n1 = rng.standard_normal(grid.shape, dtype=np.float32)
         n2 = rng.standard_normal(grid.shape, dtype=np.float32)
         x = image[c] * np.exp(strength * field)
-        x = ndi.gaussian_filter(x, sigma_blur, truncate=3.0)
+        x = ndi.gaussian_filter(x, sigma, truncate=3.0)
         x = np.sqrt((x + sd * n1) ** 2 + (sd * n2) ** 2)
-        x[~mask] = 0.0
+        if skull_strip:
+            x[~mask] = 0.0
         image[c] = gain * x
         info["bias_std"].append(round(strength, 4))
         info["noise_sigma"].append(round(sd * gain, 5))

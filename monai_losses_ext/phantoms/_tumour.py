@@ -6,6 +6,7 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from ._fields import FourierField, falloff_occupancy, random_rotation
+from ._site import SITE_DEFAULTS
 from ._subject import Subject
 
 __all__ = ["TUMOUR_DEFAULTS", "insert_tumour"]
@@ -28,8 +29,12 @@ _COMPARTMENTS = {
 
 
 def insert_tumour(rng: np.random.Generator, subject: Subject, image: np.ndarray, means: dict,
-                  channels, opts: dict) -> tuple[np.ndarray, dict]:
+                  channels, opts: dict, *, lesion_contrast=SITE_DEFAULTS["lesion_contrast"]
+                  ) -> tuple[np.ndarray, dict]:
     """Grow one tumour; blend it into ``image`` in place; return (label, info).
+
+    ``lesion_contrast`` k scales each compartment's deviation from WM: a compartment at
+    ``v`` times WM becomes ``1 + k (v - 1)`` times WM (at least 0.05).
 
     Geometry as signed-distance-like fields (mm, negative inside):
 
@@ -117,6 +122,9 @@ def insert_tumour(rng: np.random.Generator, subject: Subject, image: np.ndarray,
         anat = image[c][box]
         comp_i = {k: wm_ref[name] * v[name] * float(np.exp(rng.normal(0.0, 0.08)))
                   for k, v in _COMPARTMENTS.items()}
+        if lesion_contrast != 1.0:
+            comp_i = {k: wm_ref[name] * max(1.0 + lesion_contrast * (v / wm_ref[name] - 1.0), 0.05)
+                      for k, v in comp_i.items()}
         values[name] = {k: round(v, 4) for k, v in comp_i.items()}
         oedema = 0.3 * anat + 0.7 * comp_i["oedema"] * (1.0 + 0.08 * tex[0])
         enh = comp_i["enhancing"] * (1.0 + 0.12 * tex[1])
