@@ -41,7 +41,8 @@ __all__ = [
     "size_group_index",
     "size_group_counts",
     "lesion_wise_scores",
-    "case_metrics",
+    "score_case",
+    "pooled_size_sensitivity",
     "summarize",
     "LesionWiseF1Metric",
     "LesionF1",
@@ -140,7 +141,10 @@ def lesion_details(pred: Any, truth: Any, connectivity: int | None = None, min_s
 def lesion_counts(pred: Any, truth: Any, connectivity: int | None = None, min_size: int = 0) -> dict[str, int]:
     """Lesion-wise counts of one case: ``tp``, ``fp``, ``fn``, ``n_truth``, ``n_pred`` (see module doc and
     :func:`lesion_details`)."""
-    d = lesion_details(pred, truth, connectivity, min_size)
+    return _counts(lesion_details(pred, truth, connectivity, min_size))
+
+
+def _counts(d: Mapping[str, np.ndarray]) -> dict[str, int]:
     tp, n_truth = int(d["truth_detected"].sum()), int(d["truth_sizes"].size)
     return {"tp": tp, "fp": int(d["pred_false"].sum()), "fn": n_truth - tp, "n_truth": n_truth,
             "n_pred": int(d["pred_sizes"].size)}  # fmt: skip
@@ -188,39 +192,56 @@ def lesion_wise_scores(counts: Mapping[str, int]) -> dict[str, float]:
     return {"sensitivity": sens, "precision": prec, "f1": f1}
 
 
-def case_metrics(
+def score_case(
     pred: Any,
     truth: Any,
-    names: Sequence[str],
+    structures: Mapping[str, Sequence[int]],
     spacing: float | Sequence[float] | None = None,
+    size_edges: Sequence[int] = (10, 50),
     connectivity: int | None = None,
-    skip_first: bool = False,
 ) -> dict[str, float]:
-    """All metrics of one case. ``pred`` / ``truth``: binarised channels ``(C, *spatial)`` (one-hot classes or
-    region channels); ``names`` one per scored channel; ``skip_first``: channel 0 is background and is not
-    scored. Returns ``{"dice_<name>", "hd95_<name>", "lesion_sensitivity_<name>", "lesion_precision_<name>",
-    "lesion_f1_<name>", "n_truth_<name>", "n_pred_<name>"}``.
-    """
-    p = pred.detach().cpu().numpy() if isinstance(pred, torch.Tensor) else np.asarray(pred)
-    t = truth.detach().cpu().numpy() if isinstance(truth, torch.Tensor) else np.asarray(truth)
-    if p.shape != t.shape:
-        raise ValueError(f"pred has shape {p.shape} but truth has shape {t.shape}; both must be (C, *spatial)")
-    channels = list(range(1 if skip_first else 0, p.shape[0]))
-    if len(names) != len(channels):
-        raise ValueError(f"{len(names)} names {list(names)} for {len(channels)} scored channels of shape {p.shape}")
+    """Every metric of one case from two **label maps on the same grid** (index values, no channel), the one
+    scoring of the bundles' evaluation and of the benchmark. Per structure ``s`` (its label values, e.g.
+    ``{"lesion": [1]}`` or the BraTS regions ``{"TC": [1, 3], "WT": [1, 2, 3], "ET": [3]}``): voxel ``dice_s``,
+    ``hd95_s`` (mm with ``spacing``), lesion-wise ``f1_s``, ``sensitivity_s`` and ``precision_s``,
+    ``fp_lesions_s`` (predicted lesions touching no truth voxel), ``n_truth_s``, ``n_pred_s``, and per
+    lesion-size group ``g`` of :func:`size_group_labels` (truth-lesion size in voxels) ``truth_s_g`` /
+    ``detected_s_g`` / ``fp_s_g``."""
+    p_all, t_all = (x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x) for x in (pred, truth))
+    if p_all.shape != t_all.shape:
+        raise ValueError(f"prediction {p_all.shape} and label {t_all.shape} are not on the same grid")
     row: dict[str, float] = {}
-    for name, c in zip(names, channels):
-        pc, tc = p[c] > 0.5, t[c] > 0.5
-        counts = lesion_counts(pc, tc, connectivity=connectivity)
-        scores = lesion_wise_scores(counts)
-        row[f"dice_{name}"] = dice_score(pc, tc)
-        row[f"hd95_{name}"] = hd95(pc, tc, spacing)
-        row[f"lesion_sensitivity_{name}"] = scores["sensitivity"]
-        row[f"lesion_precision_{name}"] = scores["precision"]
-        row[f"lesion_f1_{name}"] = scores["f1"]
-        row[f"n_truth_{name}"] = counts["n_truth"]
-        row[f"n_pred_{name}"] = counts["n_pred"]
+    for s, values in structures.items():
+        p, t = np.isin(p_all, list(values)), np.isin(t_all, list(values))
+        d = lesion_details(p, t, connectivity=connectivity)
+        k = _counts(d)
+        sc = lesion_wise_scores(k)
+        row[f"dice_{s}"] = dice_score(p, t)
+        row[f"hd95_{s}"] = hd95(p, t, spacing)
+        row[f"f1_{s}"] = sc["f1"]
+        row[f"sensitivity_{s}"] = sc["sensitivity"]
+        row[f"precision_{s}"] = sc["precision"]
+        row[f"fp_lesions_{s}"] = k["fp"]
+        row[f"n_truth_{s}"] = k["n_truth"]
+        row[f"n_pred_{s}"] = k["n_pred"]
+        for g, c in size_group_counts(d, size_edges).items():
+            row[f"truth_{s}_{g}"] = c["n_truth"]
+            row[f"detected_{s}_{g}"] = c["detected"]
+            row[f"fp_{s}_{g}"] = c["false_positive"]
     return row
+
+
+def pooled_size_sensitivity(rows: Sequence[Mapping[str, Any]], structures: Sequence[str],
+                            size_edges: Sequence[int] = (10, 50)) -> dict[str, float]:  # fmt: skip
+    """Lesion sensitivity per size group pooled over the cases of :func:`score_case` rows:
+    ``{"sensitivity_<s>_<g>": detected / truth lesions of that group, NaN without any}``."""
+    out = {}
+    for s in structures:
+        for g in size_group_labels(size_edges):
+            n = sum(int(r.get(f"truth_{s}_{g}", 0)) for r in rows)
+            det = sum(int(r.get(f"detected_{s}_{g}", 0)) for r in rows)
+            out[f"sensitivity_{s}_{g}"] = det / n if n else float("nan")
+    return out
 
 
 def summarize(rows: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, float]]:

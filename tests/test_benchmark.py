@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 
 from monai_losses_ext import metrics as M
-from monai_losses_ext.benchmark import PRESETS, Study, bootstrap_ci, bootstrap_ratio_ci, paired_comparison, score_case
+from monai_losses_ext.metrics import score_case
+from monai_losses_ext.benchmark import PRESETS, Study, bootstrap_ci, bootstrap_ratio_ci, paired_comparison
 from monai_losses_ext.benchmark import quality as Q
 from monai_losses_ext.benchmark import speed as S
 from monai_losses_ext.benchmark.__main__ import main as cli

@@ -22,10 +22,9 @@ import torch
 
 from monai_losses_ext import bundle as bu
 
-from _bundle_data import BUNDLES, TINY, write_dataset
+from _bundle_data import BUNDLES, command, env, run, write_dataset
 
 pytestmark = pytest.mark.slow
-TESTS = Path(__file__).resolve().parent
 # a torch.save that dies half-way: the Nth checkpoint save writes half its bytes, then the process is killed
 KILL_IN_SAVE = '''
 import io, os, signal, torch
@@ -45,28 +44,6 @@ torch.save = _dying_save
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
     return write_dataset(tmp_path_factory.mktemp("data") / "lesion", "lesion", n=4)
-
-
-def command(root: Path, data_dir: Path, configs=("train.json",), task="lesion", **overrides) -> list[str]:
-    args = {**TINY, "dataset_dir": str(data_dir), "bundle_root": str(root), "max_cases": 3, "num_val": 1, **overrides}
-    return bu.bundle_command(BUNDLES[task], list(configs), args)
-
-
-def env(extra_path: Path | None = None, **kv) -> dict:
-    e = bu.child_env(threads=1)
-    e["PYTHONPATH"] = os.pathsep.join([p for p in (str(extra_path) if extra_path else "", str(TESTS), e.get("PYTHONPATH", "")) if p])
-    return {**e, **{k: str(v) for k, v in kv.items()}}
-
-
-def run(root, data_dir, configs=("train.json",), environ=None, expect_ok=True, **overrides) -> subprocess.CompletedProcess:
-    res = subprocess.run(command(root, data_dir, configs, **overrides), env=environ or env(), capture_output=True,
-                         text=True, timeout=300, cwd=str(BUNDLES["lesion"]))  # fmt: skip
-    out = res.stdout + res.stderr
-    if expect_ok:
-        assert res.returncode == 0, out[-4000:]
-    else:
-        assert res.returncode not in (0, -6, 134), out[-4000:]  # failed, but cleanly: no abort at exit
-    return res
 
 
 def history(root: Path) -> tuple[list[int], list[int]]:

@@ -115,17 +115,18 @@ def test_hd95_of_a_shifted_sphere(shift):
     assert M.hd95(a, b, spacing=(2.0, 1.0, 1.0), percentile=100) == pytest.approx(2 * shift)
 
 
-def test_case_metrics_and_summary():
+def test_score_case_counts_and_summary():
     t = two_lesions()
     p = ball(SHAPE, (8, 8, 8), 3)
-    onehot = lambda m: np.stack([~m, m]).astype(np.float32)  # noqa: E731
-    row = M.case_metrics(onehot(p), onehot(t), ["lesion"], spacing=1.0, skip_first=True)
-    assert set(row) == {
-        "dice_lesion", "hd95_lesion", "lesion_sensitivity_lesion", "lesion_precision_lesion", "lesion_f1_lesion",
-        "n_truth_lesion", "n_pred_lesion",
-    }  # fmt: skip
-    assert row["lesion_sensitivity_lesion"] == 0.5 and row["n_truth_lesion"] == 2
-    assert row["dice_lesion"] == pytest.approx(2 * p.sum() / (p.sum() + t.sum()))
+    row = M.score_case(p.astype(np.int64), t.astype(np.int64), {"lesion": [1]}, spacing=1.0)
+    assert row["sensitivity_lesion"] == 0.5 and row["n_truth_lesion"] == 2 and row["n_pred_lesion"] == 1
+    assert row["precision_lesion"] == 1.0 and row["fp_lesions_lesion"] == 0
+    assert row["dice_lesion"] == pytest.approx(2 * (p & t).sum() / (p.sum() + t.sum()))
+    pooled = M.pooled_size_sensitivity([row, row], ["lesion"], (10, 50))
+    counts = M.size_group_counts(M.lesion_details(p, t), (10, 50))
+    for g, c in counts.items():
+        want = c["detected"] / c["n_truth"] if c["n_truth"] else float("nan")
+        assert pooled[f"sensitivity_lesion_{g}"] == pytest.approx(want, nan_ok=True)
     s = M.summarize([{"a": 1.0, "b": float("nan")}, {"a": 3.0, "b": 2.0}])
     assert s["a"]["mean"] == 2.0 and s["a"]["std"] == 1.0 and s["a"]["n"] == 2
     assert s["b"]["mean"] == 2.0 and s["b"]["n_nan"] == 1

@@ -466,3 +466,77 @@ def test_validate_labeld_refuses_an_image_label_affine_mismatch():
     near = aff.clone()
     near[0, 3] = 1e-4  # header rounding
     ValidateLabeld("label", num_classes=2, image_key="image")({"image": image, "label": MetaTensor(torch.zeros(1, 4, 4, 4), affine=near)})
+
+
+# -- intensity: image-derived foreground, percentile clipping + z-score; spacing check ---------------------------
+def test_otsu_threshold_separates_two_modes():
+    from monai_losses_ext.transforms import otsu_threshold
+
+    rng = np.random.default_rng(0)
+    v = np.concatenate([rng.normal(0.1, 0.03, 5000), rng.normal(1.0, 0.1, 3000)])
+    t = otsu_threshold(v)
+    assert ((v > t) != (np.arange(v.size) >= 5000)).mean() < 0.01  # separates the two modes
+    assert otsu_threshold(np.full(10, 3.0)) == 3.0
+
+
+def test_foreground_normalize_nonzero_is_monais_nonzero_channel_wise():
+    from monai.transforms import NormalizeIntensity
+
+    from monai_losses_ext.transforms import ForegroundNormalize
+
+    rng = np.random.default_rng(1)
+    x = np.zeros((2, 16, 16, 16), np.float32)
+    x[:, 3:12, 4:13, 2:14] = rng.uniform(1, 5, (2, 9, 9, 12))
+    x[1, :, :, :3] = 0  # a channel with its own zeros
+    ours = ForegroundNormalize("nonzero")(torch.from_numpy(x))
+    ref = NormalizeIntensity(nonzero=True, channel_wise=True)(torch.from_numpy(x))
+    torch.testing.assert_close(ours, ref, atol=1e-5, rtol=1e-5)
+
+
+def test_foreground_normalize_holds_with_and_without_skull_stripping():
+    """The same phantom skull-stripped (zeros outside the brain) and not (skull, scalp, noisy air): with the
+    image-derived foreground the brain and lesion intensities after normalisation nearly agree; MONAI's nonzero
+    rule, whose foreground is every voxel of the unstripped image, moves the brain by about one standard deviation."""
+    from monai_losses_ext.phantoms import generate_case
+    from monai_losses_ext.transforms import ForegroundMask, ForegroundNormalize
+
+    stripped = generate_case("lesion", 0, 1, spacing=3.0)
+    head = generate_case("lesion", 0, 1, spacing=3.0, skull_strip=False)
+    assert (head.image != 0).all() and np.array_equal(stripped.label, head.label)
+    brain, lesion = stripped.image[0] > 0, stripped.label > 0
+    fg = ForegroundMask()(head.image)[0]
+    assert fg[brain].mean() > 0.95 and fg.sum() > 1.1 * brain.sum()  # the head: brain (less dark sulcal CSF) and scalp
+    shift = {}
+    for method in ("otsu", "nonzero"):
+        a, b = ForegroundNormalize(method)(stripped.image), ForegroundNormalize(method)(head.image)
+        shift[method] = max(abs(float(a[c][brain].mean() - b[c][brain].mean())) for c in range(2))
+        shift[method + "_lesion"] = abs(float(a[0][lesion].mean() - b[0][lesion].mean()))
+    assert shift["otsu"] < 0.4 and shift["otsu_lesion"] < 0.2
+    assert shift["nonzero"] > 0.8  # what the bundles did before, on an image that is not skull-stripped
+
+
+def test_foreground_normalize_refuses_non_finite_and_empty_images():
+    from monai_losses_ext.transforms import ForegroundNormalize
+
+    x = MetaTensor(torch.ones(1, 8, 8, 8), meta={"filename_or_obj": "/data/flat.nii.gz"})
+    with pytest.raises(ValueError, match="flat.nii.gz: channel 0 has no foreground"):
+        ForegroundNormalize()(x)
+    y = torch.rand(1, 8, 8, 8)
+    y[0, 1, 1, 1] = float("nan")
+    with pytest.raises(ValueError, match="1 NaN/Inf voxels"):
+        ForegroundNormalize()(y)
+    with pytest.raises(ValueError, match="foreground method 'otsu2'"):
+        ForegroundNormalize("otsu2")
+
+
+def test_validate_spacing_names_the_file_and_the_range():
+    from monai_losses_ext.transforms import ValidateSpacingd
+
+    img = MetaTensor(torch.zeros(1, 4, 4, 4), affine=torch.diag(torch.tensor([0.001, 0.001, 0.002, 1.0])),
+                     meta={"filename_or_obj": "/data/case_7.nii.gz"})  # fmt: skip
+    with pytest.raises(ValueError, match=r"case_7.nii.gz has voxel spacing \[0.001, 0.001, 0.002\] mm, outside the sane range 0.1-10 mm"):
+        ValidateSpacingd("image")({"image": img})
+    ok = MetaTensor(torch.zeros(1, 4, 4, 4), affine=torch.diag(torch.tensor([1.0, 1.0, 3.0, 1.0])))
+    assert ValidateSpacingd("image")({"image": ok})["image"] is ok
+    with pytest.raises(ValueError, match="0 < lowest < highest"):
+        ValidateSpacingd("image", spacing_range=(2.0, 1.0))

@@ -10,8 +10,8 @@ Two parts (``speed``, ``quality``; both by default):
   (:mod:`.report`). Resumable.
 """
 
-from .quality import PRESETS, Preset, Study, score_case, structures_of
+from .quality import PRESETS, Preset, Study
 from .stats import bootstrap_ci, bootstrap_ratio_ci, paired_comparison
 
-__all__ = ["PRESETS", "Preset", "Study", "score_case", "structures_of", "bootstrap_ci", "bootstrap_ratio_ci",
+__all__ = ["PRESETS", "Preset", "Study", "bootstrap_ci", "bootstrap_ratio_ci",
            "paired_comparison"]

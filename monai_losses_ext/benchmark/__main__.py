@@ -14,6 +14,7 @@ EPILOG = """examples:
   python -m monai_losses_ext.benchmark quality --preset gpu # the larger study on a GPU
   python -m monai_losses_ext.benchmark quality --data /data/Task01_BrainTumour --task tumour --num-test 40
   python -m monai_losses_ext.benchmark quality --losses dice_ce focal_tversky --seeds 0 1 2
+  python -m monai_losses_ext.benchmark quality --preset demo --out runs/recipe/new   # in-domain vs shifted sites
   python -m monai_losses_ext.benchmark quality --data /data/MyLesions --bundle-args "{'in_channels': 1, 'label_remap': {255: 1}}"
   python -m monai_losses_ext.benchmark speed --device cuda --size 128 --amp
 
@@ -45,6 +46,8 @@ def parser() -> argparse.ArgumentParser:
     q.add_argument("--num-test", type=int, help="last N labelled cases: the test set")
     q.add_argument("--num-val", type=int, help="validation cases (checkpoint choice), before the test cases")
     q.add_argument("--size-edges", nargs="+", type=int, help="lesion-size group edges in voxels (default 10 50)")
+    q.add_argument("--sites", nargs="*", help="shifted phantom sites every model is also scored on, e.g. scanner site_c")
+    q.add_argument("--num-site-cases", type=int, help="phantoms per shifted site (default 12)")
     q.add_argument("--threads", type=int, help="CPU threads per run (0: all)")
     q.add_argument("--n-boot", type=int, default=2000, help="bootstrap resamples (default 2000)")
     q.add_argument("--bundles", type=Path, help="the bundles/ folder (default: this checkout's)")
@@ -81,6 +84,7 @@ def study_from_args(a):
         "losses": a.losses, "seeds": a.seeds, "epochs": a.epochs, "num_cases": a.num_cases, "num_test": a.num_test,
         "num_val": a.num_val, "threads": a.threads, "baseline": a.baseline,
         "size_edges": tuple(a.size_edges) if a.size_edges else None,
+        "sites": tuple(a.sites) if a.sites is not None else None, "num_site_cases": a.num_site_cases,
     }.items() if v is not None}  # fmt: skip
     if a.bundle_args:
         changes["schedule"] = {**PRESETS[a.preset].schedule, **a.bundle_args}

@@ -7,6 +7,12 @@ cases (never seen in training or model selection); of the others, the bundle hol
 for validation (it keeps the checkpoint with the best validation Dice) and trains on the rest. Every run
 sees the same splits; seeds change the network's initialisation and the patch sampling.
 
+Site shift: with ``sites`` (names of :data:`monai_losses_ext.phantoms.SITES`, e.g. ``scanner``, ``site_c``), every
+trained model is also scored on ``num_site_cases`` fresh phantoms of each shifted site (their own seed, so no
+subject shares a training case's anatomy), through the bundle's inference and the same scoring; the report puts
+the in-domain test cases and the sites side by side. A site added later is scored for the stored runs without
+training them again.
+
 Resumable: each run lives in ``<out>/runs/<loss>/seed<k>/`` with its settings (``run.json``) and, once
 scored, its per-case metrics (``result.json``). Running the command again skips scored runs, continues an
 interrupted training from its last epoch checkpoint, and starts over a run whose settings changed.
@@ -27,9 +33,12 @@ from typing import Any
 import numpy as np
 
 from .. import metrics as M
-from ..bundle import atomic_write_json, bundle_dir, case_name, child_env, msd_datalist, read_history, run_bundle, tumour_regions
+from ..bundle import (
+    atomic_write_json, bundle_dir, case_name, child_env, msd_datalist, read_history, run_bundle, score_label_file,
+    structures_of,
+)  # fmt: skip
 
-__all__ = ["Preset", "PRESETS", "Study", "structures_of", "score_case"]
+__all__ = ["Preset", "PRESETS", "Study"]
 
 # The schedule of the CPU preset (and of scripts/demo.py): a few minutes per run on 2 CPU cores.
 CPU_SCHEDULE = {
@@ -55,6 +64,8 @@ class Preset:
     threads: int = 2
     baseline: str = "monai.losses.DiceLoss"
     size_edges: tuple[int, ...] = (10, 50)
+    sites: tuple[str, ...] = ()  # shifted phantom sites every model is also scored on
+    num_site_cases: int = 12
 
 
 PRESETS: dict[str, Preset] = {
@@ -71,6 +82,12 @@ PRESETS: dict[str, Preset] = {
         schedule={**CPU_SCHEDULE, "patch_size": [96, 96, 96], "channels": [32, 64, 128, 256], "num_res_units": 2,
                   "num_samples": 4, "learning_rate": 0.002, "val_interval": 10, "num_workers": 4},
     ),
+    # the demo's budget (scripts/demo.py: 40 epochs on 20 training phantoms at 1.5 mm), scored in-domain and on two
+    # shifted sites: the recipe comparison of README's site-shift table (about 6 min per run on 2 CPU cores)
+    "demo": Preset(
+        losses=["dice_ce"], seeds=[0, 1], epochs=40, num_cases=40, num_test=16, num_val=4, spacing=1.5,
+        schedule=CPU_SCHEDULE, baseline="dice_ce", sites=("scanner", "site_c"), num_site_cases=16,
+    ),
     # seconds: a smoke test of the whole pipeline (tests use it)
     "tiny": Preset(
         losses=["monai.losses.DiceLoss", "dice_ce"], seeds=[0], epochs=2, num_cases=5, num_test=2, num_val=1,
@@ -86,49 +103,13 @@ def slug(loss: str) -> str:
     return re.sub(r"[^A-Za-z0-9_]+", "_", loss).strip("_")
 
 
-def structures_of(dataset_dir: str | Path, task: str) -> dict[str, list[int]]:
-    """What is scored, as label values read from the label maps: for ``lesion`` each foreground label of
-    ``dataset.json`` (``{"lesion": [1]}`` for a binary task); for ``tumour`` the BraTS regions TC, WT, ET."""
-    if task == "tumour":
-        return dict(zip(("TC", "WT", "ET"), tumour_regions(str(dataset_dir))))
-    meta = json.loads((Path(dataset_dir) / "dataset.json").read_text())
-    labels = {int(k): str(v) for k, v in (meta.get("labels") or {}).items() if str(k).lstrip("-").isdigit() and int(k)}
-    if not labels:
-        return {"lesion": [1]}
-    return {re.sub(r"\W+", "_", name.strip().lower()) or f"label{v}": [v] for v, name in sorted(labels.items())}
+def site_seed(site: str) -> int:
+    """The generator seed of a shifted site's test phantoms: distinct from the training data's (0)."""
+    from ..phantoms import SITES
 
-
-def score_case(
-    pred: np.ndarray,
-    truth: np.ndarray,
-    structures: dict[str, list[int]],
-    spacing,
-    size_edges=(10, 50),
-    connectivity: int | None = None,
-) -> dict[str, float]:
-    """Every metric of one test case from two label maps on the same grid: per structure ``s`` voxel
-    ``dice_s``, ``hd95_s`` (mm), lesion-wise ``f1_s`` and ``sensitivity_s``, ``fp_lesions_s`` (predicted
-    lesions touching no truth voxel), ``n_truth_s``, and per lesion-size group ``g`` (truth-lesion size in
-    voxels) ``truth_s_g`` / ``detected_s_g`` / ``fp_s_g``."""
-    if pred.shape != truth.shape:
-        raise ValueError(f"prediction {pred.shape} and label {truth.shape} are not on the same grid")
-    row: dict[str, float] = {}
-    for s, values in structures.items():
-        p, t = np.isin(pred, values), np.isin(truth, values)
-        d = M.lesion_details(p, t, connectivity=connectivity)
-        k = M.lesion_counts(p, t, connectivity=connectivity)
-        sc = M.lesion_wise_scores(k)
-        row[f"dice_{s}"] = M.dice_score(p, t)
-        row[f"hd95_{s}"] = M.hd95(p, t, spacing)
-        row[f"f1_{s}"] = sc["f1"]
-        row[f"sensitivity_{s}"] = sc["sensitivity"]
-        row[f"fp_lesions_{s}"] = k["fp"]
-        row[f"n_truth_{s}"] = k["n_truth"]
-        for g, c in M.size_group_counts(d, size_edges).items():
-            row[f"truth_{s}_{g}"] = c["n_truth"]
-            row[f"detected_{s}_{g}"] = c["detected"]
-            row[f"fp_{s}_{g}"] = c["false_positive"]
-    return row
+    if site not in SITES:
+        raise ValueError(f"unknown site {site!r}: use one of {sorted(SITES)}")
+    return 1000 + sorted(SITES).index(site)
 
 
 def _write_json(path: Path, obj: Any) -> None:
@@ -156,6 +137,8 @@ class Study:
         if len(set(self.preset.losses)) != len(self.preset.losses) or len(set(self.preset.seeds)) != len(self.preset.seeds):
             raise ValueError(f"losses {self.preset.losses} and seeds {self.preset.seeds} must not repeat")
         M.size_group_labels(self.preset.size_edges)  # validates the edges early
+        for site in self.preset.sites:
+            site_seed(site)  # validates the names early
 
     # -- data ------------------------------------------------------------------------------------------
     def dataset_dir(self) -> Path:
@@ -174,6 +157,25 @@ class Study:
             tmp = d.with_name(d.name + ".partial")
             shutil.rmtree(tmp, ignore_errors=True)
             write_dataset(str(tmp), self.task, p.num_cases, seed=0, spacing=p.spacing,
+                          workers=p.threads or os.cpu_count() or 1, progress=False, **p.phantom_options)  # fmt: skip
+            os.replace(tmp, d)
+        return d
+
+    def site_dir(self, site: str) -> Path:
+        p = self.preset
+        return self.out / "data" / f"{self.task}_{site}_{p.num_site_cases}cases_seed{site_seed(site)}"
+
+    def ensure_site_data(self, site: str) -> Path:
+        """The shifted site's test phantoms (generated once; the site's own resolution)."""
+        d = self.site_dir(site)
+        if not (d / "dataset.json").exists():
+            from ..phantoms import write_dataset
+
+            p = self.preset
+            self.log(f"generating {p.num_site_cases} {self.task} phantoms of site '{site}' into {d}")
+            tmp = d.with_name(d.name + ".partial")
+            shutil.rmtree(tmp, ignore_errors=True)
+            write_dataset(str(tmp), self.task, p.num_site_cases, seed=site_seed(site), site=site,
                           workers=p.threads or os.cpu_count() or 1, progress=False, **p.phantom_options)  # fmt: skip
             os.replace(tmp, d)
         return d
@@ -221,7 +223,7 @@ class Study:
         """Train, predict and score one run; returns ``(result, was_stored)``."""
         stored = self.load_result(loss, seed)
         if stored is not None:
-            return stored, True
+            return self.score_sites(loss, seed, stored), True
         settings = self.settings(loss, seed)
         fp = self.fingerprint(settings)
         rd = self.run_dir(loss, seed)
@@ -269,35 +271,49 @@ class Study:
             "cases": self.score_predictions(rd / "test_pred", test),
         }  # fmt: skip
         _write_json(rd / "result.json", result)
-        return result, False
+        return self.score_sites(loss, seed, result), False
 
-    def score_predictions(self, pred_dir: Path, test: list[dict]) -> list[dict]:
+    def score_sites(self, loss: str, seed: int, result: dict) -> dict:
+        """Adds to ``result`` (and its file) the scores of each shifted site it lacks: the bundle's inference on
+        every case of the site's phantoms, scored like the test cases."""
+        missing = [s for s in self.preset.sites if s not in result.get("sites", {})]
+        if not missing:
+            return result
+        p, rd = self.preset, self.run_dir(loss, seed)
+        bundle, env = bundle_dir(self.task, self.bundles), child_env(p.threads)
+        for site in missing:
+            data = self.ensure_site_data(site)
+            cases = msd_datalist(str(data), "all", task=self.task)
+            infer = {**p.schedule, "bundle_root": str(rd), "dataset_dir": str(data),
+                     "datalist": [{"image": c["image"]} for c in cases], "output_dir": str(rd / f"pred_{site}"),
+                     "num_threads": p.threads}  # fmt: skip
+            secs = run_bundle(bundle, ["inference.json"], infer, rd / f"inference_{site}.log", env)
+            result.setdefault("sites", {})[site] = self.score_predictions(rd / f"pred_{site}", cases, data)
+            result["infer_seconds"] = round(result["infer_seconds"] + secs, 1)
+            _write_json(rd / "result.json", result)
+        return result
+
+    def score_predictions(self, pred_dir: Path, test: list[dict], dataset_dir: Path | None = None) -> list[dict]:
+        """Each test case's prediction file scored against its label file with the bundles' own scoring
+        (:func:`~monai_losses_ext.bundle.score_label_file`: the training's label remap, the file's grid)."""
         import nibabel as nib
 
-        from ..transforms import ValidateLabel
-
-        structures = structures_of(self.dataset_dir(), self.task)
-        known = sorted({0, *(v for values in structures.values() for v in values)})
-        # the bundle's own label check: the same remap as the training, then the values dataset.json names
-        check = ValidateLabel(labels=known, remap=self.preset.schedule.get("label_remap") or None)
+        structures = structures_of(str(dataset_dir or self.dataset_dir()), self.task)
+        remap = self.preset.schedule.get("label_remap") or None
         rows = []
         for c in test:
             name = case_name(c["image"])
             pred_path = pred_dir / f"{name}_seg.nii.gz"
             if not pred_path.exists():
                 raise FileNotFoundError(f"inference wrote no prediction for test case {name} ({pred_path})")
-            lab = nib.load(c["label"])
+            pred = np.asarray(nib.load(str(pred_path)).dataobj)
             try:
-                truth = check(np.asarray(lab.dataobj), name=str(c["label"])).astype(np.int64)
+                rows.append(score_label_file(pred, c["label"], structures, remap, self.preset.size_edges))
             except ValueError as err:
                 raise ValueError(
                     f"{str(err).rstrip('.')}. In the benchmark a remap is given with --bundle-args "
                     "\"{'label_remap': {255: 1}}\" (the training and the scoring both apply it)."
                 ) from None
-            pred = np.asarray(nib.load(str(pred_path)).dataobj).astype(np.int64)
-            truth, pred = truth.reshape(truth.shape[:3]), pred.reshape(pred.shape[:3])
-            spacing = [float(z) for z in lab.header.get_zooms()[:3]]
-            rows.append({"case": name, **score_case(pred, truth, structures, spacing, self.preset.size_edges)})
         return rows
 
     def run(self, progress: bool = True) -> dict[tuple[str, int], dict]:

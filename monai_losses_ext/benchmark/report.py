@@ -38,7 +38,7 @@ def summarize(results: dict, losses, seeds, structures, size_edges, baseline: st
             for loss in losses:
                 mean, lo, hi = bootstrap_ci(arr[loss], n_boot=n_boot)
                 row = {"structure": s, "loss": loss, "metric": prefix, "value": mean, "low": lo, "high": hi,
-                       "n_undefined": int(np.isnan(arr[loss]).sum())}  # fmt: skip
+                       "n_undefined": int(np.isnan(arr[loss]).sum()), "n_cases": int(arr[loss].shape[1])}  # fmt: skip
                 if prefix in PAIRED and loss != baseline:
                     pc = paired_comparison(arr[loss], arr[baseline], n_boot=n_boot)
                     row.update(diff=pc.diff, diff_low=pc.low, diff_high=pc.high, p_value=pc.p_value,
@@ -103,8 +103,34 @@ def markdown(rows: list[dict], losses, structures, size_edges, baseline: str, tr
     return "\n".join(out)
 
 
-def write_csvs(out: Path, results: dict, losses, seeds, rows: list[dict]) -> None:
-    with open(out / "cases.csv", "w", newline="") as f:
+def site_markdown(tables: dict[str, list[dict]], losses, structures, size_edges) -> str:
+    """One table per structure: every loss on the in-domain test cases and on each shifted site, mean [95% CI]."""
+    groups = M.size_group_labels(size_edges)
+    out = []
+    for s in structures:
+        head = ["loss", "test set", "cases", "Dice", "lesion F1", "FP lesions / case"]
+        head += [f"sensitivity {g} vox" for g in groups] + ["HD95 mm"]
+        out += [f"### {s}: in-domain test cases vs shifted sites, mean [95% CI]", "",
+                "| " + " | ".join(head) + " |", "|---" * len(head) + "|"]  # fmt: skip
+        for loss in losses:
+            for name, rows in tables.items():
+                get = {(r["structure"], r["loss"], r["metric"]): r for r in rows}
+                cells = [f"`{loss}`", name, str(get[(s, loss, "dice")].get("n_cases", ""))]
+                for m in ("dice", "f1", "fp_lesions", *[f"sensitivity_{g}" for g in groups], "hd95"):
+                    r = get[(s, loss, m)]
+                    cells.append(_ci(r["value"], r["low"], r["high"], 1 if m == "hd95" else 2 if m == "fp_lesions" else 3))
+                out.append("| " + " | ".join(cells) + " |")
+        out.append("")
+    return "\n".join(out)
+
+
+def site_results(results: dict, site: str) -> dict:
+    """The results with a shifted site's case rows in place of the test cases."""
+    return {k: {**r, "cases": r["sites"][site]} for k, r in results.items()}
+
+
+def write_csvs(out: Path, results: dict, losses, seeds, rows: list[dict], suffix: str = "") -> None:
+    with open(out / f"cases{suffix}.csv", "w", newline="") as f:
         first = results[(losses[0], seeds[0])]["cases"][0]
         cols = ["loss", "seed", *first.keys()]
         w = csv.DictWriter(f, fieldnames=cols)
@@ -113,9 +139,9 @@ def write_csvs(out: Path, results: dict, losses, seeds, rows: list[dict]) -> Non
             for s in seeds:
                 for c in results[(loss, s)]["cases"]:
                     w.writerow({"loss": loss, "seed": s, **c})
-    cols = ["structure", "loss", "metric", "value", "low", "high", "n_undefined", "n_lesions", "diff", "diff_low",
+    cols = ["structure", "loss", "metric", "value", "low", "high", "n_undefined", "n_cases", "n_lesions", "diff", "diff_low",
             "diff_high", "p_value", "higher", "equal", "lower"]  # fmt: skip
-    with open(out / "summary.csv", "w", newline="") as f:
+    with open(out / f"summary{suffix}.csv", "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=cols)
         w.writeheader()
         for r in rows:
@@ -181,14 +207,19 @@ def write_report(study, results: dict, command: str, n_boot: int = 2000) -> Path
     import monai
     import torch
 
-    from .quality import structures_of
+    from ..bundle import structures_of
 
     p = study.preset
     losses, seeds = p.losses, p.seeds
-    structures = list(structures_of(study.dataset_dir(), study.task))
+    structures = list(structures_of(str(study.dataset_dir()), study.task))
     rows = summarize(results, losses, seeds, structures, p.size_edges, p.baseline, n_boot)
     write_csvs(study.out, results, losses, seeds, rows)
     figs = plots(study.out, results, losses, seeds, structures, p.size_edges, rows, p.baseline)
+    tables = {"in-domain test": rows}
+    for site in p.sites:
+        tables[f"site `{site}`"] = summarize(site_results(results, site), losses, seeds, structures, p.size_edges,
+                                             p.baseline, n_boot)  # fmt: skip
+        write_csvs(study.out, site_results(results, site), losses, seeds, tables[f"site `{site}`"], suffix=f"_{site}")
     train_min = {loss: np.mean([results[(loss, s)]["train_seconds"] for s in seeds]) / 60 for loss in losses}
     # the runs' own times, stored with each run, so a resumed study reports the same total
     run_min = sum(r["train_seconds"] + r["infer_seconds"] for r in results.values()) / 60
@@ -206,6 +237,9 @@ def write_report(study, results: dict, command: str, n_boot: int = 2000) -> Path
         "truth lesions of all cases (detected / total, size in voxels of the truth lesion). HD95 is undefined "
         "(skipped, counted) when a case has an empty prediction or truth for that structure.", "",
         markdown(rows, losses, structures, p.size_edges, p.baseline, train_min),
+        *([f"## Site shift: the same models on phantoms of other sites ({', '.join(p.sites)}; "
+           f"{p.num_site_cases} cases each; parameters in docs/phantoms.md)", "",
+           site_markdown(tables, losses, structures, p.size_edges)] if p.sites else []),
         *[f"![{f.stem}]({f.name})" for f in figs], "",
         "How to read it: intervals that overlap heavily mean the study cannot tell the losses apart at this size; "
         "the paired differences are the sharper test because every loss is scored on the same cases. A loss that "

@@ -11,7 +11,9 @@ package (``"$monai_losses_ext.bundle.msd_datalist(...)"``, ``{"_target_": "monai
 :mod:`.rundir`      the run folder: lock, writability, fresh run vs resume, the previous run moved aside
 :mod:`.checkpoint`  atomic checkpoints, resume from the newest loadable one, the best model across resumes
 :mod:`.history`     ``history.jsonl``, one record per epoch and validation, cut back on resume
-:mod:`.evaluation`  per-case metrics CSV / summary, per-channel metric selection
+:mod:`.recipe`      the target spacing (training median, stored with the model) and the augmentation presets
+:mod:`.evaluation`  scoring predictions against the label files on their own grids (evaluate and benchmark),
+                    per-channel metric selection
 :mod:`.metadata`    the required fields of ``metadata.json``
 :mod:`.runner`      ``python -m monai.bundle run`` in a child process (demo, benchmark, tests)
 ==================  ===================================================================================
@@ -36,9 +38,20 @@ from .data import (
     check_modalities,
     msd_datalist,
     resolve_device,
+    structures_of,
     tumour_regions,
 )
-from .evaluation import CaseMetricsWriter, select_channel
+from .evaluation import CaseScorer, read_label, score_label_file, select_channel, summarize_scores
+from .recipe import (
+    AUGMENTATION_DEFAULTS,
+    AUGMENTATION_PRESETS,
+    augmentation_settings,
+    augmentations,
+    crop_size,
+    file_spacing,
+    target_spacing,
+    trained_spacing,
+)
 from .handlers import EpochProgress, close_process_group, is_distributed, is_rank_zero, StopOnNaNLoss, TrainingDivergedError, ValidateLastEpoch, summary_writer
 from .history import TrainHistory, ValHistory, read_history, truncate_history
 from .loss import LabelMaps, LossWithMaps, build_loss, label_map_transforms, loss_map_keys
@@ -47,11 +60,13 @@ from .rundir import RunDir, RunLockedError
 from .runner import bundle_command, bundle_dir, child_env, config_files, root_cause, run_bundle, shown
 
 __all__ = [
-    "BestModelSaver", "CaseDataset", "CaseError", "CaseMetricsWriter", "CheckpointError", "Checkpointer",
+    "AUGMENTATION_DEFAULTS", "AUGMENTATION_PRESETS", "BestModelSaver", "CaseDataset", "CaseError", "CaseScorer", "CheckpointError", "Checkpointer",
     "DatasetNotFoundError", "EpochProgress", "LabelMaps", "LossWithMaps", "REQUIRED_METADATA", "RunDir",
     "RunLockedError", "StopOnNaNLoss", "TrainHistory", "TrainingDivergedError", "ValHistory", "ValidateLastEpoch",
     "atomic_save", "atomic_write", "atomic_write_json", "build_loss", "bundle_command", "bundle_dir", "case_name", "check_metadata", "check_modalities", "close_process_group", "is_distributed", "is_rank_zero",
     "checkpoint_epoch", "child_env", "config_files", "label_map_transforms", "list_checkpoints", "load_checkpoint",
     "loss_map_keys", "msd_datalist", "read_history", "resolve_device", "root_cause", "run_bundle", "select_channel",
-    "shown", "summary_writer", "truncate_history", "tumour_regions",
+    "shown", "summary_writer", "truncate_history", "tumour_regions", "augmentation_settings", "augmentations",
+    "crop_size", "file_spacing", "read_label", "score_label_file", "structures_of", "summarize_scores",
+    "target_spacing", "trained_spacing",
 ]  # fmt: skip

@@ -278,10 +278,14 @@ class BestModelSaver:
     """Evaluator handler: after each validation, when ``metric`` (default: the evaluator's key metric) beats
     the best of every earlier epoch of this run (``run_dir.best``, restored on resume), write the network's
     weights atomically to ``<ckpt_dir>/model.pt`` (a plain state_dict, DDP wrapper removed, as MONAI's
-    ``CheckpointLoader`` reads it) and ``model.json`` (``{"metric", "value", "epoch"}``). Rank 0 only."""
+    ``CheckpointLoader`` reads it) and ``model.json`` (``{"metric", "value", "epoch", "args"}``: ``args`` are the
+    run arguments the model was trained with, among them the target spacing evaluation and inference resample
+    to). Rank 0 only."""
 
-    def __init__(self, run_dir, network: torch.nn.Module, metric: str | None = None, filename: str = "model.pt") -> None:
+    def __init__(self, run_dir, network: torch.nn.Module, metric: str | None = None, filename: str = "model.pt",
+                 args: Mapping[str, Any] | None = None) -> None:  # fmt: skip
         self.run_dir, self.network, self.metric, self.filename = run_dir, network, metric, filename
+        self.args = dict(args or {})
 
     def attach(self, engine) -> None:
         from ignite.engine import Events
@@ -299,5 +303,5 @@ class BestModelSaver:
         if is_rank_zero():
             path = os.path.join(self.run_dir.ckpt_dir, self.filename)
             atomic_save(_unwrap(self.network).state_dict(), path)
-            atomic_write_json(self.run_dir.best, os.path.splitext(path)[0] + ".json")
+            atomic_write_json({**self.run_dir.best, "args": self.args}, os.path.splitext(path)[0] + ".json")
             engine.logger.info(f"best {name} {value:.4f} at epoch {engine.state.epoch}: saved {path}")

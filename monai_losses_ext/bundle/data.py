@@ -5,6 +5,7 @@ or preprocessing a case fails."""
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 from collections.abc import Mapping, Sequence
@@ -14,8 +15,11 @@ from typing import Any
 import torch
 from monai.data import CacheDataset
 
+logger = logging.getLogger(__name__)
+
 __all__ = [
-    "DatasetNotFoundError", "CaseError", "resolve_device", "msd_datalist", "tumour_regions", "check_modalities",
+    "DatasetNotFoundError", "CaseError", "resolve_device", "msd_datalist", "tumour_regions", "structures_of",
+    "check_modalities",
     "case_name", "CaseDataset",
 ]  # fmt: skip
 
@@ -73,6 +77,7 @@ def msd_datalist(
     max_cases: int | None = None,
     task: str | None = None,
     in_channels: int | None = None,
+    modalities: Sequence[str] | None = None,
 ) -> list[dict[str, str]]:
     """Cases of an MSD-style dataset (``dataset.json`` with ``training`` = [{image, label}] and ``test`` = [path]).
 
@@ -83,15 +88,15 @@ def msd_datalist(
     dataset lists none). ``max_cases`` keeps the first N cases of the labelled list before splitting (for
     quick runs). Paths are resolved against ``dataset_dir``; a missing folder, ``dataset.json`` or listed
     file raises :class:`DatasetNotFoundError` whose message says how to generate the phantoms. With
-    ``in_channels``, the ``modality`` entries of ``dataset.json`` are checked against it
-    (:func:`check_modalities`).
+    ``in_channels``, the ``modality`` entries of ``dataset.json`` are checked against it and against the
+    expected ``modalities`` order (:func:`check_modalities`).
     """
     if split not in ("train", "validation", "all", "test"):
         raise ValueError(f"split={split!r}: use 'train', 'validation', 'all' or 'test'")
     dataset_dir = os.path.expanduser(str(dataset_dir))
     meta = _load_dataset_json(dataset_dir, task)
     if in_channels is not None:
-        check_modalities(meta, in_channels, os.path.join(dataset_dir, "dataset.json"))
+        check_modalities(meta, in_channels, os.path.join(dataset_dir, "dataset.json"), expected=modalities)
     cases = []
     for item in meta.get("training", []):
         if not isinstance(item, Mapping) or "image" not in item or "label" not in item:
@@ -143,10 +148,39 @@ def tumour_regions(dataset_dir: str, order: Sequence[str] = ("TC", "WT", "ET")) 
     return [regions[r] for r in order]
 
 
-def check_modalities(meta: Mapping, in_channels: int, source: str = "dataset.json") -> list[str]:
-    """The modality names of ``dataset.json`` (``{"0": "FLAIR", "1": "T1w"}``) in channel order; a
-    ``ValueError`` naming the file, the names and ``--in_channels`` when their number differs from
-    ``in_channels``. A dataset without ``modality`` entries passes (nothing to check)."""
+def structures_of(dataset_dir: str, task: str) -> dict[str, list[int]]:
+    """What is scored, as label values read from ``dataset.json``: for ``tumour`` the BraTS regions TC, WT, ET
+    (:func:`tumour_regions`); otherwise each foreground label (``{"lesion": [1]}`` for a binary task)."""
+    if task == "tumour":
+        return dict(zip(("TC", "WT", "ET"), tumour_regions(dataset_dir)))
+    meta = _load_dataset_json(os.path.expanduser(str(dataset_dir)), task)
+    labels = {int(k): str(v) for k, v in (meta.get("labels") or {}).items() if str(k).lstrip("-").isdigit() and int(k)}
+    if not labels:
+        return {"lesion": [1]}
+    return {re.sub(r"\W+", "_", name.strip().lower()) or f"label{v}": [v] for v, name in sorted(labels.items())}
+
+
+_MODALITY_ALIASES = {"t1w": "t1", "t2w": "t2", "t1gd": "t1c", "t1ce": "t1c", "t1+c": "t1c", "t1post": "t1c",
+                     "t1wce": "t1c", "t2flair": "flair", "t2-flair": "flair"}  # fmt: skip
+
+
+def canonical_modality(name: str) -> str:
+    """A modality name compared case-insensitively, with the usual spellings merged (T1w = T1, T1gd = T1ce =
+    T1c, T2w = T2, T2-FLAIR = FLAIR)."""
+    key = re.sub(r"[\s_]+", "", str(name).strip().lower())
+    return _MODALITY_ALIASES.get(key, key)
+
+
+def check_modalities(meta: Mapping, in_channels: int, source: str = "dataset.json",
+                     expected: Sequence[str] | None = None) -> list[str]:  # fmt: skip
+    """The modality names of ``dataset.json`` (``{"0": "FLAIR", "1": "T1w"}``) in channel order, checked:
+
+    * their number must be ``in_channels`` (a ``ValueError`` naming the file, the names and ``--in_channels``);
+    * with ``expected`` (the bundle's ``--modalities``, one name per channel): the same names in another order
+      is a ``ValueError`` (the channels would be fed to the wrong inputs of the network); other names are
+      logged as a warning (a new dataset: pass ``--modalities`` to record them).
+
+    A dataset without ``modality`` entries passes (nothing to check)."""
     mods = meta.get("modality") or meta.get("channel_names") or {}
     if not isinstance(mods, Mapping) or not mods:
         return []
@@ -160,6 +194,17 @@ def check_modalities(meta: Mapping, in_channels: int, source: str = "dataset.jso
             f"run with --in_channels {len(names)} (the network is then built for {len(names)} input channels), "
             "or point --dataset_dir at a dataset with the expected channels"
         )
+    if expected and len(expected) == len(names):
+        got, want = [canonical_modality(n) for n in names], [canonical_modality(n) for n in expected]
+        if got != want and sorted(got) == sorted(want):
+            raise ValueError(
+                f"{source} lists the modalities in the order {names}, but the bundle expects {list(expected)}: "
+                "channel k of every image must be the k-th expected modality. Reorder the channels of the images "
+                f"(and the 'modality' entries), or, to train a new model in this order, pass --modalities \"{names}\""
+            )
+        if got != want:
+            logger.warning(f"{source} lists modalities {names}; the bundle's --modalities are {list(expected)}. "
+                           "Channels are used in file order; pass --modalities to record this dataset's names.")  # fmt: skip
     return names
 
 

@@ -1,66 +1,82 @@
-"""Per-case evaluation of a bundle: the metrics CSV / summary writer and the per-channel metric selector."""
+"""Scoring a bundle's predictions against the label files, on each case's original grid: one implementation
+for ``evaluate.json`` (:class:`CaseScorer`, an evaluator handler) and the benchmark (:func:`score_label_file`),
+plus the per-channel metric selector of the validation metrics."""
 
 from __future__ import annotations
 
 import csv
-import json
 import os
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch
 
 from .. import metrics as _metrics
+from ..transforms import ValidateLabel, voxel_spacing
+from .checkpoint import atomic_write, atomic_write_json
 from .data import case_name
 
-__all__ = ["CaseMetricsWriter", "select_channel"]
+__all__ = ["CaseScorer", "read_label", "score_label_file", "summarize_scores", "select_channel"]
 
 
-def _item_case_name(item: Mapping, keys: Sequence[str] = ("label", "pred", "image")) -> str:
-    for k in keys:
-        meta = getattr(item.get(k), "meta", None)
-        if meta and meta.get("filename_or_obj"):
-            return case_name(meta["filename_or_obj"])
-    return "case"
+def read_label(path: str, structures: Mapping[str, Sequence[int]], remap: Mapping | None = None) -> tuple[np.ndarray, list[float]]:
+    """A label file as the scoring sees it: ``(labels (*spatial) int64, voxel spacing mm)``, read with MONAI's
+    readers (NIfTI, MHA, NRRD, ...) in the file's own voxel order, checked by :class:`ValidateLabel` with the
+    training's ``remap`` and the values ``structures`` names (a ``ValueError`` names the file and the fix)."""
+    from monai.transforms import LoadImage
+
+    img = LoadImage(image_only=True, ensure_channel_first=True)(str(path))
+    known = sorted({0, *(int(v) for values in structures.values() for v in values)})
+    lab = ValidateLabel(labels=known, remap=remap or None)(img, name=str(path))
+    arr = np.asarray(lab.detach().cpu().numpy() if isinstance(lab, torch.Tensor) else lab).astype(np.int64)
+    return arr.reshape(arr.shape[1:]), voxel_spacing(img.affine)
 
 
-def _spacing(item: Mapping, key: str) -> list[float] | None:
-    v = item.get(key)
-    aff = getattr(v, "affine", None)
-    if aff is None:
-        return None
-    a = np.asarray(aff.detach().cpu() if isinstance(aff, torch.Tensor) else aff, dtype=float)
-    nd = a.shape[0] - 1
-    return [float(s) for s in np.sqrt((a[:nd, :nd] ** 2).sum(0))]
+def score_label_file(pred: Any, label_path: str, structures: Mapping[str, Sequence[int]], remap: Mapping | None = None,
+                     size_edges: Sequence[int] = (10, 50)) -> dict[str, Any]:  # fmt: skip
+    """One case's row: ``{"case": name, **score_case(...)}`` of a predicted label map on the label file's grid."""
+    truth, spacing = read_label(label_path, structures, remap)
+    p = pred.detach().cpu().numpy() if isinstance(pred, torch.Tensor) else np.asarray(pred)
+    p = p.reshape(p.shape[1:]) if p.ndim == truth.ndim + 1 and p.shape[0] == 1 else p
+    if p.shape != truth.shape:
+        raise ValueError(
+            f"the prediction for {label_path} has shape {p.shape} but the label has {truth.shape}: predictions "
+            "must be written back on the input's grid (Invertd in the postprocessing)"
+        )
+    return {"case": case_name(label_path),
+            **_metrics.score_case(p.astype(np.int64), truth, structures, spacing, size_edges)}  # fmt: skip
 
 
-class CaseMetricsWriter:
-    """Evaluator handler: per-case metrics (see :func:`monai_losses_ext.metrics.case_metrics`) into
-    ``<output_dir>/metrics.csv`` (one row per case) and the mean / std / median / n / n_nan per column into
-    ``summary.csv`` and ``summary.json``; the summary is also logged.
+def summarize_scores(rows: Sequence[Mapping[str, Any]], structures: Sequence[str], size_edges: Sequence[int] = (10, 50)) -> dict:
+    """``{"cases": n, "metrics": {column: mean/std/median/n/n_nan}, "pooled": {sensitivity per size group,
+    fp_lesions_per_case_<s>}}`` of :func:`score_label_file` rows."""
+    pooled = _metrics.pooled_size_sensitivity(rows, structures, size_edges)
+    for s in structures:
+        pooled[f"fp_lesions_per_case_{s}"] = float(np.mean([r[f"fp_lesions_{s}"] for r in rows])) if rows else float("nan")
+    return {"cases": len(rows), "metrics": _metrics.summarize(rows), "pooled": pooled}
+
+
+class CaseScorer:
+    """Evaluator handler of ``evaluate.json``: scores every case the evaluator sees against its label **file**
+    (the prediction written back on the file's grid by ``Invertd``; the label read as it is on disk, with the
+    training's ``label_remap``), with :func:`score_label_file`, the benchmark's scoring. Writes
+    ``<output_dir>/metrics.csv`` (one row per case), ``summary.csv`` and ``summary.json`` (means; lesion
+    sensitivity per size group pooled over cases; false-positive lesions per case) and logs the summary.
 
     Args:
         output_dir: folder for the files.
-        names: one name per scored channel (``["lesion"]``, ``["TC", "WT", "ET"]``).
-        skip_first: channel 0 is background (one-hot classes) and is not scored.
-        pred_key, label_key: binarised ``(C, *spatial)`` items of the decollated evaluator output.
-        connectivity: lesion connectivity (None: all neighbours).
+        structures: ``{name: label values}`` to score (:func:`~monai_losses_ext.bundle.structures_of`).
+        label_remap: the bundle's ``label_remap``.
+        size_edges: lesion-size group edges in voxels.
+        pred_key, label_key: the predicted label map and the (preprocessed) label whose file is scored.
     """
 
-    def __init__(
-        self,
-        output_dir: str,
-        names: Sequence[str],
-        skip_first: bool = True,
-        pred_key: str = "pred",
-        label_key: str = "label",
-        connectivity: int | None = None,
-    ) -> None:
-        self.output_dir = str(output_dir)
-        self.names = list(names)
-        self.skip_first = skip_first
+    def __init__(self, output_dir: str, structures: Mapping[str, Sequence[int]], label_remap: Mapping | None = None,
+                 size_edges: Sequence[int] = (10, 50), pred_key: str = "pred", label_key: str = "label") -> None:  # fmt: skip
+        self.output_dir, self.structures = str(output_dir), {k: list(v) for k, v in structures.items()}
+        self.label_remap, self.size_edges = label_remap, tuple(size_edges)
         self.pred_key, self.label_key = pred_key, label_key
-        self.connectivity = connectivity
         self.rows: list[dict] = []
 
     def attach(self, engine) -> None:
@@ -77,35 +93,41 @@ class CaseMetricsWriter:
 
             items = decollate_batch(items)
         for item in items:
-            row = {"case": _item_case_name(item)}
-            row.update(
-                _metrics.case_metrics(
-                    item[self.pred_key], item[self.label_key], self.names, spacing=_spacing(item, self.label_key),
-                    connectivity=self.connectivity, skip_first=self.skip_first,
-                )
-            )  # fmt: skip
-            self.rows.append(row)
+            meta = getattr(item.get(self.label_key), "meta", None) or {}
+            path = meta.get("filename_or_obj")
+            if not path:
+                raise ValueError(f"CaseScorer: '{self.label_key}' carries no file name; evaluate needs labels read from files")
+            self.rows.append(score_label_file(item[self.pred_key], str(path), self.structures, self.label_remap, self.size_edges))
 
     def _completed(self, engine) -> None:
-        os.makedirs(self.output_dir, exist_ok=True)
         if not self.rows:
-            engine.logger.warning("CaseMetricsWriter: no case evaluated")
-            return
+            raise ValueError("CaseScorer: no case was evaluated; check --dataset_dir and --eval_split")
+        os.makedirs(self.output_dir, exist_ok=True)
+        summary = summarize_scores(self.rows, list(self.structures), self.size_edges)
         cols = list(self.rows[0])
-        with open(os.path.join(self.output_dir, "metrics.csv"), "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=cols)
-            w.writeheader()
-            w.writerows(self.rows)
-        summary = _metrics.summarize(self.rows)
-        with open(os.path.join(self.output_dir, "summary.csv"), "w", newline="") as f:
-            w = csv.writer(f)
-            w.writerow(["metric", "mean", "std", "median", "n", "n_nan"])
-            for k, s in summary.items():
-                w.writerow([k, s["mean"], s["std"], s["median"], s["n"], s["n_nan"]])
-        with open(os.path.join(self.output_dir, "summary.json"), "w") as f:
-            json.dump({"cases": len(self.rows), "metrics": summary}, f, indent=2)
-        lines = [f"{k:32s} {s['mean']:.4f} ± {s['std']:.4f} (n={s['n']})" for k, s in summary.items()]
-        engine.logger.info(f"per-case metrics of {len(self.rows)} cases -> {self.output_dir}/metrics.csv\n" + "\n".join(lines))
+        _write_csv(os.path.join(self.output_dir, "metrics.csv"), [cols] + [[r.get(c) for c in cols] for r in self.rows])
+        stats = [["metric", "mean", "std", "median", "n", "n_nan"]]
+        stats += [[k, s["mean"], s["std"], s["median"], s["n"], s["n_nan"]] for k, s in summary["metrics"].items()]
+        stats += [[k, v, "", "", "", ""] for k, v in summary["pooled"].items()]
+        _write_csv(os.path.join(self.output_dir, "summary.csv"), stats)
+        atomic_write_json(summary, os.path.join(self.output_dir, "summary.json"), indent=2)
+        m, p = summary["metrics"], summary["pooled"]
+        lines = []
+        for s in self.structures:
+            sizes = ", ".join(f"{k.rsplit('_', 1)[-1]} {v:.2f}" for k, v in p.items() if k.startswith(f"sensitivity_{s}_"))
+            lines.append(f"{s}: Dice {m[f'dice_{s}']['mean']:.4f} ± {m[f'dice_{s}']['std']:.4f}, lesion F1 "
+                         f"{m[f'f1_{s}']['mean']:.4f}, FP lesions/case {p[f'fp_lesions_per_case_{s}']:.2f}, "
+                         f"HD95 {m[f'hd95_{s}']['mean']:.2f} mm, sensitivity by size (voxels) {sizes}")  # fmt: skip
+        engine.logger.info(f"scored {len(self.rows)} cases on their own grids -> {self.output_dir}/metrics.csv\n" + "\n".join(lines))
+
+
+def _write_csv(path: str, rows: Sequence[Sequence[Any]]) -> None:
+    import io
+
+    buf = io.StringIO()
+    csv.writer(buf).writerows(rows)
+    data = buf.getvalue().encode()
+    atomic_write(path, lambda f: f.write(data))
 
 
 def select_channel(keys: Sequence[str] = ("pred", "label"), channel: int = 0):

@@ -14,6 +14,9 @@ arguments are plain values, so the transforms can be written in MONAI bundle con
                            distance maps ``(C, *spatial)``, physical units
 ``UNetWeightMap(d)``       U-Net border + class-balance weight map ``(1, *spatial)``
 ``LesionInstances(d)``     connected-component lesion ids ``(1, *spatial)``
+``ValidateSpacingd``       voxel spacing of an image within a sane range (header units, broken affines)
+``ForegroundMask``         the head / brain foreground found from the image (Otsu), skull-stripped or not
+``ForegroundNormalize(d)`` per-channel percentile clipping + z-score over that foreground
 =========================  ==================================================================
 
 Pipeline rules
@@ -53,12 +56,17 @@ from .distance import (
     resolve_backend,
 )
 from .instances import LesionInstances, LesionInstancesd
+from .intensity import ForegroundMask, ForegroundNormalize, ForegroundNormalized, otsu_threshold
 from .onehot import OneHot, OneHotd, RegionsToLabelsd
-from .validate import ValidateLabel, ValidateLabeld
+from ._common import voxel_spacing
+from .validate import ValidateLabel, ValidateLabeld, ValidateSpacingd, check_spacing
 from .weightmap import UNetWeightMap, UNetWeightMapd, border_distances
 
 __all__ = [
     "BackendUnavailableError",
+    "ForegroundMask",
+    "ForegroundNormalize",
+    "ForegroundNormalized",
     "LesionInstances",
     "LesionInstancesd",
     "OneHot",
@@ -70,6 +78,10 @@ __all__ = [
     "UNetWeightMapd",
     "ValidateLabel",
     "ValidateLabeld",
+    "ValidateSpacingd",
+    "check_spacing",
+    "otsu_threshold",
+    "voxel_spacing",
     "border_distances",
     "distance_to_boundary",
     "resolve_backend",

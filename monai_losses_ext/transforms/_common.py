@@ -69,6 +69,14 @@ def torch_dtype(dtype: Any) -> torch.dtype:
         raise TypeError(f"dtype={dtype!r} is not a torch/NumPy dtype; use e.g. torch.float32 or 'float32'") from e
 
 
+def voxel_spacing(affine: Any, ndim: int | None = None) -> list[float]:
+    """Voxel size along each array axis: the column norms of the affine's ``(nd, nd)`` block (world units;
+    exact also for rotated / oblique affines). ``nd`` is ``ndim`` or the affine's size minus one."""
+    a = to_numpy(affine).astype(np.float64)
+    nd = a.shape[0] - 1 if ndim is None else int(ndim)
+    return [float(v) for v in np.linalg.norm(a[:nd, :nd], axis=0)]
+
+
 def spacing_of(label: Any, spacing: float | Sequence[float] | None, ndim: int) -> tuple[float, ...]:
     """Physical voxel size used for distances.
 
@@ -88,9 +96,9 @@ def spacing_of(label: Any, spacing: float | Sequence[float] | None, ndim: int) -
             )
         return tuple(float(s) for s in sp)
     if isinstance(label, MetaTensor):
-        aff = to_numpy(label.affine).astype(np.float64)
+        aff = to_numpy(label.affine)
         if aff.ndim == 2 and aff.shape[0] >= ndim + 1 and aff.shape[1] >= ndim + 1:
-            sp = np.linalg.norm(aff[:ndim, :ndim], axis=0)
+            sp = np.asarray(voxel_spacing(aff, ndim))
             if np.all(np.isfinite(sp)) and np.all(sp > 0):
                 return tuple(float(s) for s in sp)
     return (1.0,) * ndim

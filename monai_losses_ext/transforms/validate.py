@@ -8,6 +8,9 @@ allowed values and the fix:
 * labels resampled with linear interpolation (fractions such as 0.5);
 * a label whose spatial shape differs from its image, or whose affine (voxel-to-world matrix) does
   (dict version, ``image_key=``; ``affine_tolerance=None`` allows an affine mismatch).
+
+``ValidateSpacingd`` stops an image whose voxel size lies outside a sane range (a header in metres or
+microns, a broken affine), before a resampling to a target spacing would build a huge or empty volume.
 """
 
 from __future__ import annotations
@@ -21,9 +24,11 @@ from monai.config import KeysCollection
 from monai.data import MetaTensor
 from monai.transforms import MapTransform, Transform
 
-from ._common import check_label_values, describe, torch_dtype, unique_values, wrap_like
+from ._common import check_label_values, describe, torch_dtype, unique_values, voxel_spacing, wrap_like
 
-__all__ = ["ValidateLabel", "ValidateLabeld", "allowed_values"]
+__all__ = ["ValidateLabel", "ValidateLabeld", "ValidateSpacingd", "allowed_values", "check_spacing", "voxel_spacing"]
+
+SPACING_RANGE_MM = (0.1, 10.0)
 
 
 def allowed_values(num_classes: int | None, labels: Sequence[int] | None, owner: str) -> list[int] | None:
@@ -198,4 +203,46 @@ class ValidateLabeld(MapTransform):
                 self._check_shape(d[key], d[self.image_key], name)
                 self._check_affine(d[key], d[self.image_key], name)
             d[key] = self.validator(d[key], name=name)
+        return d
+
+
+def check_spacing(spacing: Sequence[float], name: str, spacing_range: Sequence[float] = SPACING_RANGE_MM) -> list[float]:
+    """``spacing`` as floats; a ``ValueError`` naming ``name`` when a value is not finite or lies outside
+    ``spacing_range`` (mm)."""
+    lo, hi = (float(v) for v in spacing_range)
+    sp = [float(v) for v in spacing]
+    bad = [v for v in sp if not (np.isfinite(v) and lo <= v <= hi)]
+    if bad:
+        raise ValueError(
+            f"{name} has voxel spacing {[round(v, 6) for v in sp]} mm, outside the sane range {lo:g}-{hi:g} mm: "
+            "its header is probably in other units (m, um) or broken. Fix the header (e.g. with SimpleITK's "
+            "SetSpacing), or widen the range (--spacing_range [lo, hi] in the bundles) if the data really are so."
+        )
+    return sp
+
+
+class ValidateSpacingd(MapTransform):
+    """Checks that each image's voxel spacing (from its MetaTensor affine) lies in ``spacing_range`` mm, so that
+    a broken header stops with its file name instead of resampling into a huge (or empty) volume.
+
+    Args:
+        keys: image keys (MetaTensors from ``LoadImaged``; a plain tensor has no spacing and is skipped).
+        spacing_range: ``(lowest, highest)`` voxel size in mm.
+    """
+
+    def __init__(self, keys: KeysCollection, spacing_range: Sequence[float] = SPACING_RANGE_MM,
+                 allow_missing_keys: bool = False) -> None:  # fmt: skip
+        super().__init__(keys, allow_missing_keys)
+        lo, hi = (float(v) for v in spacing_range)
+        if not 0 < lo < hi:
+            raise ValueError(f"spacing_range must be (lowest, highest) with 0 < lowest < highest, got {spacing_range!r}")
+        self.spacing_range = (lo, hi)
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            affine = getattr(d[key], "affine", None)
+            if affine is not None:
+                name = f"image '{key}' from {getattr(d[key], 'meta', {}).get('filename_or_obj', '<in-memory image>')}"
+                check_spacing(voxel_spacing(affine), name, self.spacing_range)
         return d
