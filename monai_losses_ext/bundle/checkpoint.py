@@ -303,5 +303,7 @@ class BestModelSaver:
         if is_rank_zero():
             path = os.path.join(self.run_dir.ckpt_dir, self.filename)
             atomic_save(_unwrap(self.network).state_dict(), path)
-            atomic_write_json({**self.run_dir.best, "args": self.args}, os.path.splitext(path)[0] + ".json")
+            # run arguments that are no JSON value (a tensor given as a loss weight) are recorded as their repr
+            args = json.loads(json.dumps(self.args, default=repr))
+            atomic_write_json({**self.run_dir.best, "args": args}, os.path.splitext(path)[0] + ".json")
             engine.logger.info(f"best {name} {value:.4f} at epoch {engine.state.epoch}: saved {path}")

@@ -1,5 +1,5 @@
 """Intensity preparation that holds with and without skull stripping: the head / brain foreground found from
-the image itself, and a per-channel z-score over it after percentile clipping.
+the image itself, and a per-channel z-score over it with percentile-winsorised statistics.
 
 Why not MONAI's ``NormalizeIntensityd(nonzero=True)`` and ``CropForegroundd(image > 0)``: both assume a
 skull-stripped image with exact zeros outside the brain (BraTS, MSD). On an image that is not skull-stripped,
@@ -14,11 +14,13 @@ tissue, and nothing is cropped. Here the foreground is
 * ``method="nonzero"``: ``image != 0`` per channel, exactly MONAI's ``nonzero=True`` (for data known to be
   skull-stripped).
 
-:class:`ForegroundNormalize` then clips each channel to the ``lower``-``upper`` percentiles of its foreground
-values (nnU-Net's CT clipping, here for every channel: it bounds bright fat and noise spikes) and z-scores the
-whole image with the foreground mean and standard deviation, so the background gets a finite, fixed value and
-no voxel keeps an exact zero by accident. ``method="nonzero"`` reproduces ``NormalizeIntensity(nonzero=True,
-channel_wise=True)`` value for value (no clipping; zeros stay zero).
+:class:`ForegroundNormalize` then z-scores each channel of the whole image with the mean and standard deviation
+of its foreground values **winsorised** at the ``lower``-``upper`` percentiles (so bright fat, hot voxels and
+noise spikes do not set the scale) and clips the result to +-``clip_sd`` standard deviations. The image itself
+is not cut at the upper percentile: lesions are the bright tail of a FLAIR image (clipping there, as nnU-Net does
+for CT, flattened them into grey matter and the bundle stopped learning). The background gets a finite value
+and no voxel keeps an exact zero by accident. ``method="nonzero"`` reproduces ``NormalizeIntensity(nonzero=True,
+channel_wise=True)`` value for value (no winsorising; zeros stay zero).
 """
 
 from __future__ import annotations
@@ -107,16 +109,27 @@ class ForegroundNormalize(Transform):
 
     Args:
         method: ``"otsu"`` or ``"nonzero"`` (then exactly ``NormalizeIntensity(nonzero=True, channel_wise=True)``).
-        lower, upper: percentiles of each channel's foreground values the channel is clipped to (``"otsu"``).
+        lower, upper: percentiles at which each channel's foreground values are winsorised for the mean and
+            standard deviation (``"otsu"``); the image itself is not cut there (lesions are the bright tail).
+        clip_sd: the normalised image is clipped to +- this many standard deviations (``"otsu"``).
+        outside: ``"zero"`` (default) sets voxels more than 2 voxels outside the foreground to 0, the foreground
+            mean, as nnU-Net does outside its normalisation mask (so air, or the zeros of a skull-stripped image,
+            look the same whatever their raw value); ``"keep"`` z-scores them like the rest (``"otsu"``).
     Raises:
         ValueError: an image with no foreground, or with NaN/Inf values (naming its file).
     """
 
-    def __init__(self, method: str = "otsu", lower: float = 0.5, upper: float = 99.5) -> None:
+    def __init__(self, method: str = "otsu", lower: float = 0.5, upper: float = 99.5, clip_sd: float = 10.0,
+                 outside: str = "zero") -> None:  # fmt: skip
+        if outside not in ("zero", "keep"):
+            raise ValueError(f"outside={outside!r}: use 'zero' (the foreground mean) or 'keep'")
+        self.outside = outside
         if not 0.0 <= lower < upper <= 100.0:
             raise ValueError(f"percentiles must satisfy 0 <= lower < upper <= 100, got lower={lower}, upper={upper}")
+        if not clip_sd > 0:
+            raise ValueError(f"clip_sd must be positive, got {clip_sd!r}")
         self.mask = ForegroundMask(method, clip_percentiles=(lower, upper))
-        self.method, self.lower, self.upper = method, float(lower), float(upper)
+        self.method, self.lower, self.upper, self.clip_sd = method, float(lower), float(upper), float(clip_sd)
 
     def __call__(self, img: Any) -> Any:
         arr = to_numpy(img).astype(np.float32, copy=True)
@@ -124,23 +137,27 @@ class ForegroundNormalize(Transform):
         if not np.isfinite(arr).all():
             raise ValueError(f"image {name} holds {int((~np.isfinite(arr)).sum())} NaN/Inf voxels; fix or mask the file")
         masks = self.mask.channel_masks(arr)
+        if self.method == "otsu" and self.outside == "zero":  # beyond 2 voxels of the foreground: 0, its mean
+            near = ndimage.binary_dilation(masks[0], iterations=2)
         for c, (ch, m) in enumerate(zip(arr, masks)):
             vals = ch[m]
             if vals.size == 0:
                 if self.method == "nonzero":
                     continue  # MONAI leaves an all-zero channel as it is
                 raise ValueError(f"image {name}: channel {c} has no foreground (constant image?); check the file")
-            if self.method == "otsu":
+            if self.method == "otsu":  # statistics of the foreground winsorised at the percentiles
                 lo, hi = np.percentile(vals, (self.lower, self.upper))
-                np.clip(ch, lo, hi, out=ch)
-                vals = ch[m]
+                vals = np.clip(vals, lo, hi)
             mean, std = float(vals.mean(dtype=np.float64)), float(vals.std(dtype=np.float64))
             std = std if std > 0 else 1.0
             if self.method == "nonzero":
-                ch[m] = (vals - mean) / std
+                ch[m] = (ch[m] - mean) / std
             else:
                 ch -= mean
                 ch /= std
+                np.clip(ch, -self.clip_sd, self.clip_sd, out=ch)
+                if self.outside == "zero":
+                    ch[~near] = 0.0
         return wrap_like(arr, img)
 
 
@@ -148,9 +165,9 @@ class ForegroundNormalized(MapTransform):
     """Dictionary version of :class:`ForegroundNormalize`."""
 
     def __init__(self, keys: KeysCollection, method: str = "otsu", lower: float = 0.5, upper: float = 99.5,
-                 allow_missing_keys: bool = False) -> None:  # fmt: skip
+                 clip_sd: float = 10.0, outside: str = "zero", allow_missing_keys: bool = False) -> None:  # fmt: skip
         super().__init__(keys, allow_missing_keys)
-        self.norm = ForegroundNormalize(method, lower, upper)
+        self.norm = ForegroundNormalize(method, lower, upper, clip_sd, outside)
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         d = dict(data)
