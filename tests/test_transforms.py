@@ -542,3 +542,17 @@ def test_validate_spacing_names_the_file_and_the_range():
     assert ValidateSpacingd("image")({"image": ok})["image"] is ok
     with pytest.raises(ValueError, match="0 < lowest < highest"):
         ValidateSpacingd("image", spacing_range=(2.0, 1.0))
+
+
+def test_foreground_normalize_sets_the_outside_to_the_foreground_mean():
+    from monai_losses_ext.phantoms import generate_case
+    from monai_losses_ext.transforms import ForegroundMask, ForegroundNormalize
+
+    case = generate_case("lesion", 0, 2, spacing=4.0)
+    far = ~ndimage.binary_dilation(ForegroundMask()(case.image)[0], iterations=2)
+    assert far.any()
+    zeroed, kept = ForegroundNormalize()(case.image), ForegroundNormalize(outside="keep")(case.image)
+    assert (zeroed[:, far] == 0).all() and (kept[:, far] < -1).all()  # raw zeros lie below the foreground mean
+    np.testing.assert_array_equal(zeroed[:, ~far], kept[:, ~far])
+    with pytest.raises(ValueError, match="outside='none'"):
+        ForegroundNormalize(outside="none")
