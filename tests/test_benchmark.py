@@ -5,6 +5,7 @@ by construction, the bootstrap and paired comparison on known answers, resume, a
 from __future__ import annotations
 
 import csv
+import json
 import math
 from dataclasses import replace
 
@@ -293,6 +294,33 @@ def test_rerun_skips_finished_runs_and_redoes_changed_ones(tiny_study, monkeypat
     with pytest.raises(KeyboardInterrupt):
         longer.run(progress=False)
     assert not (longer.run_dir("monai.losses.DiceLoss", 0) / "result.json").exists()  # the old result is gone
+
+
+@pytest.mark.slow
+def test_a_site_added_to_a_finished_study_is_scored_without_training(tiny_study, monkeypatch):
+    calls = []
+    real = Q.run_bundle
+
+    def spy(bundle, configs, overrides, *args, **kwargs):
+        calls.append(configs[0])
+        return real(bundle, configs, overrides, *args, **kwargs)
+
+    monkeypatch.setattr(Q, "run_bundle", spy)
+    Study(PRESETS["tiny"], tiny_study, log=lambda msg: None).run(progress=False)  # every run finished and stored
+    calls.clear()
+    study = Study(replace(PRESETS["tiny"], sites=("scanner",), num_site_cases=1), tiny_study, log=lambda msg: None)
+    results = study.run(progress=False)
+    assert calls == ["inference.json", "inference.json"]  # one inference per stored run, no training
+    site_data = study.site_dir("scanner")
+    assert json.loads((site_data / "dataset.json").read_text())["site"] == "scanner"
+    assert not site_data.with_name(site_data.name + ".partial").exists()
+    for res in results.values():
+        assert [r["case"] for r in res["sites"]["scanner"]] == ["synth_lesion_000"]
+    calls.clear()
+    study.run(progress=False)
+    assert calls == []  # the site's scores are stored with the runs
+    with pytest.raises(ValueError, match="unknown site 'hospital'"):
+        Study(replace(PRESETS["tiny"], sites=("hospital",)), tiny_study)
 
 
 def write_single_channel_task(root, n=5, shape=(24, 28, 20)):

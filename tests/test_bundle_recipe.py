@@ -19,7 +19,7 @@ from scipy import ndimage
 from monai_losses_ext import bundle as bu
 from monai_losses_ext.transforms import ForegroundMask, LesionInstances, RegionsToLabelsd, SignedDistanceMap
 
-from _bundle_data import AFFINE, BUNDLES, SHAPE, TINY, run, write_dataset
+from _bundle_data import AFFINE, BUNDLES, EVAL_KEYS, SHAPE, TINY, run, write_dataset
 
 
 def parsed(task: str, data_dir, **overrides) -> ConfigParser:
@@ -106,7 +106,7 @@ def test_resampled_training_predicts_on_the_input_grid_and_evaluate_scores_every
     assert meta["args"]["target_spacing"] == [3.0, 3.0, 3.0] and meta["args"]["augmentation"] == "strong"
     # evaluate reads the spacing from model.json and scores every case of the dataset it is given
     other = write_dataset(tmp_path / "other", "lesion", n=5, seed=3)
-    ev = {k: TINY[k] for k in ("patch_size", "channels", "strides", "num_res_units", "sw_batch_size", "num_threads")}
+    ev = {k: TINY[k] for k in EVAL_KEYS}
     run(tmp_path / "run", other, ("train.json", "evaluate.json"), max_cases=None, **ev)
     with open(tmp_path / "run" / "eval" / "metrics.csv") as f:
         rows = list(csv.DictReader(f))
@@ -226,6 +226,6 @@ def test_not_skull_stripped_input_trains_and_infers(tmp_path):
     fg = ForegroundMask()(img)[0]
     assert (fg & head).sum() >= 0.97 * head.sum() and (fg & ~head).sum() <= 0.03 * (~head).sum()
     run(tmp_path / "run", d, epochs=1)
-    ev = {k: TINY[k] for k in ("patch_size", "channels", "strides", "num_res_units", "sw_batch_size", "num_threads")}
+    ev = {k: TINY[k] for k in EVAL_KEYS}
     run(tmp_path / "run", d, ("train.json", "inference.json"), infer_split="validation", **ev)
     assert nib.load(str(tmp_path / "run" / "pred" / "case_002_seg.nii.gz")).shape == SHAPE

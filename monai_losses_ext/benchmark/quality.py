@@ -147,18 +147,24 @@ class Study:
         p = self.preset
         return self.out / "data" / f"{self.task}_{p.num_cases}cases_{p.spacing:g}mm_seed0"
 
+    def _generate(self, d: Path, num_cases: int, what: str, **kwargs) -> None:
+        """Phantoms into ``d`` through a ``.partial`` folder renamed when complete (an interrupted generation
+        is started again, never taken for data)."""
+        from ..phantoms import write_dataset
+
+        p = self.preset
+        self.log(f"generating {num_cases} {self.task} phantoms {what} into {d}")
+        tmp = d.with_name(d.name + ".partial")
+        shutil.rmtree(tmp, ignore_errors=True)
+        write_dataset(str(tmp), self.task, num_cases, workers=p.threads or os.cpu_count() or 1, progress=False,
+                      **kwargs, **p.phantom_options)  # fmt: skip
+        os.replace(tmp, d)
+
     def ensure_data(self) -> Path:
         d = self.dataset_dir()
         if self.data is None and not (d / "dataset.json").exists():
-            from ..phantoms import write_dataset
-
             p = self.preset
-            self.log(f"generating {p.num_cases} {self.task} phantoms at {p.spacing:g} mm into {d}")
-            tmp = d.with_name(d.name + ".partial")
-            shutil.rmtree(tmp, ignore_errors=True)
-            write_dataset(str(tmp), self.task, p.num_cases, seed=0, spacing=p.spacing,
-                          workers=p.threads or os.cpu_count() or 1, progress=False, **p.phantom_options)  # fmt: skip
-            os.replace(tmp, d)
+            self._generate(d, p.num_cases, f"at {p.spacing:g} mm", seed=0, spacing=p.spacing)
         return d
 
     def site_dir(self, site: str) -> Path:
@@ -169,15 +175,7 @@ class Study:
         """The shifted site's test phantoms (generated once; the site's own resolution)."""
         d = self.site_dir(site)
         if not (d / "dataset.json").exists():
-            from ..phantoms import write_dataset
-
-            p = self.preset
-            self.log(f"generating {p.num_site_cases} {self.task} phantoms of site '{site}' into {d}")
-            tmp = d.with_name(d.name + ".partial")
-            shutil.rmtree(tmp, ignore_errors=True)
-            write_dataset(str(tmp), self.task, p.num_site_cases, seed=site_seed(site), site=site,
-                          workers=p.threads or os.cpu_count() or 1, progress=False, **p.phantom_options)  # fmt: skip
-            os.replace(tmp, d)
+            self._generate(d, self.preset.num_site_cases, f"of site '{site}'", seed=site_seed(site), site=site)
         return d
 
     def splits(self) -> tuple[list[dict], list[dict]]:

@@ -208,7 +208,7 @@ def augmentations(
     modes = ["bilinear", "nearest", *("nearest" if kw == "instances" else "bilinear" for kw in maps)]
     patch = [int(p) for p in patch_size]
     out: list = []
-    if cfg["p_affine"] > 0 or crop_size(patch, preset, overrides) != patch:
+    if cfg["p_affine"] > 0:  # (the crop is then larger than the patch: RandAffined also cuts it to the patch)
         rot = math.radians(float(cfg["rotate_deg"]))
         lo, hi = (float(s) - 1.0 for s in cfg["scale"])
         out.append(RandAffined(keys, spatial_size=patch, prob=cfg["p_affine"], rotate_range=[(-rot, rot)] * 3,

@@ -105,7 +105,8 @@ class ForegroundMask(Transform):
 
 
 class ForegroundNormalize(Transform):
-    """Per-channel z-score over the image-derived foreground, after percentile clipping (see the module doc).
+    """Per-channel z-score with the statistics of the image-derived foreground, winsorised at percentiles (see
+    the module doc).
 
     Args:
         method: ``"otsu"`` or ``"nonzero"`` (then exactly ``NormalizeIntensity(nonzero=True, channel_wise=True)``).
