@@ -260,8 +260,9 @@ def test_tiny_study_writes_table_csvs_and_plots(tiny_study):
         assert img.ndim == 3 and img.shape[0] > 200 and img.std() > 0.01  # a drawn figure, not a blank canvas
 
 
-@pytest.mark.slow
-def test_rerun_skips_finished_runs_and_redoes_changed_ones(tiny_study, monkeypatch):
+@pytest.fixture
+def bundle_calls(monkeypatch):
+    """The config files of every bundle run the study starts (spied on, then run as usual)."""
     calls = []
     real = Q.run_bundle
 
@@ -270,6 +271,12 @@ def test_rerun_skips_finished_runs_and_redoes_changed_ones(tiny_study, monkeypat
         return real(bundle, configs, overrides, *args, **kwargs)
 
     monkeypatch.setattr(Q, "run_bundle", spy)
+    return calls
+
+
+@pytest.mark.slow
+def test_rerun_skips_finished_runs_and_redoes_changed_ones(tiny_study, bundle_calls, monkeypatch):
+    calls = bundle_calls
     tiny = PRESETS["tiny"]
     study = Study(tiny, tiny_study, log=lambda msg: None)
     before = {k: v["cases"] for k, v in study.run(progress=False).items()}
@@ -297,15 +304,8 @@ def test_rerun_skips_finished_runs_and_redoes_changed_ones(tiny_study, monkeypat
 
 
 @pytest.mark.slow
-def test_a_site_added_to_a_finished_study_is_scored_without_training(tiny_study, monkeypatch):
-    calls = []
-    real = Q.run_bundle
-
-    def spy(bundle, configs, overrides, *args, **kwargs):
-        calls.append(configs[0])
-        return real(bundle, configs, overrides, *args, **kwargs)
-
-    monkeypatch.setattr(Q, "run_bundle", spy)
+def test_a_site_added_to_a_finished_study_is_scored_without_training(tiny_study, bundle_calls):
+    calls = bundle_calls
     Study(PRESETS["tiny"], tiny_study, log=lambda msg: None).run(progress=False)  # every run finished and stored
     calls.clear()
     study = Study(replace(PRESETS["tiny"], sites=("scanner",), num_site_cases=1), tiny_study, log=lambda msg: None)
