@@ -40,9 +40,17 @@ def loader(data: Path, augmentation: str, cache_rate: float, workers: int, loss:
 
     p = ConfigParser()
     p.read_config(str(BUNDLE))
-    for k, v in {**CPU_SCHEDULE, "patch_size": [patch] * 3, "dataset_dir": str(data), "num_val": max(1, min(4, n_cases(data) // 5)),
-                 "augmentation": augmentation, "cache_rate": cache_rate, "num_workers": workers,
-                 "loss_name": loss, "bundle_root": "/tmp/bench_loader_unused"}.items():  # fmt: skip
+    for k, v in {
+        **CPU_SCHEDULE,
+        "patch_size": [patch] * 3,
+        "dataset_dir": str(data),
+        "num_val": max(1, min(4, n_cases(data) // 5)),
+        "augmentation": augmentation,
+        "cache_rate": cache_rate,
+        "num_workers": workers,
+        "loss_name": loss,
+        "bundle_root": "/tmp/bench_loader_unused",
+    }.items():
         p[k] = v
     return p.get_parsed_content("train#dataloader")
 
@@ -73,7 +81,11 @@ def map_cost(data: Path, repeats: int = 20, patch: int = 48) -> list[tuple[str, 
     sl = (slice(None),) + tuple(slice(max(c - b // 2, 0), max(c - b // 2, 0) + b) for c, b in zip(centre, big))
     sample = {k: case[k][sl] for k in ("image", "label", "label_distance_map")}
     plain = Compose(augmentations("strong", {"p_affine": 1.0, "p_elastic": 1.0}, [patch] * 3, {}))
-    carried = Compose(augmentations("strong", {"p_affine": 1.0, "p_elastic": 1.0}, [patch] * 3, {"distance_map": "label_distance_map"}))
+    carried = Compose(
+        augmentations(
+            "strong", {"p_affine": 1.0, "p_elastic": 1.0}, [patch] * 3, {"distance_map": "label_distance_map"}
+        )
+    )
     sdf = SignedDistanceMapd("label", num_classes=2, output_keys="label_distance_map")
 
     def best(fn) -> float:
@@ -88,8 +100,11 @@ def map_cost(data: Path, repeats: int = 20, patch: int = 48) -> list[tuple[str, 
     t_plain = best(lambda i: plain(no_map))
     t_carried = best(lambda i: carried(sample))
     t_recompute = best(lambda i: sdf(plain(no_map)))
-    return [("strong augmentation, no map", t_plain), ("+ distance map transformed with the label", t_carried),
-            ("+ distance map recomputed on the augmented patch", t_recompute)]  # fmt: skip
+    return [
+        ("strong augmentation, no map", t_plain),
+        ("+ distance map transformed with the label", t_carried),
+        ("+ distance map recomputed on the augmented patch", t_recompute),
+    ]
 
 
 def main(argv=None) -> int:
@@ -101,8 +116,22 @@ def main(argv=None) -> int:
     a = ap.parse_args(argv)
     torch.set_num_threads(a.threads)
     if not (a.data / "dataset.json").exists():
-        cmd = [sys.executable, "-m", "monai_losses_ext.phantoms", "--task", "lesion", "--out", str(a.data),
-               "--num-cases", "24", "--spacing", "1.5", "--workers", "2", "--no-progress"]  # fmt: skip
+        cmd = [
+            sys.executable,
+            "-m",
+            "monai_losses_ext.phantoms",
+            "--task",
+            "lesion",
+            "--out",
+            str(a.data),
+            "--num-cases",
+            "24",
+            "--spacing",
+            "1.5",
+            "--workers",
+            "2",
+            "--no-progress",
+        ]
         subprocess.run(cmd, check=True)
     rows = []
     for aug in ("strong", "legacy"):
@@ -110,17 +139,28 @@ def main(argv=None) -> int:
             for w in a.workers:
                 rate = throughput(loader(a.data, aug, cache, w), a.epochs)
                 rows.append((aug, "cached" if cache else "not cached", w, rate))
-                print(f"{aug:7s} {'cached' if cache else 'not cached':10s} workers={w}: {rate:.1f} patches/s", flush=True)
+                print(
+                    f"{aug:7s} {'cached' if cache else 'not cached':10s} workers={w}: {rate:.1f} patches/s", flush=True
+                )
     costs = map_cost(a.data)
     lines = [
-        "# Data-loader throughput of the lesion bundle (train.json, demo schedule: 48^3 patches, 2 per case)", "",
+        "# Data-loader throughput of the lesion bundle (train.json, demo schedule: 48^3 patches, 2 per case)",
+        "",
         f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
-        f"{a.threads} threads in the main process; {a.epochs} timed epochs after one warm-up epoch; data `{a.data.name}`.", "",
-        "| augmentation | deterministic part | workers | patches / s |", "|---|---|---|---|",
-        *[f"| {aug} | {cache} | {w} | {rate:.1f} |" for aug, cache, w, rate in rows], "",
-        "Per-sample cost of the label maps a boundary loss reads (affine and elastic forced on, min of repeats):", "",
-        "| pipeline | ms / sample |", "|---|---|", *[f"| {name} | {ms:.1f} |" for name, ms in costs], "",
-    ]  # fmt: skip
+        f"{a.threads} threads in the main process; {a.epochs} timed epochs after one warm-up epoch; "
+        f"data `{a.data.name}`.",
+        "",
+        "| augmentation | deterministic part | workers | patches / s |",
+        "|---|---|---|---|",
+        *[f"| {aug} | {cache} | {w} | {rate:.1f} |" for aug, cache, w, rate in rows],
+        "",
+        "Per-sample cost of the label maps a boundary loss reads (affine and elastic forced on, min of repeats):",
+        "",
+        "| pipeline | ms / sample |",
+        "|---|---|",
+        *[f"| {name} | {ms:.1f} |" for name, ms in costs],
+        "",
+    ]
     text = "\n".join(lines)
     print(text)
     out = ROOT / "benchmarks" / "results" / "loader_cpu.md"

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import platform
-
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +30,7 @@ from monai_losses_ext.transforms import (
 
 NUM_CLASSES = 4
 SPACING = (1.0, 1.0, 1.5)
+
 
 def make_label(size: int, seed: int = 0) -> torch.Tensor:
     """(1, size, size, size) labels 0..3: a tumour-like nest (2 around 1 around 3) plus a few lesions."""
@@ -50,14 +50,18 @@ def make_label(size: int, seed: int = 0) -> torch.Tensor:
         lab[blob(c, rng.uniform(0.02, 0.05, 3))] = rng.integers(1, NUM_CLASSES)
     return torch.from_numpy(lab[None])
 
+
 def reference(label: torch.Tensor) -> np.ndarray:
     """Bare reference: EDT inside + EDT outside for every class."""
     lab = label[0].numpy()
     out = np.empty((NUM_CLASSES, *lab.shape), dtype=np.float32)
     for k in range(NUM_CLASSES):
         fg = lab == k
-        out[k] = ndimage.distance_transform_edt(~fg, sampling=SPACING) - ndimage.distance_transform_edt(fg, sampling=SPACING)
+        out[k] = ndimage.distance_transform_edt(~fg, sampling=SPACING) - ndimage.distance_transform_edt(
+            fg, sampling=SPACING
+        )
     return out
+
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -72,7 +76,10 @@ def main() -> None:
     cases = [
         ("reference: 2 x scipy EDT per class", lambda: reference(label)),
         ("SignedDistanceMap (signed)", lambda: SignedDistanceMap(NUM_CLASSES, spacing=SPACING)(label)),
-        ("SignedDistanceMap (unsigned, HD-DT)", lambda: SignedDistanceMap(NUM_CLASSES, "unsigned", spacing=SPACING)(label)),
+        (
+            "SignedDistanceMap (unsigned, HD-DT)",
+            lambda: SignedDistanceMap(NUM_CLASSES, "unsigned", spacing=SPACING)(label),
+        ),
         ("UNetWeightMap (w0=10, sigma=5)", lambda: UNetWeightMap(spacing=SPACING)(label)),
         ("LesionInstances", lambda: LesionInstances()(label)),
         ("ValidateLabel", lambda: ValidateLabel(num_classes=NUM_CLASSES)(label)),
@@ -81,7 +88,8 @@ def main() -> None:
     times = {name: time_call(fn, torch.device("cpu"), args.repeats) for name, fn in cases}
     ref = times[cases[0][0]]
     lines = [
-        f"Label (1, {args.size}, {args.size}, {args.size}), {NUM_CLASSES} classes, {n_objects} objects, spacing {SPACING}; "
+        f"Label (1, {args.size}, {args.size}, {args.size}), {NUM_CLASSES} classes, {n_objects} objects, "
+        f"spacing {SPACING}; "
         f"min of {args.repeats} repeats, 1 torch thread; {platform.processor() or platform.machine()}, "
         f"torch {torch.__version__}.",
         "",
@@ -94,6 +102,7 @@ def main() -> None:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(table + "\n")
     print(f"\nsaved to {args.out}")
+
 
 if __name__ == "__main__":
     main()

@@ -94,9 +94,12 @@ def hd95(pred: Any, truth: Any, spacing: float | Sequence[float] | None = None, 
     with warnings.catch_warnings():  # MONAI 1.5+ warns about its own internal argument
         warnings.simplefilter("ignore", FutureWarning)
         val = compute_hausdorff_distance(
-            torch.from_numpy(p[None, None]), torch.from_numpy(t[None, None]),
-            include_background=True, percentile=percentile, spacing=sp,
-        )  # fmt: skip
+            torch.from_numpy(p[None, None]),
+            torch.from_numpy(t[None, None]),
+            include_background=True,
+            percentile=percentile,
+            spacing=sp,
+        )
     return float(val.reshape(-1)[0])
 
 
@@ -146,8 +149,13 @@ def lesion_counts(pred: Any, truth: Any, connectivity: int | None = None, min_si
 
 def _counts(d: Mapping[str, np.ndarray]) -> dict[str, int]:
     tp, n_truth = int(d["truth_detected"].sum()), int(d["truth_sizes"].size)
-    return {"tp": tp, "fp": int(d["pred_false"].sum()), "fn": n_truth - tp, "n_truth": n_truth,
-            "n_pred": int(d["pred_sizes"].size)}  # fmt: skip
+    return {
+        "tp": tp,
+        "fp": int(d["pred_false"].sum()),
+        "fn": n_truth - tp,
+        "n_truth": n_truth,
+        "n_pred": int(d["pred_sizes"].size),
+    }
 
 
 def size_group_labels(edges: Sequence[int] = (10, 50)) -> list[str]:
@@ -176,10 +184,13 @@ def size_group_counts(details: Mapping[str, np.ndarray], edges: Sequence[int] = 
     det = np.asarray(details["truth_detected"], bool)
     fp = np.asarray(details["pred_false"], bool)
     return {
-        lab: {"n_truth": int((tg == i).sum()), "detected": int((det & (tg == i)).sum()),
-              "false_positive": int((fp & (pg == i)).sum())}
+        lab: {
+            "n_truth": int((tg == i).sum()),
+            "detected": int((det & (tg == i)).sum()),
+            "false_positive": int((fp & (pg == i)).sum()),
+        }
         for i, lab in enumerate(labels)
-    }  # fmt: skip
+    }
 
 
 def lesion_wise_scores(counts: Mapping[str, int]) -> dict[str, float]:
@@ -231,8 +242,9 @@ def score_case(
     return row
 
 
-def pooled_size_sensitivity(rows: Sequence[Mapping[str, Any]], structures: Sequence[str],
-                            size_edges: Sequence[int] = (10, 50)) -> dict[str, float]:  # fmt: skip
+def pooled_size_sensitivity(
+    rows: Sequence[Mapping[str, Any]], structures: Sequence[str], size_edges: Sequence[int] = (10, 50)
+) -> dict[str, float]:
     """Lesion sensitivity per size group pooled over the cases of :func:`score_case` rows:
     ``{"sensitivity_<s>_<g>": detected / truth lesions of that group, NaN without any}``."""
     out = {}
@@ -337,8 +349,8 @@ class LesionWiseF1Metric(CumulativeIterationMetric):
 class LesionF1(IgniteMetricHandler):
     """Ignite metric (``monai.handlers`` style) for :class:`LesionWiseF1Metric`, for bundle configs::
 
-        "val_lesion_f1": {"_target_": "monai_losses_ext.metrics.LesionF1", "include_background": false,
-                          "output_transform": "$monai.handlers.from_engine(['pred', 'label'])"}
+    "val_lesion_f1": {"_target_": "monai_losses_ext.metrics.LesionF1", "include_background": false,
+                      "output_transform": "$monai.handlers.from_engine(['pred', 'label'])"}
     """
 
     def __init__(
@@ -352,4 +364,3 @@ class LesionF1(IgniteMetricHandler):
     ) -> None:
         metric_fn = LesionWiseF1Metric(include_background, connectivity, score, reduction)
         super().__init__(metric_fn=metric_fn, output_transform=output_transform, save_details=save_details)
-

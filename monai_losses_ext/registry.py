@@ -39,8 +39,10 @@ def _import_dotted(path: str) -> Any:
     try:
         return getattr(importlib.import_module(mod), attr)
     except (ImportError, AttributeError) as err:
-        raise ValueError(f"cannot import loss {path!r}: {err}; give a registry name ({', '.join(list_losses())}) "
-                         "or the dotted path of a loss class such as 'monai.losses.DiceLoss'.") from err
+        raise ValueError(
+            f"cannot import loss {path!r}: {err}; give a registry name ({', '.join(list_losses())}) "
+            "or the dotted path of a loss class such as 'monai.losses.DiceLoss'."
+        ) from err
 
 
 def get_loss(name: str | type, defaults: dict | None = None, **kwargs) -> torch.nn.Module:
@@ -67,9 +69,11 @@ def get_loss(name: str | type, defaults: dict | None = None, **kwargs) -> torch.
     else:
         raise TypeError(f"loss name must be a string or a class, got {type(name).__name__}.")
     if not (isinstance(cls, type) and issubclass(cls, torch.nn.Module)):
-        raise TypeError(f"loss {name!r} is {cls!r}, not a torch.nn.Module class: give a registry name "
-                        f"({', '.join(list_losses())}) or the dotted path of a loss class such as "
-                        "'monai.losses.DiceLoss'.")
+        raise TypeError(
+            f"loss {name!r} is {cls!r}, not a torch.nn.Module class: give a registry name "
+            f"({', '.join(list_losses())}) or the dotted path of a loss class such as "
+            "'monai.losses.DiceLoss'."
+        )
     params = inspect.signature(cls.__init__).parameters
     if defaults:
         takes_all = any(p.kind == p.VAR_KEYWORD for p in params.values())

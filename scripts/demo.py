@@ -32,8 +32,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 BUNDLE = ROOT / "bundles" / "lesion_segmentation"
 
-# The schedule tuned for a few minutes of training on 2 CPU cores (figures in bundles/lesion_segmentation/docs/README.md);
-# the loss benchmark's CPU preset trains with the same one.
+# The schedule tuned for a few minutes of training on 2 CPU cores (figures in
+# bundles/lesion_segmentation/docs/README.md); the loss benchmark's CPU preset trains with the same one.
 DEMO_OVERRIDES = CPU_SCHEDULE
 
 
@@ -46,7 +46,9 @@ def bundle_run(configs: list[str], overrides: dict, env: dict, log_file: Path) -
     command and its metric lines; returns the wall time."""
     log(f"$ {shown(bundle_command(BUNDLE, configs, overrides))}")
     try:
-        seconds = run_bundle(BUNDLE, configs, overrides, log_file, env, echo=lambda line: print("    " + line, flush=True))
+        seconds = run_bundle(
+            BUNDLE, configs, overrides, log_file, env, echo=lambda line: print("    " + line, flush=True)
+        )
     except RuntimeError as err:
         raise SystemExit(str(err)) from None
     lines = log_file.read_text().splitlines()
@@ -61,13 +63,28 @@ def bundle_run(configs: list[str], overrides: dict, env: dict, log_file: Path) -
 TEST_SITES = {"in_domain": 1, "scanner": 2, "site_c": 3}
 
 
-def ensure_phantoms(data: Path, num_cases: int, spacing: float | None, seed: int, env: dict, site: str | None = None) -> None:
+def ensure_phantoms(
+    data: Path, num_cases: int, spacing: float | None, seed: int, env: dict, site: str | None = None
+) -> None:
     if (data / "dataset.json").exists():
         log(f"phantoms found in {data}")
         return
-    cmd = [sys.executable, "-m", "monai_losses_ext.phantoms", "--task", "lesion", "--out", str(data),
-           "--num-cases", str(num_cases), "--seed", str(seed), "--workers", env.get("OMP_NUM_THREADS", "1"),
-           "--no-progress"]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "monai_losses_ext.phantoms",
+        "--task",
+        "lesion",
+        "--out",
+        str(data),
+        "--num-cases",
+        str(num_cases),
+        "--seed",
+        str(seed),
+        "--workers",
+        env.get("OMP_NUM_THREADS", "1"),
+        "--no-progress",
+    ]
     if site and site != "in_domain":
         cmd += ["--site", site]  # the site's own resolution and acquisition
     else:
@@ -81,11 +98,15 @@ def ensure_phantoms(data: Path, num_cases: int, spacing: float | None, seed: int
 def scores(summary: dict) -> dict:
     m, p = summary["metrics"], summary["pooled"]
     return {
-        "cases": summary["cases"], "dice": m["dice_lesion"]["mean"], "dice_std": m["dice_lesion"]["std"],
-        "hd95_mm": m["hd95_lesion"]["mean"], "lesion_f1": m["f1_lesion"]["mean"],
-        "lesion_sensitivity": m["sensitivity_lesion"]["mean"], "fp_lesions_per_case": p["fp_lesions_per_case_lesion"],
+        "cases": summary["cases"],
+        "dice": m["dice_lesion"]["mean"],
+        "dice_std": m["dice_lesion"]["std"],
+        "hd95_mm": m["hd95_lesion"]["mean"],
+        "lesion_f1": m["f1_lesion"]["mean"],
+        "lesion_sensitivity": m["sensitivity_lesion"]["mean"],
+        "fp_lesions_per_case": p["fp_lesions_per_case_lesion"],
         "sensitivity_by_size": {k.split("_")[-1]: v for k, v in p.items() if k.startswith("sensitivity_lesion_")},
-    }  # fmt: skip
+    }
 
 
 def train_and_evaluate(name: str, loss: str, out: Path, args, env: dict, test_sets: dict[str, Path]) -> dict:
@@ -103,13 +124,28 @@ def train_and_evaluate(name: str, loss: str, out: Path, args, env: dict, test_se
     }
     log(f"[{name}] training with loss '{loss}' for {args.epochs} epochs -> {out}")
     t_train = bundle_run(["train.json"], run, env, out / "train.log")
-    ev = {k: run[k] for k in ("bundle_root", "patch_size", "channels", "strides", "num_res_units", "sw_batch_size",
-                              "num_threads", *args.bundle_args)}  # fmt: skip
+    ev = {
+        k: run[k]
+        for k in (
+            "bundle_root",
+            "patch_size",
+            "channels",
+            "strides",
+            "num_res_units",
+            "sw_batch_size",
+            "num_threads",
+            *args.bundle_args,
+        )
+    }
     res = {"loss": loss, "train_seconds": round(t_train, 1), "eval_overrides": ev, "sites": {}}
     for site, data in test_sets.items():
         log(f"[{name}] evaluating the best checkpoint on {site}: every case of {data}")
-        t_eval = bundle_run(["train.json", "evaluate.json"], {**ev, "dataset_dir": str(data), "output_dir": str(out / "eval" / site)},
-                            env, out / f"evaluate_{site}.log")  # fmt: skip
+        t_eval = bundle_run(
+            ["train.json", "evaluate.json"],
+            {**ev, "dataset_dir": str(data), "output_dir": str(out / "eval" / site)},
+            env,
+            out / f"evaluate_{site}.log",
+        )
         summary = json.loads((out / "eval" / site / "summary.json").read_text())
         res["sites"][site] = {**scores(summary), "eval_seconds": round(t_eval, 1)}
     return res
@@ -173,10 +209,20 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--test-cases", type=int, default=8, help="fresh phantoms per test site (default 8)")
-    ap.add_argument("--sites", nargs="+", default=list(TEST_SITES), choices=list(TEST_SITES),
-                    help="test sites (default: all): in_domain = the training site, scanner, site_c")
-    ap.add_argument("--bundle-args", type=ast.literal_eval, default={}, metavar="DICT",
-                    help="more bundle overrides for training and evaluation, a Python dict")
+    ap.add_argument(
+        "--sites",
+        nargs="+",
+        default=list(TEST_SITES),
+        choices=list(TEST_SITES),
+        help="test sites (default: all): in_domain = the training site, scanner, site_c",
+    )
+    ap.add_argument(
+        "--bundle-args",
+        type=ast.literal_eval,
+        default={},
+        metavar="DICT",
+        help="more bundle overrides for training and evaluation, a Python dict",
+    )
     args = ap.parse_args(argv)
     args.out, args.data = args.out.resolve(), args.data.resolve()
     args.out.mkdir(parents=True, exist_ok=True)
@@ -197,14 +243,20 @@ def main(argv=None) -> int:
     ev = results["ours"]["eval_overrides"]
     first = next(iter(test_sets))
     log(f"writing NIfTI predictions of the {first} test cases (inference config)")
-    bundle_run(["train.json", "inference.json"], {**ev, "dataset_dir": str(test_sets[first]), "infer_split": "all"},
-               env, args.out / "inference.log")  # fmt: skip
+    bundle_run(
+        ["train.json", "inference.json"],
+        {**ev, "dataset_dir": str(test_sets[first]), "infer_split": "all"},
+        env,
+        args.out / "inference.log",
+    )
     total = time.perf_counter() - t0
 
     r = results["ours"]
     d = r["sites"][first]
-    title = (f"lesion bundle, loss {r['loss']}, {args.epochs} epochs on {args.num_cases - args.num_val} phantoms "
-             f"({args.spacing} mm): {first} test Dice {d['dice']:.3f}, lesion F1 {d['lesion_f1']:.3f}")  # fmt: skip
+    title = (
+        f"lesion bundle, loss {r['loss']}, {args.epochs} epochs on {args.num_cases - args.num_val} phantoms "
+        f"({args.spacing} mm): {first} test Dice {d['dice']:.3f}, lesion F1 {d['lesion_f1']:.3f}"
+    )
     png = args.out / "demo.png"
     plot(args.out, test_sets[first], png, title)
     summary = {
@@ -226,10 +278,15 @@ def main(argv=None) -> int:
     for k, v in results.items():
         for site, m in v["sites"].items():
             sens = " ".join(f"{m['sensitivity_by_size'][g]:10.2f}" for g in groups)
-            print(f"{k:6s} {v['loss']:22s} {site:10s} {m['cases']:5d} {m['dice']:7.3f} ± {m['dice_std']:.3f} "
-                  f"{m['lesion_f1']:9.3f} {m['fp_lesions_per_case']:7.2f} {sens} {m['hd95_mm']:8.2f}")  # fmt: skip
+            print(
+                f"{k:6s} {v['loss']:22s} {site:10s} {m['cases']:5d} {m['dice']:7.3f} ± {m['dice_std']:.3f} "
+                f"{m['lesion_f1']:9.3f} {m['fp_lesions_per_case']:7.2f} {sens} {m['hd95_mm']:8.2f}"
+            )
     print()
-    log(f"done in {total / 60:.1f} min: {png}, {args.out / 'results.json'}, per-case {args.out / 'eval' / '<site>' / 'metrics.csv'}")
+    log(
+        f"done in {total / 60:.1f} min: {png}, {args.out / 'results.json'}, "
+        f"per-case {args.out / 'eval' / '<site>' / 'metrics.csv'}"
+    )
     return 0
 
 

@@ -8,8 +8,8 @@ import os
 import subprocess
 from pathlib import Path
 
-import numpy as np
 import nibabel as nib
+import numpy as np
 
 from monai_losses_ext import bundle as bu
 
@@ -19,9 +19,16 @@ SHAPE = (24, 28, 20)
 AFFINE = np.array([[-1.5, 0, 0, 20.0], [0, 1.5, 0, -30.0], [0, 0, 2.0, -15.0], [0, 0, 0, 1]])  # LAS, anisotropic
 # small everything: 16^3 patches, a 3-level U-Net with 4..16 channels, batch 1, one patch per case
 TINY = {
-    "patch_size": [16, 16, 16], "channels": [4, 8, 16], "strides": [2, 2], "num_res_units": 0,
-    "batch_size": 1, "num_samples": 1, "sw_batch_size": 2, "progress_bar": False, "num_threads": 1,
-}  # fmt: skip
+    "patch_size": [16, 16, 16],
+    "channels": [4, 8, 16],
+    "strides": [2, 2],
+    "num_res_units": 0,
+    "batch_size": 1,
+    "num_samples": 1,
+    "sw_batch_size": 2,
+    "progress_bar": False,
+    "num_threads": 1,
+}
 EVAL_KEYS = ("patch_size", "channels", "strides", "num_res_units", "sw_batch_size", "num_threads")
 
 
@@ -58,8 +65,15 @@ def write_case(folder: Path, name: str, task: str, rng, label_override=None, aff
     return {"image": f"./imagesTr/{name}.nii.gz", "label": f"./labelsTr/{name}.nii.gz"}
 
 
-def write_dataset(folder: Path, task: str, n: int = 4, seed: int = 0, bad: dict | None = None,
-                  affines: dict | None = None, scalp: bool = False) -> Path:
+def write_dataset(
+    folder: Path,
+    task: str,
+    n: int = 4,
+    seed: int = 0,
+    bad: dict | None = None,
+    affines: dict | None = None,
+    scalp: bool = False,
+) -> Path:
     """``n`` cases; ``bad`` {index: label -> label} damages labels, ``affines`` {index: 4x4} gives cases
     their own voxel grid, ``scalp`` writes images that are not skull-stripped."""
     rng = np.random.default_rng(seed)
@@ -68,12 +82,12 @@ def write_dataset(folder: Path, task: str, n: int = 4, seed: int = 0, bad: dict 
         if task == "lesion"
         else {"0": "background", "1": "necrotic tumour core", "2": "peritumoral oedema", "3": "enhancing tumour"}
     )
-    items = [write_case(folder, f"case_{i:03d}", task, rng, (bad or {}).get(i), (affines or {}).get(i), scalp)
-             for i in range(n)]
+    items = [
+        write_case(folder, f"case_{i:03d}", task, rng, (bad or {}).get(i), (affines or {}).get(i), scalp)
+        for i in range(n)
+    ]
     (folder / "dataset.json").write_text(json.dumps({"name": task, "labels": labels, "training": items, "test": []}))
     return folder
-
-
 
 
 TESTS = Path(__file__).resolve().parent
@@ -87,15 +101,25 @@ def command(root: Path, data_dir: Path, configs=("train.json",), task="lesion", 
 
 def env(extra_path: Path | None = None, **kv) -> dict:
     e = bu.child_env(threads=1)
-    e["PYTHONPATH"] = os.pathsep.join([p for p in (str(extra_path) if extra_path else "", str(TESTS), e.get("PYTHONPATH", "")) if p])
+    e["PYTHONPATH"] = os.pathsep.join(
+        [p for p in (str(extra_path) if extra_path else "", str(TESTS), e.get("PYTHONPATH", "")) if p]
+    )
     return {**e, **{k: str(v) for k, v in kv.items()}}
 
 
-def run(root, data_dir, configs=("train.json",), environ=None, expect_ok=True, task="lesion", **overrides) -> subprocess.CompletedProcess:
+def run(
+    root, data_dir, configs=("train.json",), environ=None, expect_ok=True, task="lesion", **overrides
+) -> subprocess.CompletedProcess:
     """Run a bundle through its CLI, as a user does; asserts a clean success, or with ``expect_ok=False`` a
     clean failure (no abort at exit)."""
-    res = subprocess.run(command(root, data_dir, configs, task, **overrides), env=environ or env(), capture_output=True,
-                         text=True, timeout=300, cwd=str(BUNDLES[task]))  # fmt: skip
+    res = subprocess.run(
+        command(root, data_dir, configs, task, **overrides),
+        env=environ or env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=str(BUNDLES[task]),
+    )
     out = res.stdout + res.stderr
     if expect_ok:
         assert res.returncode == 0, out[-4000:]
@@ -114,4 +138,6 @@ class ScriptedMetric:
     def attach(self, engine, name: str) -> None:
         from ignite.engine import Events
 
-        engine.add_event_handler(Events.EPOCH_COMPLETED, lambda e: e.state.metrics.__setitem__(name, self.values[e.state.epoch - 1]))
+        engine.add_event_handler(
+            Events.EPOCH_COMPLETED, lambda e: e.state.metrics.__setitem__(name, self.values[e.state.epoch - 1])
+        )

@@ -311,8 +311,13 @@ def dice_loss(
              "== monai.losses.DiceLoss", which this follows; see jaccard_spec_printed for the other).
     """
     p, g, m = prepare(
-        x, y, sigmoid_act=sigmoid, softmax_act=softmax, to_onehot_y=to_onehot_y,
-        include_background=include_background, ignore_index=ignore_index,
+        x,
+        y,
+        sigmoid_act=sigmoid,
+        softmax_act=softmax,
+        to_onehot_y=to_onehot_y,
+        include_background=include_background,
+        ignore_index=ignore_index,
     )
     s = overlap_sums(p, g, m, batch=batch, squared=squared_pred, soft_label=soft_label)
     tp, sp, sg = s["TP"], s["SP"], s["SG"]
@@ -333,12 +338,31 @@ def jaccard_spec_printed(x, y, *, smooth_nr=1e-5, smooth_dr=1e-5, **kw):
     return float(np.mean(1.0 - (s["TP"] + smooth_nr) / (s["SP"] + s["SG"] - s["TP"] + smooth_dr)))
 
 
-def tversky_index(x, y, *, alpha=0.5, beta=0.5, smooth_nr=1e-5, smooth_dr=1e-5, batch=False, soft_label=False,
-                  include_background=True, to_onehot_y=False, sigmoid=False, softmax=False, ignore_index=None):
+def tversky_index(
+    x,
+    y,
+    *,
+    alpha=0.5,
+    beta=0.5,
+    smooth_nr=1e-5,
+    smooth_dr=1e-5,
+    batch=False,
+    soft_label=False,
+    include_background=True,
+    to_onehot_y=False,
+    sigmoid=False,
+    softmax=False,
+    ignore_index=None,
+):
     """TI per (b, c) (or c): (TP + snr) / (TP + alpha FP + beta FN + sdr); alpha weighs FP, beta FN."""
     p, g, m = prepare(
-        x, y, sigmoid_act=sigmoid, softmax_act=softmax, to_onehot_y=to_onehot_y,
-        include_background=include_background, ignore_index=ignore_index,
+        x,
+        y,
+        sigmoid_act=sigmoid,
+        softmax_act=softmax,
+        to_onehot_y=to_onehot_y,
+        include_background=include_background,
+        ignore_index=ignore_index,
     )
     s = overlap_sums(p, g, m, batch=batch, soft_label=soft_label)
     return (s["TP"] + smooth_nr) / (s["TP"] + alpha * s["FP"] + beta * s["FN"] + smooth_dr)
@@ -375,8 +399,13 @@ def generalized_dice_loss(
     """Sudre 2017 with MONAI's details: w = 1/SG^2 ("square"), 1/SG ("simple"), 1 ("uniform");
     infinite weights (SG = 0) replaced by the max finite weight of the sample (batch=True: of all classes)."""
     p, g, m = prepare(
-        x, y, sigmoid_act=sigmoid, softmax_act=softmax, to_onehot_y=to_onehot_y,
-        include_background=include_background, ignore_index=ignore_index,
+        x,
+        y,
+        sigmoid_act=sigmoid,
+        softmax_act=softmax,
+        to_onehot_y=to_onehot_y,
+        include_background=include_background,
+        ignore_index=ignore_index,
     )
     s = overlap_sums(p, g, m, batch=batch, soft_label=soft_label)
     tp, sp, sg = s["TP"], s["SP"], s["SG"]
@@ -432,8 +461,13 @@ def sensitivity_specificity_loss(
     """Brosch et al. 2015, per (b, c), sums over valid voxels only:
     r * sum((g-p)^2 g)/(sum g + sdr) + (1-r) * sum((g-p)^2 (1-g))/(sum(1-g) + sdr)."""
     p, g, m = prepare(
-        x, y, sigmoid_act=sigmoid, softmax_act=softmax, to_onehot_y=to_onehot_y,
-        include_background=include_background, ignore_index=ignore_index,
+        x,
+        y,
+        sigmoid_act=sigmoid,
+        softmax_act=softmax,
+        to_onehot_y=to_onehot_y,
+        include_background=include_background,
+        ignore_index=ignore_index,
     )
     axes = _spatial_axes(p)
     if batch:
@@ -491,8 +525,9 @@ def cross_entropy(x, y, *, weight=None, ignore_index=None, label_smoothing=0.0, 
 
 def per_voxel_ce(x, y, *, weight=None, label_smoothing=0.0, ignore_index=None):
     """(B, *) per-voxel CE as torch's reduction="none" (index y (B, 1, *)); 0 at ignored voxels."""
-    return cross_entropy(x, y, weight=weight, label_smoothing=label_smoothing, reduction="none",
-                         ignore_index=ignore_index)
+    return cross_entropy(
+        x, y, weight=weight, label_smoothing=label_smoothing, reduction="none", ignore_index=ignore_index
+    )
 
 
 def weighted_bce_loss(x, y, *, pos_weight=1.0, reduction="mean", ignore_index=None, to_onehot_y=False):
@@ -606,8 +641,19 @@ def topk_ce_loss(x, y, *, k=10, weight=None, ignore_index=None, label_smoothing=
 # ----------------------------------------------------------------------------------------------------
 
 
-def dice_ce_loss(x, y, *, lambda_dice=1.0, lambda_ce=1.0, label_smoothing=0.0, weight=None,
-                 include_background=True, to_onehot_y=False, reduction="mean", **dice_kw):
+def dice_ce_loss(
+    x,
+    y,
+    *,
+    lambda_dice=1.0,
+    lambda_ce=1.0,
+    label_smoothing=0.0,
+    weight=None,
+    include_background=True,
+    to_onehot_y=False,
+    reduction="mean",
+    **dice_kw,
+):
     """monai DiceCELoss: lambda_dice * Dice(weight[1:] without background) + lambda_ce * CE(weight)
     (BCE with logits and pos_weight when C == 1)."""
     x = np.asarray(x, np.float64)
@@ -616,48 +662,104 @@ def dice_ce_loss(x, y, *, lambda_dice=1.0, lambda_ce=1.0, label_smoothing=0.0, w
         dw = np.asarray(weight, np.float64)
         if not include_background:
             dw = dw[1:]
-    d = dice_loss(x, y, include_background=include_background, to_onehot_y=to_onehot_y, weight=dw,
-                  reduction=reduction, **dice_kw)
+    d = dice_loss(
+        x, y, include_background=include_background, to_onehot_y=to_onehot_y, weight=dw, reduction=reduction, **dice_kw
+    )
     yy = np.asarray(y, np.float64)
     ce = cross_entropy(x, yy, weight=weight, label_smoothing=label_smoothing, reduction=reduction)
     return lambda_dice * d + lambda_ce * ce
 
 
-def dice_focal_loss(x, y, *, lambda_dice=1.0, lambda_focal=1.0, gamma=2.0, alpha=None, weight=None,
-                    include_background=True, to_onehot_y=False, reduction="mean", **dice_kw):
+def dice_focal_loss(
+    x,
+    y,
+    *,
+    lambda_dice=1.0,
+    lambda_focal=1.0,
+    gamma=2.0,
+    alpha=None,
+    weight=None,
+    include_background=True,
+    to_onehot_y=False,
+    reduction="mean",
+    **dice_kw,
+):
     x = np.asarray(x, np.float64)
     y = np.asarray(y, np.float64)
     if to_onehot_y and x.shape[1] > 1:
         y = one_hot(y, x.shape[1])
     d = dice_loss(x, y, include_background=include_background, weight=weight, reduction=reduction, **dice_kw)
-    f = focal_loss(x, y, include_background=include_background, gamma=gamma, alpha=alpha, weight=weight,
-                   reduction=reduction)
+    f = focal_loss(
+        x, y, include_background=include_background, gamma=gamma, alpha=alpha, weight=weight, reduction=reduction
+    )
     return lambda_dice * d + lambda_focal * f
 
 
 def dice_topk_loss(x, y, *, k=10, lambda_dice=1.0, lambda_topk=1.0, weight=None, label_smoothing=0.0, **dice_kw):
     d = dice_loss(x, y, **dice_kw)
-    t = topk_ce_loss(x, y, k=k, weight=weight, label_smoothing=label_smoothing,
-                     ignore_index=dice_kw.get("ignore_index"))
+    t = topk_ce_loss(
+        x, y, k=k, weight=weight, label_smoothing=label_smoothing, ignore_index=dice_kw.get("ignore_index")
+    )
     return lambda_dice * d + lambda_topk * t
 
 
-def combo_loss(x, y, *, alpha=0.5, beta=0.5, include_background=True, to_onehot_y=False, sigmoid=False,
-               softmax=False, ignore_index=None, eps=0.0, **dice_kw):
+def combo_loss(
+    x,
+    y,
+    *,
+    alpha=0.5,
+    beta=0.5,
+    include_background=True,
+    to_onehot_y=False,
+    sigmoid=False,
+    softmax=False,
+    ignore_index=None,
+    eps=0.0,
+    **dice_kw,
+):
     """Spec Combo: alpha * mean_{valid voxels, kept channels}(-(beta g log p + (1-beta)(1-g) log(1-p)))
     + (1 - alpha) * DiceLoss (same args)."""
-    p, g, m = prepare(x, y, sigmoid_act=sigmoid, softmax_act=softmax, to_onehot_y=to_onehot_y,
-                      include_background=include_background, ignore_index=ignore_index)
+    p, g, m = prepare(
+        x,
+        y,
+        sigmoid_act=sigmoid,
+        softmax_act=softmax,
+        to_onehot_y=to_onehot_y,
+        include_background=include_background,
+        ignore_index=ignore_index,
+    )
     pc = np.clip(p, eps, 1 - eps) if eps else p
     ce = -(beta * g * np.log(pc) + (1 - beta) * (1 - g) * np.log(1 - pc))
     ce = float((ce * m).sum() / (m.sum() * p.shape[1]))
-    d = dice_loss(x, y, include_background=include_background, to_onehot_y=to_onehot_y, sigmoid=sigmoid,
-                  softmax=softmax, ignore_index=ignore_index, **dice_kw)
+    d = dice_loss(
+        x,
+        y,
+        include_background=include_background,
+        to_onehot_y=to_onehot_y,
+        sigmoid=sigmoid,
+        softmax=softmax,
+        ignore_index=ignore_index,
+        **dice_kw,
+    )
     return alpha * ce + (1 - alpha) * d
 
 
-def unified_focal_loss(x, y, *, weight=0.5, delta=0.6, gamma=0.5, asymmetric=True, sigmoid=False, softmax=False,
-                       to_onehot_y=False, smooth_nr=1e-5, smooth_dr=1e-5, batch=False, ignore_index=None):
+def unified_focal_loss(
+    x,
+    y,
+    *,
+    weight=0.5,
+    delta=0.6,
+    gamma=0.5,
+    asymmetric=True,
+    sigmoid=False,
+    softmax=False,
+    to_onehot_y=False,
+    smooth_nr=1e-5,
+    smooth_dr=1e-5,
+    batch=False,
+    ignore_index=None,
+):
     """Yeung et al. 2022 (authors' code), multi-class as in the spec; class 0 background.
 
     F  = mean_voxels sum_c  [c == 0: (1-delta)(1-p0)^gamma (-g0 log p0);
@@ -666,8 +768,9 @@ def unified_focal_loss(x, y, *, weight=0.5, delta=0.6, gamma=0.5, asymmetric=Tru
          mTI_c = (TP + snr) / (TP + delta FN + (1 - delta) FP + sdr) per (b, c), then mean over b.
     loss = weight * FT + (1 - weight) * F.  C == 1 (sigmoid): channels [1 - p, p].
     """
-    p, g, m = prepare(x, y, sigmoid_act=sigmoid, softmax_act=softmax, to_onehot_y=to_onehot_y,
-                      ignore_index=ignore_index)
+    p, g, m = prepare(
+        x, y, sigmoid_act=sigmoid, softmax_act=softmax, to_onehot_y=to_onehot_y, ignore_index=ignore_index
+    )
     if p.shape[1] == 1:
         p = np.concatenate([1 - p, p], axis=1)
         g = np.concatenate([1 - g, g], axis=1)
@@ -692,8 +795,20 @@ def unified_focal_loss(x, y, *, weight=0.5, delta=0.6, gamma=0.5, asymmetric=Tru
     return weight * FT + (1 - weight) * F
 
 
-def exp_log_loss(x, y, *, w_dice=0.8, w_cross=0.2, gamma_dice=0.3, gamma_cross=0.3, class_frequencies=None,
-                 to_onehot_y=False, smooth_nr=1e-5, smooth_dr=1e-5, batch=False):
+def exp_log_loss(
+    x,
+    y,
+    *,
+    w_dice=0.8,
+    w_cross=0.2,
+    gamma_dice=0.3,
+    gamma_cross=0.3,
+    class_frequencies=None,
+    to_onehot_y=False,
+    smooth_nr=1e-5,
+    smooth_dr=1e-5,
+    batch=False,
+):
     """Wong et al. 2018: w_dice E_c[(-ln Dice_c)^gd] + w_cross E_x[w_l (-ln p_l(x))^gc],
     w_l = (sum_k f_k / f_l)^0.5, f = class_frequencies or the label counts of the batch; softmax on logits."""
     x = np.asarray(x, np.float64)
@@ -769,8 +884,9 @@ def lovasz_flat(probas, fg_classes, classes="present", class_ids=None):
     return float(np.mean(losses)) if losses else 0.0
 
 
-def lovasz_softmax_loss(x, y, *, classes="present", per_image=False, include_background=True, softmax=True,
-                        ignore_index=None):
+def lovasz_softmax_loss(
+    x, y, *, classes="present", per_image=False, include_background=True, softmax=True, ignore_index=None
+):
     x = np.asarray(x, np.float64)
     y = np.asarray(y, np.float64)
     C = x.shape[1]
@@ -845,20 +961,30 @@ def self_check(seed=0):
         _close(d2, 1 - vnet_dice(p[b, c], g[b, c]))
         ti = tversky_index(p, g, alpha=0.3, beta=0.7, smooth_nr=0, smooth_dr=0)[b, c]
         _close(ti, tversky_index_forum(p[b, c], g[b, c], 0.7, 0.3))
-        _close(jaccard_spec_printed(p[b : b + 1, c : c + 1], g[b : b + 1, c : c + 1], smooth_nr=0, smooth_dr=0),
-               1 - jaccard_index(p[b, c], g[b, c]))
-        _close(dice_loss(p[b : b + 1, c : c + 1], g[b : b + 1, c : c + 1], jaccard=True, smooth_nr=0, smooth_dr=0),
-               1 - jaccard_index(p[b, c], g[b, c]))
+        _close(
+            jaccard_spec_printed(p[b : b + 1, c : c + 1], g[b : b + 1, c : c + 1], smooth_nr=0, smooth_dr=0),
+            1 - jaccard_index(p[b, c], g[b, c]),
+        )
+        _close(
+            dice_loss(p[b : b + 1, c : c + 1], g[b : b + 1, c : c + 1], jaccard=True, smooth_nr=0, smooth_dr=0),
+            1 - jaccard_index(p[b, c], g[b, c]),
+        )
         ss = sensitivity_specificity_loss(p[b : b + 1, c : c + 1], g[b : b + 1, c : c + 1], smooth_dr=0)
         _close(ss, sensitivity_specificity_forum(p[b, c], g[b, c]))
-        _close(log_cosh_dice_loss(p[b : b + 1, c : c + 1], g[b : b + 1, c : c + 1], smooth_nr=0, smooth_dr=0),
-               log_cosh_dice_forum(p[b, c], g[b, c]))
-        _close(focal_tversky_loss(p[b : b + 1, c : c + 1], g[b : b + 1, c : c + 1], smooth_nr=0, smooth_dr=0),
-               focal_tversky_forum(p[b, c], g[b, c]))
+        _close(
+            log_cosh_dice_loss(p[b : b + 1, c : c + 1], g[b : b + 1, c : c + 1], smooth_nr=0, smooth_dr=0),
+            log_cosh_dice_forum(p[b, c], g[b, c]),
+        )
+        _close(
+            focal_tversky_loss(p[b : b + 1, c : c + 1], g[b : b + 1, c : c + 1], smooth_nr=0, smooth_dr=0),
+            focal_tversky_forum(p[b, c], g[b, c]),
+        )
     # Tversky(0.5, 0.5) == Dice when Tversky's smoothing is half of Dice's
     _close(tversky_loss(p, g, smooth_nr=1e-3, smooth_dr=1e-3), dice_loss(p, g, smooth_nr=2e-3, smooth_dr=2e-3))
-    _close(tversky_loss(p, g, alpha=1.0, beta=1.0, smooth_nr=0, smooth_dr=0),
-           dice_loss(p, g, jaccard=True, smooth_nr=0, smooth_dr=0))
+    _close(
+        tversky_loss(p, g, alpha=1.0, beta=1.0, smooth_nr=0, smooth_dr=0),
+        dice_loss(p, g, jaccard=True, smooth_nr=0, smooth_dr=0),
+    )
     # soft-label L1 form equals the plain sums for hard labels
     _close(dice_loss(p, g, soft_label=True), dice_loss(p, g))
     # weighted two-class Dice (forum) == DiceLoss(weight normalised to mean 1)
@@ -902,8 +1028,10 @@ def self_check(seed=0):
     _close(topk_ce_loss(x, yi, k=1e-9), per_voxel_ce(x, yi).max())
     # Combo (spec) == forum form + (1 - alpha) for B = C = 1 with the same smoothing
     pb = sigmoid(xb[:1])
-    _close(combo_loss(pb, yb[:1], alpha=0.3, beta=0.6, smooth_nr=1.0, smooth_dr=1.0, eps=1e-9),
-           combo_forum(pb, yb[:1], alpha=0.3, ce_ratio=0.6, smooth=1.0) + 0.7)
+    _close(
+        combo_loss(pb, yb[:1], alpha=0.3, beta=0.6, smooth_nr=1.0, smooth_dr=1.0, eps=1e-9),
+        combo_forum(pb, yb[:1], alpha=0.3, ce_ratio=0.6, smooth=1.0) + 0.7,
+    )
     # unified focal: weight=1 -> FT only; weight=0 -> F only; C == 1 sigmoid == 2-channel probabilities
     u1 = unified_focal_loss(xb, yb, sigmoid=True)
     p2c = np.concatenate([1 - sigmoid(xb), sigmoid(xb)], 1)
@@ -921,7 +1049,7 @@ def self_check(seed=0):
     _close(el, np.mean(-np.log(dd)) + math.sqrt(3) * cross_entropy(x, yi))
 
     # Lovasz: grad formula vs brute-force set function, and binary vertices == Jaccard set loss
-    for trial in range(20):
+    for _trial in range(20):
         n = int(rng.integers(1, 9))
         fg = (rng.random(n) > 0.5).astype(np.float64)
         err = rng.random(n)

@@ -13,11 +13,11 @@ import numpy as np
 import pytest
 
 from monai_losses_ext import metrics as M
-from monai_losses_ext.metrics import score_case
 from monai_losses_ext.benchmark import PRESETS, Study, bootstrap_ci, bootstrap_ratio_ci, paired_comparison
 from monai_losses_ext.benchmark import quality as Q
 from monai_losses_ext.benchmark import speed as S
 from monai_losses_ext.benchmark.__main__ import main as cli
+from monai_losses_ext.metrics import score_case
 from monai_losses_ext.registry import list_losses
 
 LESION = {"lesion": [1]}
@@ -83,7 +83,10 @@ def test_missed_and_spurious_lesions_counted_by_size_group():
         p[starts[k]] = True
     p |= blob(shape, (18, 10, 2), 4) | blob(shape, (18, 14, 2), 60) | blob(shape, (18, 17, 2), 30)  # spurious
     row = score_case(p.astype(np.int64), t.astype(np.int64), LESION, spacing=1.0)
-    got = {g: (row[f"truth_lesion_{g}"], row[f"detected_lesion_{g}"], row[f"fp_lesion_{g}"]) for g in ("<10", "10-50", ">50")}
+    got = {
+        g: (row[f"truth_lesion_{g}"], row[f"detected_lesion_{g}"], row[f"fp_lesion_{g}"])
+        for g in ("<10", "10-50", ">50")
+    }
     assert got == {"<10": (2, 0, 1), "10-50": (2, 1, 1), ">50": (2, 2, 1)}
     assert row["fp_lesions_lesion"] == 3 and row["n_truth_lesion"] == 6
     assert row["sensitivity_lesion"] == pytest.approx(3 / 6)
@@ -191,7 +194,9 @@ def test_speed_cases_cover_every_registered_loss():
 def test_speed_runs_and_writes_its_table(tmp_path):
     cli(["speed", "--preset", "tiny", "--out", str(tmp_path), "--only", "dice", "boundary", "--no-peers"])
     table = (tmp_path / "speed.md").read_text()
-    assert "| DiceLoss | monai DiceLoss |" in table and "| BoundaryLoss (precomputed map) | monai BoundaryLoss |" in table
+    assert (
+        "| DiceLoss | monai DiceLoss |" in table and "| BoundaryLoss (precomputed map) | monai BoundaryLoss |" in table
+    )
     rows = list(csv.DictReader(open(tmp_path / "speed.csv")))
     assert {r["registry"] for r in rows} == {"dice", "boundary"}
     assert all(float(r["time_ratio"]) > 0 and float(r["ours_mem_x_logits"]) > 0 for r in rows if r["time_ratio"])
@@ -203,8 +208,11 @@ def test_speed_times_installed_peers_against_the_matching_case(tmp_path):
     cli(["speed", "--preset", "tiny", "--out", str(tmp_path), "--only", "dice", "tversky", "focal"])
     rows = list(csv.DictReader(open(tmp_path / "speed.csv")))
     refs = {(r["loss"], r["reference"]) for r in rows}
-    assert {("DiceLoss", "kornia DiceLoss"), ("TverskyLoss", "kornia TverskyLoss"),
-            ("FocalLoss (softmax)", "kornia FocalLoss")} <= refs  # fmt: skip
+    assert {
+        ("DiceLoss", "kornia DiceLoss"),
+        ("TverskyLoss", "kornia TverskyLoss"),
+        ("FocalLoss (softmax)", "kornia FocalLoss"),
+    } <= refs
     assert ("FocalLoss (sigmoid)", "kornia FocalLoss") not in refs
     assert all(float(r["time_ratio"]) > 0 for r in rows if r["reference"].startswith("kornia"))
 
@@ -348,8 +356,20 @@ def test_bundle_args_reach_training_inference_and_scoring(tmp_path):
     """--bundle-args: a single-channel task with 0/255 masks trains, predicts (the inference net gets
     in_channels too) and is scored with the same remap; without the remap the runs fail with the fix named."""
     data = write_single_channel_task(tmp_path / "Task99")
-    base = ["quality", "--preset", "tiny", "--data", str(data), "--losses", "dice_ce", "--baseline", "dice_ce",
-            "--no-progress", "--n-boot", "100"]  # fmt: skip
+    base = [
+        "quality",
+        "--preset",
+        "tiny",
+        "--data",
+        str(data),
+        "--losses",
+        "dice_ce",
+        "--baseline",
+        "dice_ce",
+        "--no-progress",
+        "--n-boot",
+        "100",
+    ]
     with pytest.raises(RuntimeError, match=r"1 of 1 runs failed(.|\n)*ValueError: .*holds values \{0, 255\}.*remap"):
         cli(base + ["--out", str(tmp_path / "no_remap"), "--bundle-args", "{'in_channels': 1}"])
 
@@ -363,4 +383,3 @@ def test_bundle_args_reach_training_inference_and_scoring(tmp_path):
     study = Study(replace(PRESETS["tiny"], losses=["dice_ce"], baseline="dice_ce"), out, data=data, log=lambda m: None)
     with pytest.raises(ValueError, match=r"unexpected \{255\}.*--bundle-args .*label_remap"):
         study.score_predictions(study.run_dir("dice_ce", 0) / "test_pred", study.splits()[1])
-

@@ -12,6 +12,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
+from _bundle_data import AFFINE, BUNDLES, EVAL_KEYS, SHAPE, TINY, run, write_dataset
 from monai.bundle import ConfigParser
 from monai.transforms import Compose, Invertd, LoadImage, Orientation
 from scipy import ndimage
@@ -19,14 +20,18 @@ from scipy import ndimage
 from monai_losses_ext import bundle as bu
 from monai_losses_ext.transforms import ForegroundMask, LesionInstances, RegionsToLabelsd, SignedDistanceMap
 
-from _bundle_data import AFFINE, BUNDLES, EVAL_KEYS, SHAPE, TINY, run, write_dataset
-
 
 def parsed(task: str, data_dir, **overrides) -> ConfigParser:
     """train.json of a bundle with tiny overrides, parsed (nothing run)."""
     p = ConfigParser()
     p.read_config(str(BUNDLES[task] / "configs" / "train.json"))
-    for k, v in {**TINY, "dataset_dir": str(data_dir), "bundle_root": "/nonexistent", "num_val": 1, **overrides}.items():
+    for k, v in {
+        **TINY,
+        "dataset_dir": str(data_dir),
+        "bundle_root": "/nonexistent",
+        "num_val": 1,
+        **overrides,
+    }.items():
         p[k] = v
     return p
 
@@ -162,9 +167,16 @@ def _sample(size: int = 56, seed: int = 0) -> dict:
 MAPS = {"distance_map": "label_distance_map", "instances": "label_instances"}
 
 
-@pytest.mark.parametrize("overrides", [
-    {"p_affine": 1.0}, {"p_elastic": 1.0}, {"p_flip": 1.0}, {"p_affine": 1.0, "p_elastic": 1.0, "p_flip": 1.0},
-], ids=["affine", "elastic", "mirror", "all"])  # fmt: skip
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {"p_affine": 1.0},
+        {"p_elastic": 1.0},
+        {"p_flip": 1.0},
+        {"p_affine": 1.0, "p_elastic": 1.0, "p_flip": 1.0},
+    ],
+    ids=["affine", "elastic", "mirror", "all"],
+)
 @pytest.mark.parametrize("seed", [0, 1])
 def test_each_spatial_augmentation_keeps_image_label_and_maps_aligned(overrides, seed):
     patch = [24, 24, 24]
@@ -172,7 +184,9 @@ def test_each_spatial_augmentation_keeps_image_label_and_maps_aligned(overrides,
     aug.set_random_state(seed)
     crop = bu.crop_size(patch, "none", overrides)
     start = [(56 - c) // 2 for c in crop]
-    sample = {k: v[(slice(None), *(slice(s, s + c) for s, c in zip(start, crop)))] for k, v in _sample(seed=seed).items()}
+    sample = {
+        k: v[(slice(None), *(slice(s, s + c) for s, c in zip(start, crop)))] for k, v in _sample(seed=seed).items()
+    }
     out = aug(sample)
     lab = out["label"].numpy()[0] > 0.5
     assert all(tuple(v.shape[1:]) == tuple(patch) for v in out.values())
@@ -191,7 +205,9 @@ def test_each_spatial_augmentation_keeps_image_label_and_maps_aligned(overrides,
 def test_intensity_augmentations_change_the_image_only():
     s = _sample()
     patch = [56, 56, 56]
-    strong_intensity = {k: 1.0 for k in ("p_noise", "p_blur", "p_brightness", "p_contrast", "p_lowres", "p_gamma", "p_bias", "p_shift")}
+    strong_intensity = {
+        k: 1.0 for k in ("p_noise", "p_blur", "p_brightness", "p_contrast", "p_lowres", "p_gamma", "p_bias", "p_shift")
+    }
     aug = Compose(bu.augmentations("none", strong_intensity, patch, MAPS))
     aug.set_random_state(0)
     out = aug({k: v.clone() for k, v in s.items()})
@@ -222,7 +238,9 @@ def test_not_skull_stripped_input_trains_and_infers(tmp_path):
     img = np.moveaxis(np.asarray(nib.load(str(d / "imagesTr" / "case_000.nii.gz")).dataobj), -1, 0)
     assert (img != 0).all()  # no exact zeros anywhere: "nonzero" would be every voxel
     g = np.stack(np.meshgrid(*[np.arange(s) for s in SHAPE], indexing="ij"))
-    head = (((g - (np.array(SHAPE) / 2)[:, None, None, None]) / (np.array(SHAPE) * 0.49)[:, None, None, None]) ** 2).sum(0) < 1
+    head = (
+        ((g - (np.array(SHAPE) / 2)[:, None, None, None]) / (np.array(SHAPE) * 0.49)[:, None, None, None]) ** 2
+    ).sum(0) < 1
     fg = ForegroundMask()(img)[0]
     assert (fg & head).sum() >= 0.97 * head.sum() and (fg & ~head).sum() <= 0.03 * (~head).sum()
     run(tmp_path / "run", d, epochs=1)

@@ -19,14 +19,13 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
+from _bundle_data import BUNDLES, command, env, run, write_dataset
 
 from monai_losses_ext import bundle as bu
 
-from _bundle_data import BUNDLES, command, env, run, write_dataset
-
 pytestmark = pytest.mark.slow
 # a torch.save that dies half-way: the Nth checkpoint save writes half its bytes, then the process is killed
-KILL_IN_SAVE = '''
+KILL_IN_SAVE = """
 import io, os, signal, torch
 _save, _n = torch.save, [0]
 def _dying_save(obj, f, *a, **k):
@@ -38,7 +37,7 @@ def _dying_save(obj, f, *a, **k):
             os.kill(os.getpid(), signal.SIGKILL)
     return _save(obj, f, *a, **k)
 torch.save = _dying_save
-'''
+"""
 
 
 @pytest.fixture(scope="module")
@@ -52,8 +51,13 @@ def history(root: Path) -> tuple[list[int], list[int]]:
 
 
 def start(root, data_dir, environ=None, **overrides) -> subprocess.Popen:
-    return subprocess.Popen(command(root, data_dir, **overrides), env=environ or env(), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, cwd=str(BUNDLES["lesion"]))  # fmt: skip
+    return subprocess.Popen(
+        command(root, data_dir, **overrides),
+        env=environ or env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        cwd=str(BUNDLES["lesion"]),
+    )
 
 
 def wait_for(cond, proc=None, timeout=120.0) -> None:
@@ -71,14 +75,19 @@ def test_kill_at_seeded_moments_and_inside_a_save_then_resume(data, tmp_path):
     for _ in range(3):  # kill -9 somewhere in the epoch after the k-th, k and the delay drawn from a seeded RNG
         target = len(history(tmp_path)[0]) + 1 + rng.randrange(3)
         proc = start(tmp_path, data, epochs=epochs)
-        wait_for(lambda: len(history(tmp_path)[0]) >= target, proc)
+        wait_for(lambda target=target: len(history(tmp_path)[0]) >= target, proc)
         time.sleep(rng.uniform(0.0, 0.3))
         proc.kill()
         proc.wait()
     # the next checkpoint save dies half-way: a partial temporary file, the previous checkpoint untouched
     ckpts = bu.list_checkpoints(str(tmp_path / "models"))
-    res = subprocess.run(command(tmp_path, data, epochs=epochs), env=env(tmp_path / "site", KILL_IN_SAVE=1),
-                         capture_output=True, text=True, timeout=300)  # fmt: skip
+    res = subprocess.run(
+        command(tmp_path, data, epochs=epochs),
+        env=env(tmp_path / "site", KILL_IN_SAVE=1),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert res.returncode == -signal.SIGKILL, res.stderr[-3000:]
     assert list((tmp_path / "models").glob(".tmp-*")), "the killed save left no partial file"
     assert set(bu.list_checkpoints(str(tmp_path / "models"))) >= set(ckpts[:1])
@@ -93,7 +102,14 @@ def test_kill_at_seeded_moments_and_inside_a_save_then_resume(data, tmp_path):
     assert not (tmp_path / ".lock").exists()
 
 
-SCRIPTED = [0.3, 0.9, 0.5, 0.6, 0.95, 0.1]  # key metric per epoch: best at 2, a lower first value after resume, best at 5
+SCRIPTED = [
+    0.3,
+    0.9,
+    0.5,
+    0.6,
+    0.95,
+    0.1,
+]  # key metric per epoch: best at 2, a lower first value after resume, best at 5
 
 
 def test_best_model_kept_across_resume(data, tmp_path):
@@ -228,11 +244,22 @@ def test_torchrun_two_processes_kill_and_resume(data, tmp_path):
             s.bind(("127.0.0.1", 0))
             port = s.getsockname()[1]
         cmd = command(tmp_path, data, ["train.json", "multi_gpu_train.json"], epochs=epochs, max_cases=4)
-        return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-                "--master_port", str(port), *cmd[1:]]  # fmt: skip
+        return [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node",
+            "2",
+            "--master_addr",
+            "127.0.0.1",
+            "--master_port",
+            str(port),
+            *cmd[1:],
+        ]
 
-    proc = subprocess.Popen(torchrun(6), env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)  # fmt: skip
+    proc = subprocess.Popen(
+        torchrun(6), env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
     try:
         wait_for(lambda: len(history(tmp_path)[0]) >= 2, proc)
     finally:

@@ -11,18 +11,15 @@ import re
 import subprocess
 import sys
 
+import ignite  # noqa: E402,F401  (a declared dependency: missing means a broken install, not a skip)
+import nibabel as nib  # noqa: E402
 import numpy as np
 import pytest
 import torch
-
-import ignite  # noqa: E402,F401  (a declared dependency: missing means a broken install, not a skip)
-import nibabel as nib  # noqa: E402
-
+from _bundle_data import BUNDLES, EVAL_KEYS, SHAPE, TINY, write_dataset  # noqa: E402
 from monai.bundle import ConfigWorkflow  # noqa: E402
 
 from monai_losses_ext import bundle as bu  # noqa: E402
-
-from _bundle_data import BUNDLES, EVAL_KEYS, SHAPE, TINY, write_dataset  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -33,8 +30,13 @@ def data(tmp_path_factory):
 
 def workflow(task: str, config: str | list, wtype: str = "train", **override) -> ConfigWorkflow:
     files = bu.config_files(BUNDLES[task], [config] if isinstance(config, str) else config)
-    w = ConfigWorkflow(config_file=files, meta_file=str(BUNDLES[task] / "configs" / "metadata.json"),
-                       logging_file=False, workflow_type=wtype, **override)  # fmt: skip
+    w = ConfigWorkflow(
+        config_file=files,
+        meta_file=str(BUNDLES[task] / "configs" / "metadata.json"),
+        logging_file=False,
+        workflow_type=wtype,
+        **override,
+    )
     w.initialize()
     return w
 
@@ -51,7 +53,15 @@ def error_text(exc: BaseException) -> str:
 
 def train(task, data_dir, root, check=True, **kw):
     # 3 cases: the last one is held out for validation, 2 train cases x batch 1 = 2 iterations per epoch
-    args = {**TINY, "dataset_dir": str(data_dir), "bundle_root": str(root), "max_cases": 3, "num_val": 1, "epochs": 1, **kw}
+    args = {
+        **TINY,
+        "dataset_dir": str(data_dir),
+        "bundle_root": str(root),
+        "max_cases": 3,
+        "num_val": 1,
+        "epochs": 1,
+        **kw,
+    }
     w = workflow(task, "train.json", **args)
     if check:  # instantiates the datasets
         assert not w.check_properties(), w.check_properties()
@@ -63,7 +73,9 @@ def train(task, data_dir, root, check=True, **kw):
 def test_train_evaluate_inference(task, data, tmp_path, capsys):
     w = train(task, data[task], tmp_path)
     w.run()
-    assert re.search(r"^\[epoch 1/1\] loss \d\.\d{4} \| val_mean_dice \d\.\d{4} \| \d+\.\d s$", capsys.readouterr().out, re.M)
+    assert re.search(
+        r"^\[epoch 1/1\] loss \d\.\d{4} \| val_mean_dice \d\.\d{4} \| \d+\.\d s$", capsys.readouterr().out, re.M
+    )
     trainer = w.parser.get_parsed_content("train#trainer")
     assert (trainer.state.epoch, trainer.state.iteration) == (1, 2)
     assert (tmp_path / "models" / "model.pt").exists() and (tmp_path / "models" / "checkpoint_epoch=1.pt").exists()
@@ -158,12 +170,34 @@ def test_multi_gpu_train_two_cpu_processes(task, data, tmp_path):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     bundle = BUNDLES[task]
-    args = {**TINY, "dataset_dir": str(data[task]), "bundle_root": str(tmp_path), "max_cases": 4, "num_val": 1,
-            "epochs": 1}  # fmt: skip
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1", "--master_port", str(port),
-           "-m", "monai.bundle", "run",
-           "--config_file", str([str(bundle / "configs" / "train.json"), str(bundle / "configs" / "multi_gpu_train.json")]),
-           "--meta_file", str(bundle / "configs" / "metadata.json"), "--logging_file", str(bundle / "configs" / "logging.conf")]  # fmt: skip
+    args = {
+        **TINY,
+        "dataset_dir": str(data[task]),
+        "bundle_root": str(tmp_path),
+        "max_cases": 4,
+        "num_val": 1,
+        "epochs": 1,
+    }
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_addr",
+        "127.0.0.1",
+        "--master_port",
+        str(port),
+        "-m",
+        "monai.bundle",
+        "run",
+        "--config_file",
+        str([str(bundle / "configs" / "train.json"), str(bundle / "configs" / "multi_gpu_train.json")]),
+        "--meta_file",
+        str(bundle / "configs" / "metadata.json"),
+        "--logging_file",
+        str(bundle / "configs" / "logging.conf"),
+    ]
     for k, v in args.items():
         cmd += [f"--{k}", json.dumps(v) if not isinstance(v, bool) else str(v)]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -221,15 +255,14 @@ def test_datalist_split_and_regions(data, tmp_path):
     assert bu.tumour_regions(str(data["tumour"])) == [[1, 3], [1, 2, 3], [3]]  # BraTS numbering: TC, WT, ET
     msd = tmp_path / "Task01_BrainTumour"
     msd.mkdir()
-    (msd / "dataset.json").write_text(json.dumps({"labels": {"0": "background", "1": "edema",
-                                                             "2": "non-enhancing tumor", "3": "enhancing tumour"}}))  # fmt: skip
+    (msd / "dataset.json").write_text(
+        json.dumps({"labels": {"0": "background", "1": "edema", "2": "non-enhancing tumor", "3": "enhancing tumour"}})
+    )
     assert bu.tumour_regions(str(msd)) == [[2, 3], [1, 2, 3], [3]]
     # regions back to labels keeps the nesting
     regions = [[1, 3], [1, 2, 3], [3]]
     lab = torch.tensor([0, 1, 2, 3]).reshape(1, 4, 1, 1)
-    from monai_losses_ext.transforms import OneHot
-
-    from monai_losses_ext.transforms import RegionsToLabelsd
+    from monai_losses_ext.transforms import OneHot, RegionsToLabelsd
 
     back = RegionsToLabelsd("pred", regions)({"pred": OneHot(regions=regions)(lab)})["pred"]
     assert back.flatten().tolist() == [0, 1, 2, 3]
@@ -237,18 +270,26 @@ def test_datalist_split_and_regions(data, tmp_path):
 
 LOSSES = {
     "lesion": {
-        "dice_ce": "DiceCELoss", "focal_tversky": "FocalTverskyLoss", "tversky": "TverskyLoss",
-        "generalized_dice": "GeneralizedDiceLoss", "dice_focal": "DiceFocalLoss", "unified_focal": "UnifiedFocalLoss",
+        "dice_ce": "DiceCELoss",
+        "focal_tversky": "FocalTverskyLoss",
+        "tversky": "TverskyLoss",
+        "generalized_dice": "GeneralizedDiceLoss",
+        "dice_focal": "DiceFocalLoss",
+        "unified_focal": "UnifiedFocalLoss",
         "monai.losses.DiceLoss": "DiceLoss",
     },
     # sigmoid region channels: no mutually-exclusive-class losses; dice_ce's CE term is a softmax CE across the
     # channels when there are several (MONAI's behaviour), so it is not offered for overlapping regions
     "tumour": {
-        "dice_focal": "DiceFocalLoss", "focal_tversky": "FocalTverskyLoss", "tversky": "TverskyLoss",
-        "generalized_dice": "GeneralizedDiceLoss", "combo": "ComboLoss", "weighted_bce": "WeightedBCELoss",
+        "dice_focal": "DiceFocalLoss",
+        "focal_tversky": "FocalTverskyLoss",
+        "tversky": "TverskyLoss",
+        "generalized_dice": "GeneralizedDiceLoss",
+        "combo": "ComboLoss",
+        "weighted_bce": "WeightedBCELoss",
         "monai.losses.DiceLoss": "DiceLoss",
     },
-}  # fmt: skip
+}
 
 
 @pytest.mark.parametrize("task", ["lesion", "tumour"])
@@ -271,8 +312,13 @@ def test_loss_switch_by_name(task, data, tmp_path):
         assert loss(20 * (2 * onehot - 1), target).item() < 0.05, name
         assert loss(-20 * (2 * onehot - 1), target).item() > 0.3, name
     # replacing the whole loss by _target_ also works
-    w = workflow(task, "train.json", dataset_dir=str(data[task]), bundle_root=str(tmp_path),
-                 loss={"_target_": "monai.losses.TverskyLoss", "sigmoid": True, "alpha": 0.3, "beta": 0.7})  # fmt: skip
+    w = workflow(
+        task,
+        "train.json",
+        dataset_dir=str(data[task]),
+        bundle_root=str(tmp_path),
+        loss={"_target_": "monai.losses.TverskyLoss", "sigmoid": True, "alpha": 0.3, "beta": 0.7},
+    )
     assert type(w.parser.get_parsed_content("loss")).__name__ == "TverskyLoss"
     # a map-reading loss gets its map from the pipeline
     w = workflow(task, "train.json", dataset_dir=str(data[task]), bundle_root=str(tmp_path), loss_name="boundary")
@@ -282,7 +328,9 @@ def test_loss_switch_by_name(task, data, tmp_path):
 def test_compound_loss_gets_the_maps_of_its_terms():
     import monai_losses_ext as E
 
-    both = E.CompoundLoss({"region": E.DiceBoundaryLoss(softmax=True, to_onehot_y=True), "blob": E.BlobLoss(softmax=True)})
+    both = E.CompoundLoss(
+        {"region": E.DiceBoundaryLoss(softmax=True, to_onehot_y=True), "blob": E.BlobLoss(softmax=True)}
+    )
     assert bu.loss_map_keys(both) == {"distance_map": "label_distance_map", "instances": "label_instances"}
     tf = bu.label_map_transforms(both, "label", num_classes=2)
     label = torch.zeros(1, 12, 12, 12, dtype=torch.long)
@@ -299,9 +347,16 @@ def test_compound_loss_gets_the_maps_of_its_terms():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name, key", [("focal_tversky", None), ("dice_boundary", "label_distance_map"),
-                                       ("hausdorff_dt", "label_distance_map"), ("weight_map_ce", "label_weight_map"),
-                                       ("blob", "label_instances")])  # fmt: skip
+@pytest.mark.parametrize(
+    "name, key",
+    [
+        ("focal_tversky", None),
+        ("dice_boundary", "label_distance_map"),
+        ("hausdorff_dt", "label_distance_map"),
+        ("weight_map_ce", "label_weight_map"),
+        ("blob", "label_instances"),
+    ],
+)
 def test_training_runs_with_other_losses(name, key, data, tmp_path):
     w = train("lesion", data["lesion"], tmp_path, loss_name=name)
     w.run()
@@ -316,7 +371,9 @@ def test_nan_loss_stops_with_a_clear_message():
 
     engine = Engine(lambda e, b: {"loss": torch.tensor(float("nan") if e.state.iteration == 3 else 1.0)})
     bu.StopOnNaNLoss().attach(engine)
-    with pytest.raises(RuntimeError, match=r"loss is nan at iteration 3 \(epoch 1\).*learning rate is too high.*bad data"):
+    with pytest.raises(
+        RuntimeError, match=r"loss is nan at iteration 3 \(epoch 1\).*learning rate is too high.*bad data"
+    ):
         engine.run(range(5), max_epochs=1)
 
 
@@ -333,13 +390,20 @@ def test_bundle_files_and_metadata(task):
 
 
 @pytest.mark.parametrize("task", ["lesion", "tumour"])
-@pytest.mark.parametrize("configs, wtype", [
-    (["train.json"], "train"), (["train.json", "evaluate.json"], "infer"), (["train.json", "inference.json"], "infer"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "configs, wtype",
+    [
+        (["train.json"], "train"),
+        (["train.json", "evaluate.json"], "infer"),
+        (["train.json", "inference.json"], "infer"),
+    ],
+)
 def test_every_config_combination_resolves(task, configs, wtype, data, tmp_path):
     # without a trained model there is no model.json to take the training spacing from: give it
     spacing = {"spacing": [1.5, 1.5, 2.0]} if wtype == "infer" else {}
-    w = workflow(task, configs, wtype, dataset_dir=str(data[task]), bundle_root=str(tmp_path), max_cases=3, num_val=1, **spacing)
+    w = workflow(
+        task, configs, wtype, dataset_dir=str(data[task]), bundle_root=str(tmp_path), max_cases=3, num_val=1, **spacing
+    )
     assert not w.check_properties(), w.check_properties()
     w.parser.get_parsed_content("train#trainer" if wtype == "train" else "evaluator")
 
@@ -351,10 +415,23 @@ def test_multi_gpu_overlay_resolves_in_a_one_process_group(task, data, tmp_path,
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    for k, v in {"RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}.items():
+    for k, v in {
+        "RANK": "0",
+        "WORLD_SIZE": "1",
+        "LOCAL_RANK": "0",
+        "MASTER_ADDR": "127.0.0.1",
+        "MASTER_PORT": str(port),
+    }.items():
         monkeypatch.setenv(k, v)
-    w = workflow(task, ["train.json", "multi_gpu_train.json"], "train", dataset_dir=str(data[task]),
-                 bundle_root=str(tmp_path), max_cases=3, num_val=1)  # fmt: skip
+    w = workflow(
+        task,
+        ["train.json", "multi_gpu_train.json"],
+        "train",
+        dataset_dir=str(data[task]),
+        bundle_root=str(tmp_path),
+        max_cases=3,
+        num_val=1,
+    )
     try:
         assert not w.check_properties(), w.check_properties()
         assert isinstance(w.parser.get_parsed_content("network"), torch.nn.parallel.DistributedDataParallel)
@@ -377,8 +454,10 @@ def test_runner_echoes_epoch_lines_and_run_state_messages(tmp_path):
     from monai_losses_ext.bundle.runner import _Tail
 
     log, seen = tmp_path / "train.log", []
-    log.write_text("2026-12-01 10:00:00,000 - ignite.engine - INFO - Epoch[1] Complete\n[epoch 1/4] loss 0.5 | 1.0 s\n"
-                   "2026-12-01 10:00:01,000 - monai_losses_ext.bundle.rundir - WARNING - previous run moved to x\n[epoch 2/4] lo")  # fmt: skip
+    log.write_text(
+        "2026-12-01 10:00:00,000 - ignite.engine - INFO - Epoch[1] Complete\n[epoch 1/4] loss 0.5 | 1.0 s\n"
+        "2026-12-01 10:00:01,000 - monai_losses_ext.bundle.rundir - WARNING - previous run moved to x\n[epoch 2/4] lo"
+    )
     tail = _Tail(log, seen.append)
     tail()
     assert seen == ["[epoch 1/4] loss 0.5 | 1.0 s", "WARNING - previous run moved to x"]  # the cut line waits

@@ -29,8 +29,10 @@ def reference():
 def test_two_ranks_equal_one_process(tmp_path, reference, split):
     proc = subprocess.run(
         [sys.executable, str(HERE / "ddp_worker.py"), str(tmp_path), split],
-        capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-4000:]
     ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
     failures = []

@@ -21,13 +21,25 @@ def _t(c=3, shape=(2, 5, 6, 4)):
 
 
 ALL_LOGIT_LOSSES = [
-    lambda: E.DiceLoss(**SM), lambda: E.TverskyLoss(**SM), lambda: E.FocalTverskyLoss(**SM),
-    lambda: E.GeneralizedDiceLoss(**SM), lambda: E.LogCoshDiceLoss(**SM), lambda: E.SensitivitySpecificityLoss(**SM),
-    lambda: E.WeightedCELoss(), lambda: E.FocalLoss(to_onehot_y=True), lambda: E.TopKCELoss(),
-    lambda: E.DiceCELoss(**SM), lambda: E.DiceFocalLoss(**SM), lambda: E.DiceTopKLoss(**SM), lambda: E.ComboLoss(**SM),
-    lambda: E.UnifiedFocalLoss(**SM), lambda: E.ExpLogLoss(**SM), lambda: E.LovaszSoftmaxLoss(),
-    lambda: E.WeightedBCELoss(to_onehot_y=True), lambda: E.JaccardLoss(**SM),
-]  # fmt: skip
+    lambda: E.DiceLoss(**SM),
+    lambda: E.TverskyLoss(**SM),
+    lambda: E.FocalTverskyLoss(**SM),
+    lambda: E.GeneralizedDiceLoss(**SM),
+    lambda: E.LogCoshDiceLoss(**SM),
+    lambda: E.SensitivitySpecificityLoss(**SM),
+    lambda: E.WeightedCELoss(),
+    lambda: E.FocalLoss(to_onehot_y=True),
+    lambda: E.TopKCELoss(),
+    lambda: E.DiceCELoss(**SM),
+    lambda: E.DiceFocalLoss(**SM),
+    lambda: E.DiceTopKLoss(**SM),
+    lambda: E.ComboLoss(**SM),
+    lambda: E.UnifiedFocalLoss(**SM),
+    lambda: E.ExpLogLoss(**SM),
+    lambda: E.LovaszSoftmaxLoss(),
+    lambda: E.WeightedBCELoss(to_onehot_y=True),
+    lambda: E.JaccardLoss(**SM),
+]
 
 
 @pytest.mark.parametrize("make", ALL_LOGIT_LOSSES)
@@ -147,7 +159,9 @@ def test_registry_errors():
     import monai.losses
 
     # a dotted path or a class goes through the same defaults filter as a registry name
-    assert isinstance(E.get_loss("monai.losses.DiceLoss", defaults={"softmax": True, "not_an_arg": 1}), monai.losses.DiceLoss)
+    assert isinstance(
+        E.get_loss("monai.losses.DiceLoss", defaults={"softmax": True, "not_an_arg": 1}), monai.losses.DiceLoss
+    )
     assert E.get_loss(monai.losses.DiceLoss, defaults={"softmax": True}).softmax
 
 

@@ -54,12 +54,20 @@ def test_boundary_equals_monai_given_the_same_map(kw):
     [
         (lambda: E.BoundaryLoss(softmax=True, to_onehot_y=True), "distance_map", lambda t: _maps(t)),
         (lambda: E.HausdorffDTLoss(softmax=True, to_onehot_y=True), "distance_map", lambda t: _maps(t, "unsigned")),
-        (lambda: E.WeightMapCELoss(), "weight_map",
-         lambda t: torch.stack([torch.as_tensor(UNetWeightMap()(t[b])) for b in range(t.shape[0])])),
-        (lambda: E.BlobLoss(softmax=True, to_onehot_y=True), "instances",
-         lambda t: torch.stack([torch.as_tensor(LesionInstances()((t[b] > 0).to(torch.uint8))) for b in range(t.shape[0])])),
+        (
+            lambda: E.WeightMapCELoss(),
+            "weight_map",
+            lambda t: torch.stack([torch.as_tensor(UNetWeightMap()(t[b])) for b in range(t.shape[0])]),
+        ),
+        (
+            lambda: E.BlobLoss(softmax=True, to_onehot_y=True),
+            "instances",
+            lambda t: torch.stack(
+                [torch.as_tensor(LesionInstances()((t[b] > 0).to(torch.uint8))) for b in range(t.shape[0])]
+            ),
+        ),
     ],
-)  # fmt: skip
+)
 def test_precomputed_map_equals_on_the_fly(loss, key, make):
     x, t = _case()
     fly = _quiet(loss(), x, t)

@@ -1,7 +1,7 @@
 """Analytical input gradients of every registered differentiable loss against finite differences
 (torch.autograd.gradcheck, float64: random-projection ("fast_mode") on 2 x 3 x 3x4x3 for every configuration,
-full Jacobian on 2 x 3 x 2x2x2 for the first configuration of each loss), with index and one-hot targets where both apply; finite
-gradients on 1-voxel targets and on all-empty targets.
+full Jacobian on 2 x 3 x 2x2x2 for the first configuration of each loss), with index and one-hot targets where both
+apply; finite gradients on 1-voxel targets and on all-empty targets.
 
 Every name in ``list_losses()`` must have an entry in CONFIGS below (or in NOT_COVERED with a reason), so a
 newly registered loss cannot slip through untested.
@@ -27,44 +27,83 @@ def _softmax_kw(target):
 # name -> list of (constructor kwargs, target kind ("index" | "onehot" | "binary"), channels).
 # kwargs may be a callable target -> kwargs.
 CONFIGS = {
-    "dice": [(_softmax_kw, "index", C), (_softmax_kw, "onehot", C),
-             (lambda t: dict(_softmax_kw(t), squared_pred=True, batch=True), "onehot", C),
-             (lambda t: dict(_softmax_kw(t), jaccard=True, include_background=False, ignore_index=255), "index", C),
-             (dict(sigmoid=True), "binary", 1)],
+    "dice": [
+        (_softmax_kw, "index", C),
+        (_softmax_kw, "onehot", C),
+        (lambda t: dict(_softmax_kw(t), squared_pred=True, batch=True), "onehot", C),
+        (lambda t: dict(_softmax_kw(t), jaccard=True, include_background=False, ignore_index=255), "index", C),
+        (dict(sigmoid=True), "binary", 1),
+    ],
     "jaccard": [(_softmax_kw, "index", C), (_softmax_kw, "onehot", C)],
-    "tversky": [(lambda t: dict(_softmax_kw(t), alpha=0.3, beta=0.7), "index", C),
-                (lambda t: dict(_softmax_kw(t), batch=True), "onehot", C)],
-    "focal_tversky": [(_softmax_kw, "index", C), (_softmax_kw, "onehot", C),
-                      (dict(sigmoid=True, gamma=1.5), "binary", 1)],
-    "generalized_dice": [(_softmax_kw, "index", C), (lambda t: dict(_softmax_kw(t), w_type="simple", batch=True),
-                                                      "onehot", C)],
+    "tversky": [
+        (lambda t: dict(_softmax_kw(t), alpha=0.3, beta=0.7), "index", C),
+        (lambda t: dict(_softmax_kw(t), batch=True), "onehot", C),
+    ],
+    "focal_tversky": [
+        (_softmax_kw, "index", C),
+        (_softmax_kw, "onehot", C),
+        (dict(sigmoid=True, gamma=1.5), "binary", 1),
+    ],
+    "generalized_dice": [
+        (_softmax_kw, "index", C),
+        (lambda t: dict(_softmax_kw(t), w_type="simple", batch=True), "onehot", C),
+    ],
     "log_cosh_dice": [(_softmax_kw, "index", C), (_softmax_kw, "onehot", C)],
     "sensitivity_specificity": [(_softmax_kw, "index", C), (lambda t: dict(_softmax_kw(t), r=0.3), "onehot", C)],
-    "weighted_ce": [(dict(weight=[0.5, 1.0, 2.0]), "index", C), (dict(label_smoothing=0.1), "onehot", C),
-                    (dict(ignore_index=255), "index", C)],
-    "weighted_bce": [(dict(pos_weight=3.0, to_onehot_y=True), "index", C), (dict(pos_weight=[1.0, 2.0, 5.0]), "onehot", C),
-                     (dict(pos_weight=4.0), "binary", 1)],
-    "focal": [(dict(to_onehot_y=True), "index", C), (dict(use_softmax=True, alpha=0.25), "onehot", C),
-              (dict(to_onehot_y=True, use_softmax=True, gamma=0.5, ignore_index=255), "index", C),
-              (dict(gamma=2.0, alpha=0.25), "binary", 1)],
+    "weighted_ce": [
+        (dict(weight=[0.5, 1.0, 2.0]), "index", C),
+        (dict(label_smoothing=0.1), "onehot", C),
+        (dict(ignore_index=255), "index", C),
+    ],
+    "weighted_bce": [
+        (dict(pos_weight=3.0, to_onehot_y=True), "index", C),
+        (dict(pos_weight=[1.0, 2.0, 5.0]), "onehot", C),
+        (dict(pos_weight=4.0), "binary", 1),
+    ],
+    "focal": [
+        (dict(to_onehot_y=True), "index", C),
+        (dict(use_softmax=True, alpha=0.25), "onehot", C),
+        (dict(to_onehot_y=True, use_softmax=True, gamma=0.5, ignore_index=255), "index", C),
+        (dict(gamma=2.0, alpha=0.25), "binary", 1),
+    ],
     "topk_ce": [(dict(k=20), "index", C), (dict(k=30, weight=[1.0, 2.0, 3.0]), "onehot", C)],
     "dice_ce": [(_softmax_kw, "index", C), (_softmax_kw, "onehot", C), (dict(sigmoid=True), "binary", 1)],
     "dice_focal": [(_softmax_kw, "index", C), (lambda t: dict(_softmax_kw(t), gamma=1.0, alpha=0.3), "onehot", C)],
-    "dice_topk": [(lambda t: dict(_softmax_kw(t), k=20), "index", C), (lambda t: dict(_softmax_kw(t), k=20), "onehot", C)],
-    "combo": [(_softmax_kw, "index", C), (lambda t: dict(_softmax_kw(t), alpha=0.3, beta=0.7), "onehot", C),
-              (dict(sigmoid=True), "binary", 1)],
-    "unified_focal": [(_softmax_kw, "index", C), (lambda t: dict(_softmax_kw(t), asymmetric=False), "onehot", C),
-                      (dict(sigmoid=True), "binary", 1)],
-    "exp_log": [(_softmax_kw, "index", C), (lambda t: dict(_softmax_kw(t), class_frequencies=[5.0, 2.0, 1.0]),
-                                             "onehot", C)],
-    "compound": [
-        (lambda t: dict(terms={"dice": (ext.DiceLoss(**_softmax_kw(t)), 0.6), "ce": (ext.WeightedCELoss(), 0.4)}),
-         "index", C),
-        (lambda t: dict(terms={"tv": (ext.TverskyLoss(**_softmax_kw(t)), 1.0), "f": (ext.FocalLoss(), 2.0)}),
-         "onehot", C),
+    "dice_topk": [
+        (lambda t: dict(_softmax_kw(t), k=20), "index", C),
+        (lambda t: dict(_softmax_kw(t), k=20), "onehot", C),
     ],
-    "lovasz_softmax": [(dict(), "index", C), (dict(to_onehot_y=False, per_image=True), "onehot", C),
-                       (dict(classes="all", include_background=False), "index", C)],
+    "combo": [
+        (_softmax_kw, "index", C),
+        (lambda t: dict(_softmax_kw(t), alpha=0.3, beta=0.7), "onehot", C),
+        (dict(sigmoid=True), "binary", 1),
+    ],
+    "unified_focal": [
+        (_softmax_kw, "index", C),
+        (lambda t: dict(_softmax_kw(t), asymmetric=False), "onehot", C),
+        (dict(sigmoid=True), "binary", 1),
+    ],
+    "exp_log": [
+        (_softmax_kw, "index", C),
+        (lambda t: dict(_softmax_kw(t), class_frequencies=[5.0, 2.0, 1.0]), "onehot", C),
+    ],
+    "compound": [
+        (
+            lambda t: dict(terms={"dice": (ext.DiceLoss(**_softmax_kw(t)), 0.6), "ce": (ext.WeightedCELoss(), 0.4)}),
+            "index",
+            C,
+        ),
+        (
+            lambda t: dict(terms={"tv": (ext.TverskyLoss(**_softmax_kw(t)), 1.0), "f": (ext.FocalLoss(), 2.0)}),
+            "onehot",
+            C,
+        ),
+    ],
+    "lovasz_softmax": [
+        (dict(), "index", C),
+        (dict(to_onehot_y=False, per_image=True), "onehot", C),
+        (dict(classes="all", include_background=False), "index", C),
+    ],
 }
 
 
@@ -87,23 +126,55 @@ def _instances(lab):
     return torch.where(lab > 0, ids, 0)
 
 
-CONFIGS.update({
-    "boundary": [(_softmax_kw, "index", C, lambda m: dict(distance_map=m["distance_map_signed"])),
-                 (lambda t: dict(_softmax_kw(t), include_background=False, batch=True), "onehot", C,
-                  lambda m: dict(distance_map=m["distance_map_signed"]))],
-    "hausdorff_dt": [(_softmax_kw, "index", C, lambda m: dict(distance_map=m["distance_map_unsigned"])),
-                     (lambda t: dict(_softmax_kw(t), alpha=1.0, include_background=True), "onehot", C,
-                      lambda m: dict(distance_map=m["distance_map_unsigned"]))],
-    "dice_boundary": [(lambda t: dict(_softmax_kw(t), alpha=0.5), "index", C,
-                       lambda m: dict(distance_map=m["distance_map_signed"])),
-                      (lambda t: dict(_softmax_kw(t), alpha=0.3), "onehot", C,
-                       lambda m: dict(distance_map=m["distance_map_signed"]))],
-    "weight_map_ce": [(dict(), "index", C, lambda m: dict(weight_map=m["weight_map"])),
-                      (dict(label_smoothing=0.1), "onehot", C, lambda m: dict(weight_map=m["weight_map"]))],
-    "blob": [(_softmax_kw, "index", C, lambda m: dict(instances=_instances(m["lab"]))),
-             (lambda t: dict(_softmax_kw(t), region="tversky"), "onehot", C,
-              lambda m: dict(instances=_instances(m["lab"])))],
-})
+CONFIGS.update(
+    {
+        "boundary": [
+            (_softmax_kw, "index", C, lambda m: dict(distance_map=m["distance_map_signed"])),
+            (
+                lambda t: dict(_softmax_kw(t), include_background=False, batch=True),
+                "onehot",
+                C,
+                lambda m: dict(distance_map=m["distance_map_signed"]),
+            ),
+        ],
+        "hausdorff_dt": [
+            (_softmax_kw, "index", C, lambda m: dict(distance_map=m["distance_map_unsigned"])),
+            (
+                lambda t: dict(_softmax_kw(t), alpha=1.0, include_background=True),
+                "onehot",
+                C,
+                lambda m: dict(distance_map=m["distance_map_unsigned"]),
+            ),
+        ],
+        "dice_boundary": [
+            (
+                lambda t: dict(_softmax_kw(t), alpha=0.5),
+                "index",
+                C,
+                lambda m: dict(distance_map=m["distance_map_signed"]),
+            ),
+            (
+                lambda t: dict(_softmax_kw(t), alpha=0.3),
+                "onehot",
+                C,
+                lambda m: dict(distance_map=m["distance_map_signed"]),
+            ),
+        ],
+        "weight_map_ce": [
+            (dict(), "index", C, lambda m: dict(weight_map=m["weight_map"])),
+            (dict(label_smoothing=0.1), "onehot", C, lambda m: dict(weight_map=m["weight_map"])),
+        ],
+        "blob": [
+            (_softmax_kw, "index", C, lambda m: dict(instances=_instances(m["lab"]))),
+            (
+                lambda t: dict(_softmax_kw(t), region="tversky"),
+                "onehot",
+                C,
+                lambda m: dict(instances=_instances(m["lab"])),
+            ),
+        ],
+    }
+)
 
 # losses that cannot be called as loss(input, target) with these tensors; each needs a reason
 NOT_COVERED: dict[str, str] = {}
@@ -156,8 +227,9 @@ def _full_cases():
     return out
 
 
-@pytest.mark.parametrize("name,kw,kind,ch,fwd,full", [pytest.param(*p.values, False, id=p.id) for p in _cases()]
-                         + _full_cases())
+@pytest.mark.parametrize(
+    "name,kw,kind,ch,fwd,full", [pytest.param(*p.values, False, id=p.id) for p in _cases()] + _full_cases()
+)
 def test_gradcheck(name, kw, kind, ch, fwd, full):
     loss, kwargs = _build(name, kw, kind)
     seed = sum(map(ord, name + kind))

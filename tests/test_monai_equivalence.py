@@ -25,8 +25,17 @@ TOL32 = dict(atol=1e-5, rtol=1e-5)
 TOL64 = dict(atol=1e-10, rtol=1e-10)
 
 
-def _data(seed, dim=3, channels=C, act="softmax", target="index", ignore_index=None, soft=False,
-          absent_class=None, dtype=torch.float32):
+def _data(
+    seed,
+    dim=3,
+    channels=C,
+    act="softmax",
+    target="index",
+    ignore_index=None,
+    soft=False,
+    absent_class=None,
+    dtype=torch.float32,
+):
     """Returns (input, target) tensors. act "none" gives probabilities (softmax / sigmoid of logits)."""
     g = torch.Generator().manual_seed(seed)
     shape = (B, channels) + SHAPES[dim]
@@ -104,12 +113,25 @@ def _act_kwargs(act):
 # ----------------------------------------------------------------------------------------------------
 
 DICE_GRID = [
-    dict(act=a, target=_rr(i, "index", "onehot"), include_background=ib, squared_pred=sq, jaccard=j, batch=bt,
-         reduction=r)
-    for i, (a, ib, sq, j, bt, r) in enumerate(itertools.product(
-        ["softmax", "sigmoid", "none"], [True, False], [False, True], [False, True], [False, True],
-        ["mean", "sum", "none"],
-    ))
+    dict(
+        act=a,
+        target=_rr(i, "index", "onehot"),
+        include_background=ib,
+        squared_pred=sq,
+        jaccard=j,
+        batch=bt,
+        reduction=r,
+    )
+    for i, (a, ib, sq, j, bt, r) in enumerate(
+        itertools.product(
+            ["softmax", "sigmoid", "none"],
+            [True, False],
+            [False, True],
+            [False, True],
+            [False, True],
+            ["mean", "sum", "none"],
+        )
+    )
 ]
 
 
@@ -185,8 +207,10 @@ def test_dice_single_channel_sigmoid():
 def test_dice_empty_class():
     """A class absent from one sample's target: values and gradients still equal MONAI's."""
     x, y = _data(8, act="softmax", target="index", absent_class=2)
-    for kw in [dict(softmax=True, to_onehot_y=True, reduction="none"),
-               dict(softmax=True, to_onehot_y=True, batch=True)]:
+    for kw in [
+        dict(softmax=True, to_onehot_y=True, reduction="none"),
+        dict(softmax=True, to_onehot_y=True, batch=True),
+    ]:
         _compare(ext.DiceLoss, ml.DiceLoss, kw, x, y)
 
 
@@ -196,10 +220,15 @@ def test_dice_empty_class():
 
 TVERSKY_GRID = [
     dict(act=a, target=_rr(i, "index", "onehot"), include_background=ib, alpha=al, beta=be, batch=bt, reduction=r)
-    for i, (a, ib, (al, be), bt, r) in enumerate(itertools.product(
-        ["softmax", "sigmoid", "none"], [True, False], [(0.5, 0.5), (0.3, 0.7), (0.8, 0.1)],
-        [False, True], ["mean", "sum", "none"],
-    ))
+    for i, (a, ib, (al, be), bt, r) in enumerate(
+        itertools.product(
+            ["softmax", "sigmoid", "none"],
+            [True, False],
+            [(0.5, 0.5), (0.3, 0.7), (0.8, 0.1)],
+            [False, True],
+            ["mean", "sum", "none"],
+        )
+    )
 ]
 
 
@@ -246,12 +275,24 @@ def test_tversky_extra(case):
 # ----------------------------------------------------------------------------------------------------
 
 GDL_GRID = [
-    dict(act=a, target=_rr(i, "index", "onehot"), include_background=ib, w_type=w, batch=bt, reduction=r,
-         absent=a != "sigmoid" and _rr(i // 2, False, True))
-    for i, (a, ib, w, bt, r) in enumerate(itertools.product(
-        ["softmax", "sigmoid", "none"], [True, False], ["square", "simple", "uniform"],
-        [False, True], ["mean", "sum", "none"],
-    ))
+    dict(
+        act=a,
+        target=_rr(i, "index", "onehot"),
+        include_background=ib,
+        w_type=w,
+        batch=bt,
+        reduction=r,
+        absent=a != "sigmoid" and _rr(i // 2, False, True),
+    )
+    for i, (a, ib, w, bt, r) in enumerate(
+        itertools.product(
+            ["softmax", "sigmoid", "none"],
+            [True, False],
+            ["square", "simple", "uniform"],
+            [False, True],
+            ["mean", "sum", "none"],
+        )
+    )
 ]
 
 
@@ -283,9 +324,15 @@ def test_generalized_dice_soft_label():
 
 FOCAL_GRID = [
     dict(target=_rr(i, "index", "onehot"), use_softmax=sm, include_background=ib, gamma=ga, alpha=al, reduction=r)
-    for i, (sm, ib, ga, al, r) in enumerate(itertools.product(
-        [False, True], [True, False], [0.0, 2.0, 0.5], [None, 0.25, "seq"], ["mean", "sum", "none"],
-    ))
+    for i, (sm, ib, ga, al, r) in enumerate(
+        itertools.product(
+            [False, True],
+            [True, False],
+            [0.0, 2.0, 0.5],
+            [None, 0.25, "seq"],
+            ["mean", "sum", "none"],
+        )
+    )
 ]
 
 
@@ -348,11 +395,26 @@ def test_focal_float64_soft_target():
 # ----------------------------------------------------------------------------------------------------
 
 DICECE_GRID = [
-    dict(target=_rr(i, "index", "onehot"), act=a, include_background=ib, batch=bt, reduction=r, weight=w,
-         lambdas=_rr(i // 2, (1.0, 1.0), (0.3, 1.7)), label_smoothing=ls)
-    for i, (a, ib, bt, r, w, ls) in enumerate(itertools.product(
-        ["softmax", "sigmoid"], [True, False], [False, True], ["mean", "sum"], [None, "w"], [0.0, 0.1],
-    ))
+    dict(
+        target=_rr(i, "index", "onehot"),
+        act=a,
+        include_background=ib,
+        batch=bt,
+        reduction=r,
+        weight=w,
+        lambdas=_rr(i // 2, (1.0, 1.0), (0.3, 1.7)),
+        label_smoothing=ls,
+    )
+    for i, (a, ib, bt, r, w, ls) in enumerate(
+        itertools.product(
+            ["softmax", "sigmoid"],
+            [True, False],
+            [False, True],
+            ["mean", "sum"],
+            [None, "w"],
+            [0.0, 0.1],
+        )
+    )
 ]
 
 
@@ -406,11 +468,27 @@ def test_dice_ce_binary_bce(weight, label_smoothing):
 # ----------------------------------------------------------------------------------------------------
 
 DICEFOCAL_GRID = [
-    dict(target=_rr(i, "index", "onehot"), act=a, include_background=ib, batch=bt, reduction=r,
-         gamma=_rr(i // 2, 2.0, 0.5), alpha=al, weight=w, lambdas=_rr(i // 3, (1.0, 1.0), (0.4, 2.0)))
-    for i, (a, ib, bt, r, al, w) in enumerate(itertools.product(
-        ["softmax", "sigmoid"], [True, False], [False, True], ["mean", "sum", "none"], [None, 0.25], [None, "w"],
-    ))
+    dict(
+        target=_rr(i, "index", "onehot"),
+        act=a,
+        include_background=ib,
+        batch=bt,
+        reduction=r,
+        gamma=_rr(i // 2, 2.0, 0.5),
+        alpha=al,
+        weight=w,
+        lambdas=_rr(i // 3, (1.0, 1.0), (0.4, 2.0)),
+    )
+    for i, (a, ib, bt, r, al, w) in enumerate(
+        itertools.product(
+            ["softmax", "sigmoid"],
+            [True, False],
+            [False, True],
+            ["mean", "sum", "none"],
+            [None, 0.25],
+            [None, "w"],
+        )
+    )
 ]
 
 
@@ -459,8 +537,14 @@ def test_comparison_detects_differences():
     """Sanity of the harness: different arguments must be told apart at this tolerance."""
     x, y = _data(71, act="softmax", target="index")
     with pytest.raises(AssertionError):
-        _compare(lambda **k: ext.DiceLoss(**dict(k, smooth_nr=1e-2)), ml.DiceLoss,
-                 dict(softmax=True, to_onehot_y=True), x, y)
+        _compare(
+            lambda **k: ext.DiceLoss(**dict(k, smooth_nr=1e-2)), ml.DiceLoss, dict(softmax=True, to_onehot_y=True), x, y
+        )
     with pytest.raises(AssertionError):
-        _compare(lambda **k: ext.TverskyLoss(**dict(k, alpha=0.51)), ml.TverskyLoss,
-                 dict(softmax=True, to_onehot_y=True), x, y)
+        _compare(
+            lambda **k: ext.TverskyLoss(**dict(k, alpha=0.51)),
+            ml.TverskyLoss,
+            dict(softmax=True, to_onehot_y=True),
+            x,
+            y,
+        )

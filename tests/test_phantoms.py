@@ -155,8 +155,9 @@ def test_write_dataset_bytes_json_and_monai(tmp_path):
     ]
     match, mismatch, errors = filecmp.cmpfiles(a, b, names, shallow=False)
     assert sorted(match) == sorted(names) and not mismatch and not errors
-    assert not filecmp.cmp(a / "imagesTr/synth_lesion_000.nii.gz", other / "imagesTr/synth_lesion_000.nii.gz",
-                           shallow=False)
+    assert not filecmp.cmp(
+        a / "imagesTr/synth_lesion_000.nii.gz", other / "imagesTr/synth_lesion_000.nii.gz", shallow=False
+    )
 
     meta = json.loads((a / "dataset.json").read_text())
     assert meta["modality"] == {"0": "FLAIR", "1": "T1"} and meta["labels"]["1"] == "lesion"
@@ -177,8 +178,24 @@ def test_write_dataset_bytes_json_and_monai(tmp_path):
 def test_cli_tumour(tmp_path):
     from monai_losses_ext.phantoms.__main__ import main
 
-    assert main(["--task", "tumour", "--out", str(tmp_path), "--num-cases", "1", "--spacing", "4",
-                 "--seed", "1", "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "--task",
+                "tumour",
+                "--out",
+                str(tmp_path),
+                "--num-cases",
+                "1",
+                "--spacing",
+                "4",
+                "--seed",
+                "1",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     meta = json.loads((tmp_path / "dataset.json").read_text())
     assert meta["modality"] == {"0": "FLAIR", "1": "T1", "2": "T1c", "3": "T2"}
     assert set(meta["labels"]) == {"0", "1", "2", "3"}
@@ -275,8 +292,9 @@ def test_lesion_contrast_for_tumours():
     assert np.array_equal(a.label, b.label)
     wm = _wm_like(a.image[1], a.label)
     oed, enh = a.label == 2, a.label == 3
-    ratio = [(c.image[0][oed].mean() / c.image[0][wm].mean(), c.image[2][enh].mean() / c.image[2][wm].mean())
-             for c in (a, b)]
+    ratio = [
+        (c.image[0][oed].mean() / c.image[0][wm].mean(), c.image[2][enh].mean() / c.image[2][wm].mean()) for c in (a, b)
+    ]
     assert ratio[1][0] < ratio[0][0] and ratio[1][1] < ratio[0][1]  # FLAIR oedema, T1c enhancement
     assert ratio[1][1] - 1 < 0.7 * (ratio[0][1] - 1)
 
@@ -352,8 +370,10 @@ def _lesion_shape_stats(case):
 @pytest.fixture(scope="module")
 def shaped_cases():
     kw = dict(n_lesions=(6, 8), empty_fraction=0.0, volume_median_mm3=1500.0, volume_sigma=0.3)
-    return {shape: [generate_case("lesion", 0, i, spacing=3.0, lesion_shapes=(shape,), **kw) for i in range(2)]
-            for shape in ("ovoid", "irregular", "confluent", "elongated")}
+    return {
+        shape: [generate_case("lesion", 0, i, spacing=3.0, lesion_shapes=(shape,), **kw) for i in range(2)]
+        for shape in ("ovoid", "irregular", "confluent", "elongated")
+    }
 
 
 def test_lesion_shapes(shaped_cases):
@@ -376,8 +396,15 @@ def test_lesion_shapes(shaped_cases):
     # the union is scaled to the drawn volume: the occupancy integrates to it
     for x in (x for c in shaped_cases["irregular"] for x in c.info["lesions"]):
         assert x["partial_volume_mm3"] == pytest.approx(x["volume_mm3"], rel=0.15)
-    mixed = generate_case("lesion", 0, 0, spacing=3.0, n_lesions=(12, 12), empty_fraction=0.0,
-                          lesion_shapes=("ovoid", "elongated", "confluent"))
+    mixed = generate_case(
+        "lesion",
+        0,
+        0,
+        spacing=3.0,
+        n_lesions=(12, 12),
+        empty_fraction=0.0,
+        lesion_shapes=("ovoid", "elongated", "confluent"),
+    )
     assert {x["shape"] for x in mixed.info["lesions"]} == {"ovoid", "elongated", "confluent"}
 
 
@@ -412,19 +439,55 @@ def test_site_presets_work_for_tumours():
 
 
 def test_cli_site_same_bytes(tmp_path):
-    args = ["--task", "lesion", "--site", "site_c", "--num-cases", "2", "--seed", "7", "--spacing", "4",
-            "--lesion-shapes", "irregular", "elongated", "--noise", "0.05", "0.08", "--no-progress"]
+    args = [
+        "--task",
+        "lesion",
+        "--site",
+        "site_c",
+        "--num-cases",
+        "2",
+        "--seed",
+        "7",
+        "--spacing",
+        "4",
+        "--lesion-shapes",
+        "irregular",
+        "elongated",
+        "--noise",
+        "0.05",
+        "0.08",
+        "--no-progress",
+    ]
     for d in ("a", "b"):
         assert cli_main(args + ["--out", str(tmp_path / d)]) == 0
-    assert cli_main(["--task", "lesion", "--num-cases", "1", "--seed", "7", "--spacing", "4", "--no-progress",
-                     "--out", str(tmp_path / "plain")]) == 0
+    assert (
+        cli_main(
+            [
+                "--task",
+                "lesion",
+                "--num-cases",
+                "1",
+                "--seed",
+                "7",
+                "--spacing",
+                "4",
+                "--no-progress",
+                "--out",
+                str(tmp_path / "plain"),
+            ]
+        )
+        == 0
+    )
     names = ["dataset.json", "phantoms.json"] + [
         f"{d}/synth_lesion_{i:03d}.nii.gz" for d in ("imagesTr", "labelsTr") for i in range(2)
     ]
     match, mismatch, errors = filecmp.cmpfiles(tmp_path / "a", tmp_path / "b", names, shallow=False)
     assert sorted(match) == sorted(names) and not mismatch and not errors
-    assert not filecmp.cmp(tmp_path / "a/imagesTr/synth_lesion_000.nii.gz",
-                           tmp_path / "plain/imagesTr/synth_lesion_000.nii.gz", shallow=False)
+    assert not filecmp.cmp(
+        tmp_path / "a/imagesTr/synth_lesion_000.nii.gz",
+        tmp_path / "plain/imagesTr/synth_lesion_000.nii.gz",
+        shallow=False,
+    )
     meta = json.loads((tmp_path / "a/phantoms.json").read_text())
     assert meta["site"] == "site_c" and meta["spacing_mm"] == [4.0, 4.0, 4.0]
     so = meta["site_options"]
@@ -438,8 +501,29 @@ def test_cli_site_same_bytes(tmp_path):
 
 
 def test_cli_scanner_anisotropic(tmp_path):
-    assert cli_main(["--task", "lesion", "--site", "scanner", "--num-cases", "1", "--spacing", "4", "4", "8",
-                     "--bias", "0.5", "--no-skull-strip", "--out", str(tmp_path), "--no-progress"]) == 0
+    assert (
+        cli_main(
+            [
+                "--task",
+                "lesion",
+                "--site",
+                "scanner",
+                "--num-cases",
+                "1",
+                "--spacing",
+                "4",
+                "4",
+                "8",
+                "--bias",
+                "0.5",
+                "--no-skull-strip",
+                "--out",
+                str(tmp_path),
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     img = nib.load(str(tmp_path / "imagesTr/synth_lesion_000.nii.gz"))
     assert img.header.get_zooms()[:3] == (4.0, 4.0, 8.0) and img.shape == (44, 52, 22, 2)
     meta = json.loads((tmp_path / "phantoms.json").read_text())
@@ -450,10 +534,20 @@ def test_cli_scanner_anisotropic(tmp_path):
 def test_site_errors(tmp_path, capsys):
     with pytest.raises(ValueError, match=r"unknown site 'site_z'.*scanner"):
         generate_case("lesion", 0, 0, site="site_z")
-    bad = [dict(noise=(-0.01, 0.02)), dict(noise=(0.05, 0.01)), dict(lesion_contrast=0.0),
-           dict(lesion_contrast=-1.0), dict(tissue_contrast=0.0), dict(tissue_contrast=2.0), dict(bias=-0.1),
-           dict(slice_thickness_mm=0.0), dict(lesion_shapes=("ovoid", "star")), dict(lesion_shapes=()),
-           dict(skull_strip="no"), dict(noise=(float("nan"), 0.1))]
+    bad = [
+        dict(noise=(-0.01, 0.02)),
+        dict(noise=(0.05, 0.01)),
+        dict(lesion_contrast=0.0),
+        dict(lesion_contrast=-1.0),
+        dict(tissue_contrast=0.0),
+        dict(tissue_contrast=2.0),
+        dict(bias=-0.1),
+        dict(slice_thickness_mm=0.0),
+        dict(lesion_shapes=("ovoid", "star")),
+        dict(lesion_shapes=()),
+        dict(skull_strip="no"),
+        dict(noise=(float("nan"), 0.1)),
+    ]
     for kw in bad:
         with pytest.raises(ValueError, match=list(kw)[0]):
             generate_case("lesion", 0, 0, spacing=SP, **kw)
@@ -464,9 +558,13 @@ def test_site_errors(tmp_path, capsys):
     with pytest.raises(TypeError, match="unknown option"):
         generate_case("lesion", 0, 0, nosie=(0.0, 0.1))
     out = str(tmp_path / "x")
-    for argv, msg in ([["--site", "site_z"], "invalid choice"], [["--noise", "-0.1", "0.1"], "noise"],
-                      [["--lesion-contrast", "0"], "lesion_contrast"], [["--spacing", "2", "2"], "1 or 3 values"],
-                      [["--lesion-shapes", "star"], "invalid choice"]):
+    for argv, msg in (
+        [["--site", "site_z"], "invalid choice"],
+        [["--noise", "-0.1", "0.1"], "noise"],
+        [["--lesion-contrast", "0"], "lesion_contrast"],
+        [["--spacing", "2", "2"], "1 or 3 values"],
+        [["--lesion-shapes", "star"], "invalid choice"],
+    ):
         with pytest.raises(SystemExit):
             cli_main(["--task", "lesion", "--out", out, "--num-cases", "1"] + argv)
         assert msg in capsys.readouterr().err

@@ -16,16 +16,29 @@ from hypothesis import strategies as st
 import monai_losses_ext as ext
 
 # no shrinking: a failing property reports its first counterexample at once (keeps a failing run short)
-SETTINGS = settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow],
-                    derandomize=True, database=None, phases=[Phase.explicit, Phase.generate])
+SETTINGS = settings(
+    max_examples=25,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+    derandomize=True,
+    database=None,
+    phases=[Phase.explicit, Phase.generate],
+)
 
 # ----------------------------------------------------------------------------------------------------
 # loss configurations: name -> (kwargs(target_kind) , input kind)
 #   input kind "logits": the loss applies its activation; "probs": it reads probabilities
 # ----------------------------------------------------------------------------------------------------
 
-OVERLAP = ["dice", "jaccard", "tversky", "focal_tversky", "generalized_dice", "log_cosh_dice",
-           "sensitivity_specificity"]
+OVERLAP = [
+    "dice",
+    "jaccard",
+    "tversky",
+    "focal_tversky",
+    "generalized_dice",
+    "log_cosh_dice",
+    "sensitivity_specificity",
+]
 
 
 def _oh(t):
@@ -47,41 +60,89 @@ def _configs():
         cfg.append((f"{name}-probs", name, lambda t: dict(to_onehot_y=_oh(t)), "probs", upper))
         cfg.append((f"{name}-softmax", name, lambda t: dict(softmax=True, to_onehot_y=_oh(t)), "logits", upper))
     cfg = [Cfg(*c) for c in cfg]
-    cfg += [Cfg(*c) for c in [
-        ("dice-batch", "dice", lambda t: dict(softmax=True, to_onehot_y=_oh(t), batch=True), "logits", 1.0),
-        ("dice-squared", "dice", lambda t: dict(squared_pred=True, to_onehot_y=_oh(t)), "probs", 1.0),
-        ("tversky-0.3-0.7-batch", "tversky", lambda t: dict(softmax=True, to_onehot_y=_oh(t), alpha=0.3, beta=0.7,
-                                                            batch=True), "logits", 1.0),
-        ("focal_tversky-batch", "focal_tversky", lambda t: dict(softmax=True, to_onehot_y=_oh(t), batch=True),
-         "logits", 1.0),
-        ("generalized_dice-batch", "generalized_dice", lambda t: dict(softmax=True, to_onehot_y=_oh(t), batch=True),
-         "logits", 1.0),
-        ("weighted_ce", "weighted_ce", lambda t: dict(), "logits", None),
-        ("weighted_ce-w", "weighted_ce", lambda t: dict(weight=[1.0, 2.0, 3.0, 4.0]), "logits", None),
-        ("weighted_bce", "weighted_bce", lambda t: dict(pos_weight=3.0, to_onehot_y=_oh(t)), "logits", None),
-        ("focal", "focal", lambda t: dict(to_onehot_y=_oh(t)), "logits", None),
-        ("focal-softmax", "focal", lambda t: dict(to_onehot_y=_oh(t), use_softmax=True, alpha=0.25), "logits", None),
-        ("topk_ce", "topk_ce", lambda t: dict(k=10), "logits", None),
-        ("dice_ce", "dice_ce", lambda t: dict(softmax=True, to_onehot_y=_oh(t)), "logits", None),
-        ("dice_ce-batch", "dice_ce", lambda t: dict(softmax=True, to_onehot_y=_oh(t), batch=True), "logits", None),
-        ("dice_focal", "dice_focal", lambda t: dict(softmax=True, to_onehot_y=_oh(t)), "logits", None),
-        ("dice_topk", "dice_topk", lambda t: dict(softmax=True, to_onehot_y=_oh(t)), "logits", None),
-        ("combo", "combo", lambda t: dict(softmax=True, to_onehot_y=_oh(t)), "logits", None),
-        ("unified_focal", "unified_focal", lambda t: dict(softmax=True, to_onehot_y=_oh(t)), "logits", None),
-        ("unified_focal-sym-batch", "unified_focal", lambda t: dict(softmax=True, to_onehot_y=_oh(t),
-                                                                    asymmetric=False, batch=True), "logits", None),
-        ("exp_log", "exp_log", lambda t: dict(softmax=True, to_onehot_y=_oh(t)), "logits", None),
-        ("lovasz_softmax", "lovasz_softmax", lambda t: dict(to_onehot_y=_oh(t)), "logits", 1.0),
-        ("lovasz_softmax-per_image", "lovasz_softmax", lambda t: dict(to_onehot_y=_oh(t), per_image=True), "logits",
-         1.0),
-        ("compound", "compound", lambda t: dict(terms={"d": (ext.DiceLoss(softmax=True, to_onehot_y=_oh(t)), 0.5),
-                                                       "c": (ext.WeightedCELoss(), 0.5)}), "logits", None),
-    ]]
+    cfg += [
+        Cfg(*c)
+        for c in [
+            ("dice-batch", "dice", lambda t: dict(softmax=True, to_onehot_y=_oh(t), batch=True), "logits", 1.0),
+            ("dice-squared", "dice", lambda t: dict(squared_pred=True, to_onehot_y=_oh(t)), "probs", 1.0),
+            (
+                "tversky-0.3-0.7-batch",
+                "tversky",
+                lambda t: dict(softmax=True, to_onehot_y=_oh(t), alpha=0.3, beta=0.7, batch=True),
+                "logits",
+                1.0,
+            ),
+            (
+                "focal_tversky-batch",
+                "focal_tversky",
+                lambda t: dict(softmax=True, to_onehot_y=_oh(t), batch=True),
+                "logits",
+                1.0,
+            ),
+            (
+                "generalized_dice-batch",
+                "generalized_dice",
+                lambda t: dict(softmax=True, to_onehot_y=_oh(t), batch=True),
+                "logits",
+                1.0,
+            ),
+            ("weighted_ce", "weighted_ce", lambda t: dict(), "logits", None),
+            ("weighted_ce-w", "weighted_ce", lambda t: dict(weight=[1.0, 2.0, 3.0, 4.0]), "logits", None),
+            ("weighted_bce", "weighted_bce", lambda t: dict(pos_weight=3.0, to_onehot_y=_oh(t)), "logits", None),
+            ("focal", "focal", lambda t: dict(to_onehot_y=_oh(t)), "logits", None),
+            (
+                "focal-softmax",
+                "focal",
+                lambda t: dict(to_onehot_y=_oh(t), use_softmax=True, alpha=0.25),
+                "logits",
+                None,
+            ),
+            ("topk_ce", "topk_ce", lambda t: dict(k=10), "logits", None),
+            ("dice_ce", "dice_ce", lambda t: dict(softmax=True, to_onehot_y=_oh(t)), "logits", None),
+            ("dice_ce-batch", "dice_ce", lambda t: dict(softmax=True, to_onehot_y=_oh(t), batch=True), "logits", None),
+            ("dice_focal", "dice_focal", lambda t: dict(softmax=True, to_onehot_y=_oh(t)), "logits", None),
+            ("dice_topk", "dice_topk", lambda t: dict(softmax=True, to_onehot_y=_oh(t)), "logits", None),
+            ("combo", "combo", lambda t: dict(softmax=True, to_onehot_y=_oh(t)), "logits", None),
+            ("unified_focal", "unified_focal", lambda t: dict(softmax=True, to_onehot_y=_oh(t)), "logits", None),
+            (
+                "unified_focal-sym-batch",
+                "unified_focal",
+                lambda t: dict(softmax=True, to_onehot_y=_oh(t), asymmetric=False, batch=True),
+                "logits",
+                None,
+            ),
+            ("exp_log", "exp_log", lambda t: dict(softmax=True, to_onehot_y=_oh(t)), "logits", None),
+            ("lovasz_softmax", "lovasz_softmax", lambda t: dict(to_onehot_y=_oh(t)), "logits", 1.0),
+            (
+                "lovasz_softmax-per_image",
+                "lovasz_softmax",
+                lambda t: dict(to_onehot_y=_oh(t), per_image=True),
+                "logits",
+                1.0,
+            ),
+            (
+                "compound",
+                "compound",
+                lambda t: dict(
+                    terms={"d": (ext.DiceLoss(softmax=True, to_onehot_y=_oh(t)), 0.5), "c": (ext.WeightedCELoss(), 0.5)}
+                ),
+                "logits",
+                None,
+            ),
+        ]
+    ]
     # geometry losses: no map is passed, so each computes its map from the target (its documented fallback)
     cfg += [
         Cfg("boundary", "boundary", lambda t: dict(softmax=True, to_onehot_y=_oh(t)), "logits", None, None, "argmin"),
-        Cfg("dice_boundary", "dice_boundary", lambda t: dict(softmax=True, to_onehot_y=_oh(t), alpha=0.5), "logits",
-            None, None, "argmin"),
+        Cfg(
+            "dice_boundary",
+            "dice_boundary",
+            lambda t: dict(softmax=True, to_onehot_y=_oh(t), alpha=0.5),
+            "logits",
+            None,
+            None,
+            "argmin",
+        ),
         Cfg("hausdorff_dt", "hausdorff_dt", lambda t: dict(softmax=True, to_onehot_y=_oh(t)), "logits"),
         Cfg("weight_map_ce", "weight_map_ce", lambda t: dict(), "logits"),
         Cfg("blob", "blob", lambda t: dict(softmax=True, to_onehot_y=_oh(t)), "logits"),
@@ -166,8 +227,11 @@ def test_range(case):
 def test_tversky_range_any_weights(case, alpha, beta):
     logits, y, _, _ = tensors(case)
     for cls in (ext.TverskyLoss, ext.FocalTverskyLoss):
-        v = call(cls(alpha=alpha, beta=beta, to_onehot_y=case["target_kind"] == "index", reduction="none"),
-                 torch.softmax(logits, 1), y)
+        v = call(
+            cls(alpha=alpha, beta=beta, to_onehot_y=case["target_kind"] == "index", reduction="none"),
+            torch.softmax(logits, 1),
+            y,
+        )
         assert torch.isfinite(v).all() and v.min() >= -1e-9 and v.max() <= 1 + 1e-9, (cls.__name__, alpha, beta, v)
 
 
@@ -222,7 +286,7 @@ def test_batch_permutation_invariance(case, data):
         x = inputs_for(kind, logits)
         a = call(loss, x, y)
         b = call(loss, x[perm], y[perm])
-        torch.testing.assert_close(a, b, atol=1e-10, rtol=1e-10, msg=lambda m: f"{cfg[0]}: {m}")
+        torch.testing.assert_close(a, b, atol=1e-10, rtol=1e-10, msg=lambda m, name=cfg[0]: f"{name}: {m}")
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -245,8 +309,9 @@ def test_empty_class_scores_zero(case):
     y = lab.double() if case["target_kind"] == "index" else onehot
     for name in ["dice", "jaccard", "tversky", "focal_tversky", "log_cosh_dice", "sensitivity_specificity"]:
         for batch in (False, True):
-            v = call(ext.get_loss(name, to_onehot_y=case["target_kind"] == "index", reduction="none", batch=batch),
-                     p, y)
+            v = call(
+                ext.get_loss(name, to_onehot_y=case["target_kind"] == "index", reduction="none", batch=batch), p, y
+            )
             assert torch.isfinite(v).all(), name
             v = v.reshape(c) if batch else v.reshape(b, c)
             assert v[..., -1].abs().max() < 1e-5, f"{name} batch={batch}: empty class scores {v[..., -1]}"
@@ -269,9 +334,16 @@ def test_empty_patch_and_empty_prediction(case):
             assert torch.isfinite(v) and abs(v.item()) < 1e-4, f"{name} batch={batch}: {v.item()}"
             (gx,) = torch.autograd.grad(v, x)
             assert torch.isfinite(gx).all(), name
-    for name, kw in [("sensitivity_specificity", dict(sigmoid=True)), ("weighted_bce", dict()), ("focal", dict()),
-                     ("dice_ce", dict(sigmoid=True)), ("dice_focal", dict(sigmoid=True)), ("combo", dict(sigmoid=True)),
-                     ("unified_focal", dict(sigmoid=True)), ("lovasz_softmax", dict(sigmoid=True, softmax=False))]:
+    for name, kw in [
+        ("sensitivity_specificity", dict(sigmoid=True)),
+        ("weighted_bce", dict()),
+        ("focal", dict()),
+        ("dice_ce", dict(sigmoid=True)),
+        ("dice_focal", dict(sigmoid=True)),
+        ("combo", dict(sigmoid=True)),
+        ("unified_focal", dict(sigmoid=True)),
+        ("lovasz_softmax", dict(sigmoid=True, softmax=False)),
+    ]:
         v = call(ext.get_loss(name, **kw), x, y)
         assert torch.isfinite(v) and v.item() < 1e-3, f"{name}: empty patch, empty prediction gives {v.item()}"
         (gx,) = torch.autograd.grad(v, x)
@@ -300,7 +372,7 @@ def test_half_inputs_close_to_fp32(case, half):
         v = call(loss, xh, y)
         assert v.dtype == torch.float32, f"{cfg[0]}: {half} input gave a {v.dtype} loss (spec: float32)"
         assert torch.isfinite(v).all(), cfg[0]
-        torch.testing.assert_close(v, ref, rtol=HALF_TOL, atol=1e-4, msg=lambda m: f"{cfg[0]} {half}: {m}")
+        torch.testing.assert_close(v, ref, rtol=HALF_TOL, atol=1e-4, msg=lambda m, name=cfg[0]: f"{name} {half}: {m}")
         v.sum().backward()
         assert xh.grad is not None and xh.grad.dtype == half and torch.isfinite(xh.grad).all(), cfg[0]
 
@@ -324,7 +396,9 @@ def test_autocast_close_to_fp32(case, half):
             v = call(loss, x, y)
         ref = call(loss, x.float(), y)
         assert torch.isfinite(v).all(), f"{cfg[0]} {half}"
-        torch.testing.assert_close(v.float(), ref, rtol=HALF_TOL, atol=1e-4, msg=lambda m: f"{cfg[0]} {half}: {m}")
+        torch.testing.assert_close(
+            v.float(), ref, rtol=HALF_TOL, atol=1e-4, msg=lambda m, name=cfg[0]: f"{name} {half}: {m}"
+        )
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -90,7 +90,12 @@ DTYPES = [torch.float32, torch.float64]
 DICE_CASES = [
     dict(dim=d, target=t, act=a, include_background=ib, batch=bt, squared_pred=sq, reduction=r)
     for d, t, a, ib, bt, sq, r in itertools.product(
-        [2, 3], ["index", "onehot"], ["softmax", "sigmoid"], [True, False], [False, True], [False, True],
+        [2, 3],
+        ["index", "onehot"],
+        ["softmax", "sigmoid"],
+        [True, False],
+        [False, True],
+        [False, True],
         ["mean", "sum", "none"],
     )
     if (d + (t == "index") + (a == "softmax") + ib + bt + sq) % 2 == 0  # a half fraction of the full grid
@@ -201,8 +206,12 @@ def test_dice_soft_label_squared_pred():
     g = R.softmax(rng.normal(size=(2, 3, 6, 5, 4)) * 2)
     for jac in (False, True):
         out = run(ext.DiceLoss(soft_label=True, squared_pred=True, jaccard=jac), p, g, torch.float64)
-        check(out, R.dice_loss(p, g, soft_label=True, squared_pred=True, jaccard=jac), torch.float64,
-              what=f"soft_label squared_pred jaccard={jac}")
+        check(
+            out,
+            R.dice_loss(p, g, soft_label=True, squared_pred=True, jaccard=jac),
+            torch.float64,
+            what=f"soft_label squared_pred jaccard={jac}",
+        )
     out = run(ext.DiceLoss(soft_label=True), p, g, torch.float64)  # L1 form: TP = (SP + SG - |p - g|) / 2
     check(out, R.dice_loss(p, g, soft_label=True), torch.float64, what="soft_label L1")
 
@@ -214,7 +223,11 @@ def test_dice_soft_label_squared_pred():
 TVERSKY_CASES = [
     dict(dim=d, target=t, include_background=ib, batch=bt, alpha=al, beta=be, reduction=r)
     for d, t, ib, bt, (al, be), r in itertools.product(
-        [2, 3], ["index", "onehot"], [True, False], [False, True], [(0.5, 0.5), (0.3, 0.7), (0.9, 0.2)],
+        [2, 3],
+        ["index", "onehot"],
+        [True, False],
+        [False, True],
+        [(0.5, 0.5), (0.3, 0.7), (0.9, 0.2)],
         ["mean", "sum", "none"],
     )
     if (d + (t == "index") + ib + bt) % 2 == 0
@@ -283,8 +296,13 @@ def test_tversky_forum_convention():
 GDL_CASES = [
     dict(dim=d, target=t, include_background=ib, batch=bt, w_type=w, reduction=r, absent=ab)
     for d, t, ib, bt, w, r, ab in itertools.product(
-        [2, 3], ["index", "onehot"], [True, False], [False, True], ["square", "simple", "uniform"],
-        ["mean", "none"], [None, 2],
+        [2, 3],
+        ["index", "onehot"],
+        [True, False],
+        [False, True],
+        ["square", "simple", "uniform"],
+        ["mean", "none"],
+        [None, 2],
     )
     if (d + (t == "index") + ib + bt + (ab is None)) % 2 == 0
 ]
@@ -325,8 +343,14 @@ def test_generalized_dice_ignore_index():
 @pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
 @pytest.mark.parametrize(
     "kw",
-    [dict(), dict(batch=True), dict(include_background=False, reduction="sum"), dict(ignore_index=255),
-     dict(squared_pred=True), dict(onehot=True, reduction="none")],
+    [
+        dict(),
+        dict(batch=True),
+        dict(include_background=False, reduction="sum"),
+        dict(ignore_index=255),
+        dict(squared_pred=True),
+        dict(onehot=True, reduction="none"),
+    ],
     ids=lambda k: ",".join(f"{a}={b}" for a, b in k.items()) or "defaults",
 )
 def test_log_cosh_dice(kw, dtype):
@@ -349,9 +373,17 @@ def test_log_cosh_dice_forum():
 @pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
 @pytest.mark.parametrize(
     "kw",
-    [dict(), dict(r=0.5), dict(batch=True), dict(include_background=False, reduction="sum"),
-     dict(ignore_index=255), dict(ignore_index=255, batch=True, r=0.3), dict(ignore_index=1, onehot=True),
-     dict(onehot=True, reduction="none"), dict(sigmoid=True, r=0.2)],
+    [
+        dict(),
+        dict(r=0.5),
+        dict(batch=True),
+        dict(include_background=False, reduction="sum"),
+        dict(ignore_index=255),
+        dict(ignore_index=255, batch=True, r=0.3),
+        dict(ignore_index=1, onehot=True),
+        dict(onehot=True, reduction="none"),
+        dict(sigmoid=True, r=0.2),
+    ],
     ids=lambda k: ",".join(f"{a}={b}" for a, b in k.items()) or "defaults",
 )
 def test_sensitivity_specificity(kw, dtype):
@@ -380,7 +412,12 @@ def test_sensitivity_specificity_brosch_form():
 CE_CASES = [
     dict(dim=d, target=t, weight=w, ignore_index=ii, label_smoothing=ls, reduction=r)
     for d, t, w, ii, ls, r in itertools.product(
-        [2, 3], ["index", "prob"], [None, [0.3, 1.0, 2.5]], [None, 255, 1], [0.0, 0.1], ["mean", "sum", "none"],
+        [2, 3],
+        ["index", "prob"],
+        [None, [0.3, 1.0, 2.5]],
+        [None, 255, 1],
+        [0.0, 0.1],
+        ["mean", "sum", "none"],
     )
     if not (t == "prob" and ii is not None) and (d + (w is None) + (ls == 0)) % 2 == 0
 ]
@@ -401,8 +438,11 @@ def test_weighted_ce(case, dtype):
     exp = R.cross_entropy(rounded(x, dtype), y, **c)
     check(out, exp, dtype, what=str(c))
     # and torch's own CrossEntropyLoss, which the spec names
-    tkw = dict(weight=None if c["weight"] is None else torch.tensor(c["weight"], dtype=torch.float64),
-               label_smoothing=c["label_smoothing"], reduction=c["reduction"])
+    tkw = dict(
+        weight=None if c["weight"] is None else torch.tensor(c["weight"], dtype=torch.float64),
+        label_smoothing=c["label_smoothing"],
+        reduction=c["reduction"],
+    )
     if c["ignore_index"] is not None:
         tkw["ignore_index"] = c["ignore_index"]
     yt = torch.as_tensor(y)
@@ -430,7 +470,10 @@ def test_weighted_ce_single_channel_is_bce(weight):
 WBCE_CASES = [
     dict(pos_weight=pw, target=t, ignore_index=ii, reduction=r)
     for pw, t, ii, r in itertools.product(
-        [1.0, 5.0, [0.5, 2.0, 9.0]], ["index", "onehot", "multilabel"], [None, 255], ["mean", "sum", "none"],
+        [1.0, 5.0, [0.5, 2.0, 9.0]],
+        ["index", "onehot", "multilabel"],
+        [None, 255],
+        ["mean", "sum", "none"],
     )
     if not (t == "multilabel" and ii is not None)
 ]
@@ -456,16 +499,25 @@ def test_weighted_bce(case, dtype):
         pw = pw.reshape(-1, *([1] * len(SHAPES[3]))) if pw.ndim else pw
         gt = torch.as_tensor(R.one_hot(y, 3) if target == "index" else y)
         ref_t = torch.nn.BCEWithLogitsLoss(pos_weight=pw, reduction=c["reduction"])(
-            torch_in(rounded(x, dtype), torch.float64), gt)
+            torch_in(rounded(x, dtype), torch.float64), gt
+        )
         np.testing.assert_allclose(np.asarray(exp), ref_t.numpy(), rtol=1e-10, atol=1e-10)
 
 
 FOCAL_CASES = [  # every 5th case of the full product (5 is coprime with the inner dimensions, so all pairs occur)
     dict(target=t, use_softmax=sm, include_background=ib, gamma=ga, alpha=al, weight=w, reduction=r, ignore_index=ii)
-    for i, (t, sm, ib, ga, al, w, r, ii) in enumerate(itertools.product(
-        ["index", "onehot"], [False, True], [True, False], [0.0, 2.0, 0.7], [None, 0.25, "seq"], [None, "w"],
-        ["mean", "sum", "none"], [None, 255],
-    ))
+    for i, (t, sm, ib, ga, al, w, r, ii) in enumerate(
+        itertools.product(
+            ["index", "onehot"],
+            [False, True],
+            [True, False],
+            [0.0, 2.0, 0.7],
+            [None, 0.25, "seq"],
+            [None, "w"],
+            ["mean", "sum", "none"],
+            [None, 255],
+        )
+    )
     if i % 5 == 0
 ]
 
@@ -499,8 +551,15 @@ def test_focal_forum_form():
 @pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
 @pytest.mark.parametrize(
     "kw",
-    [dict(k=10), dict(k=25, weight=[0.5, 1.0, 2.0]), dict(k=10, ignore_index=255), dict(k=5, label_smoothing=0.1),
-     dict(k=100), dict(k=33, onehot=True), dict(k=10, dim=2)],
+    [
+        dict(k=10),
+        dict(k=25, weight=[0.5, 1.0, 2.0]),
+        dict(k=10, ignore_index=255),
+        dict(k=5, label_smoothing=0.1),
+        dict(k=100),
+        dict(k=33, onehot=True),
+        dict(k=10, dim=2),
+    ],
     ids=lambda k: ",".join(f"{a}={b}" for a, b in k.items()),
 )
 def test_topk_ce(kw, dtype):
@@ -530,8 +589,14 @@ def test_topk_count_is_exact_ceil():
 @pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
 @pytest.mark.parametrize(
     "kw",
-    [dict(), dict(include_background=False, weight=[0.5, 1.0, 2.0]), dict(batch=True, lambda_dice=0.3, lambda_ce=2.0),
-     dict(label_smoothing=0.1, reduction="sum"), dict(onehot=True, squared_pred=True), dict(sigmoid=True)],
+    [
+        dict(),
+        dict(include_background=False, weight=[0.5, 1.0, 2.0]),
+        dict(batch=True, lambda_dice=0.3, lambda_ce=2.0),
+        dict(label_smoothing=0.1, reduction="sum"),
+        dict(onehot=True, squared_pred=True),
+        dict(sigmoid=True),
+    ],
     ids=lambda k: ",".join(f"{a}={b}" for a, b in k.items()) or "defaults",
 )
 def test_dice_ce(kw, dtype):
@@ -556,8 +621,13 @@ def test_dice_bce_forum_form():
 @pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
 @pytest.mark.parametrize(
     "kw",
-    [dict(), dict(include_background=False, weight=[1.0, 2.0]), dict(gamma=0.5, alpha=0.25, lambda_focal=3.0),
-     dict(batch=True, reduction="none"), dict(onehot=True, sigmoid=True)],
+    [
+        dict(),
+        dict(include_background=False, weight=[1.0, 2.0]),
+        dict(gamma=0.5, alpha=0.25, lambda_focal=3.0),
+        dict(batch=True, reduction="none"),
+        dict(onehot=True, sigmoid=True),
+    ],
     ids=lambda k: ",".join(f"{a}={b}" for a, b in k.items()) or "defaults",
 )
 def test_dice_focal(kw, dtype):
@@ -574,8 +644,12 @@ def test_dice_focal(kw, dtype):
 @pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
 @pytest.mark.parametrize(
     "kw",
-    [dict(), dict(k=20, lambda_dice=0.5, lambda_topk=2.0), dict(batch=True, include_background=False),
-     dict(ignore_index=255)],
+    [
+        dict(),
+        dict(k=20, lambda_dice=0.5, lambda_topk=2.0),
+        dict(batch=True, include_background=False),
+        dict(ignore_index=255),
+    ],
     ids=lambda k: ",".join(f"{a}={b}" for a, b in k.items()) or "defaults",
 )
 def test_dice_topk(kw, dtype):
@@ -589,8 +663,15 @@ def test_dice_topk(kw, dtype):
 @pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
 @pytest.mark.parametrize(
     "kw",
-    [dict(), dict(alpha=0.3, beta=0.7), dict(sigmoid=True, alpha=0.8, beta=0.2), dict(batch=True),
-     dict(include_background=False), dict(ignore_index=255), dict(onehot=True, squared_pred=True)],
+    [
+        dict(),
+        dict(alpha=0.3, beta=0.7),
+        dict(sigmoid=True, alpha=0.8, beta=0.2),
+        dict(batch=True),
+        dict(include_background=False),
+        dict(ignore_index=255),
+        dict(onehot=True, squared_pred=True),
+    ],
     ids=lambda k: ",".join(f"{a}={b}" for a, b in k.items()) or "defaults",
 )
 def test_combo(kw, dtype):
@@ -617,9 +698,20 @@ def test_combo_taghanaki_form():
 @pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
 @pytest.mark.parametrize(
     "kw",
-    [dict(), dict(asymmetric=False), dict(weight=0.0), dict(weight=1.0), dict(delta=0.7, gamma=0.2),
-     dict(batch=True), dict(asymmetric=False, batch=True, gamma=0.75), dict(ignore_index=255), dict(onehot=True),
-     dict(C=4), dict(binary_sigmoid=True), dict(binary_sigmoid=True, asymmetric=False, weight=0.3)],
+    [
+        dict(),
+        dict(asymmetric=False),
+        dict(weight=0.0),
+        dict(weight=1.0),
+        dict(delta=0.7, gamma=0.2),
+        dict(batch=True),
+        dict(asymmetric=False, batch=True, gamma=0.75),
+        dict(ignore_index=255),
+        dict(onehot=True),
+        dict(C=4),
+        dict(binary_sigmoid=True),
+        dict(binary_sigmoid=True, asymmetric=False, weight=0.3),
+    ],
     ids=lambda k: ",".join(f"{a}={b}" for a, b in k.items()) or "defaults",
 )
 def test_unified_focal(kw, dtype):
@@ -640,9 +732,15 @@ def test_unified_focal(kw, dtype):
 @pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
 @pytest.mark.parametrize(
     "kw",
-    [dict(), dict(smooth_nr=1e-5, smooth_dr=1e-5), dict(class_frequencies=[0.7, 0.2, 0.1]),
-     dict(gamma_dice=1.0, gamma_cross=1.0, w_dice=0.5, w_cross=0.5), dict(batch=True), dict(onehot=True),
-     dict(absent=1)],
+    [
+        dict(),
+        dict(smooth_nr=1e-5, smooth_dr=1e-5),
+        dict(class_frequencies=[0.7, 0.2, 0.1]),
+        dict(gamma_dice=1.0, gamma_cross=1.0, w_dice=0.5, w_cross=0.5),
+        dict(batch=True),
+        dict(onehot=True),
+        dict(absent=1),
+    ],
     ids=lambda k: ",".join(f"{a}={b}" for a, b in k.items()) or "defaults",
 )
 def test_exp_log(kw, dtype):
@@ -672,8 +770,12 @@ def test_compound_loss_terms():
     assert abs(float(comp.last_terms["ce"]) - c) < 1e-10
     assert not any(torch.as_tensor(v).requires_grad for v in comp.last_terms.values())
     # registry names and the list form of terms
-    comp2 = ext.CompoundLoss({"d": (ext.get_loss("dice", softmax=True, to_onehot_y=True), 1.0),
-                              "f": (ext.get_loss("FocalLoss", to_onehot_y=True), 2.0)})
+    comp2 = ext.CompoundLoss(
+        {
+            "d": (ext.get_loss("dice", softmax=True, to_onehot_y=True), 1.0),
+            "f": (ext.get_loss("FocalLoss", to_onehot_y=True), 2.0),
+        }
+    )
     out2 = run(comp2, x, yi, torch.float64)
     check(out2, d + 2.0 * R.focal_loss(x, yi, to_onehot_y=True), torch.float64)
 
@@ -686,9 +788,19 @@ def test_compound_loss_terms():
 @pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
 @pytest.mark.parametrize(
     "kw",
-    [dict(), dict(classes="all"), dict(per_image=True), dict(per_image=True, classes="all"),
-     dict(include_background=False), dict(ignore_index=255), dict(ignore_index=255, per_image=True),
-     dict(onehot=True), dict(absent=2), dict(absent=2, classes="all", per_image=True), dict(dim=2)],
+    [
+        dict(),
+        dict(classes="all"),
+        dict(per_image=True),
+        dict(per_image=True, classes="all"),
+        dict(include_background=False),
+        dict(ignore_index=255),
+        dict(ignore_index=255, per_image=True),
+        dict(onehot=True),
+        dict(absent=2),
+        dict(absent=2, classes="all", per_image=True),
+        dict(dim=2),
+    ],
     ids=lambda k: ",".join(f"{a}={b}" for a, b in k.items()) or "defaults",
 )
 def test_lovasz_softmax(kw, dtype):
@@ -744,20 +856,55 @@ def test_reference_matches_monai(seed):
     xt = torch.as_tensor(x)
     cases = [
         (ml.DiceLoss, R.dice_loss, dict(softmax=True, to_onehot_y=True, ignore_index=255, batch=True), xt, yi),
-        (ml.DiceLoss, R.dice_loss, dict(sigmoid=True, jaccard=True, squared_pred=True, smooth_nr=1.0,
-                                        smooth_dr=1.0, weight=[1.0, 2.0, 3.0]), torch.as_tensor(x0), g0),
-        (ml.TverskyLoss, R.tversky_loss, dict(softmax=True, to_onehot_y=True, alpha=0.3, beta=0.7,
-                                              include_background=False, ignore_index=255), xt, yi),
-        (ml.GeneralizedDiceLoss, R.generalized_dice_loss,
-         dict(softmax=True, to_onehot_y=True, w_type="simple"), torch.as_tensor(x0), yi0),
+        (
+            ml.DiceLoss,
+            R.dice_loss,
+            dict(sigmoid=True, jaccard=True, squared_pred=True, smooth_nr=1.0, smooth_dr=1.0, weight=[1.0, 2.0, 3.0]),
+            torch.as_tensor(x0),
+            g0,
+        ),
+        (
+            ml.TverskyLoss,
+            R.tversky_loss,
+            dict(softmax=True, to_onehot_y=True, alpha=0.3, beta=0.7, include_background=False, ignore_index=255),
+            xt,
+            yi,
+        ),
+        (
+            ml.GeneralizedDiceLoss,
+            R.generalized_dice_loss,
+            dict(softmax=True, to_onehot_y=True, w_type="simple"),
+            torch.as_tensor(x0),
+            yi0,
+        ),
         (ml.FocalLoss, R.focal_loss, dict(to_onehot_y=True, ignore_index=255, alpha=0.25, reduction="sum"), xt, yi),
-        (ml.FocalLoss, R.focal_loss, dict(use_softmax=True, include_background=False, alpha=[0.3, 0.9],
-                                          weight=[2.0, 1.0]), torch.as_tensor(x0), g0),
-        (ml.DiceCELoss, R.dice_ce_loss, dict(softmax=True, to_onehot_y=True, include_background=False,
-                                             weight=torch.tensor([0.5, 1.0, 2.0], dtype=torch.float64),
-                                             label_smoothing=0.1), torch.as_tensor(x0), yi0),
-        (ml.DiceFocalLoss, R.dice_focal_loss, dict(softmax=True, to_onehot_y=True, gamma=1.5, alpha=0.3,
-                                                   weight=[1.0, 2.0, 0.5]), torch.as_tensor(x0), yi0),
+        (
+            ml.FocalLoss,
+            R.focal_loss,
+            dict(use_softmax=True, include_background=False, alpha=[0.3, 0.9], weight=[2.0, 1.0]),
+            torch.as_tensor(x0),
+            g0,
+        ),
+        (
+            ml.DiceCELoss,
+            R.dice_ce_loss,
+            dict(
+                softmax=True,
+                to_onehot_y=True,
+                include_background=False,
+                weight=torch.tensor([0.5, 1.0, 2.0], dtype=torch.float64),
+                label_smoothing=0.1,
+            ),
+            torch.as_tensor(x0),
+            yi0,
+        ),
+        (
+            ml.DiceFocalLoss,
+            R.dice_focal_loss,
+            dict(softmax=True, to_onehot_y=True, gamma=1.5, alpha=0.3, weight=[1.0, 2.0, 0.5]),
+            torch.as_tensor(x0),
+            yi0,
+        ),
     ]
     for mcls, ref, kw, xx, yy in cases:
         with warnings.catch_warnings():

@@ -305,7 +305,9 @@ def test_one_hot_and_brats_regions():
     reg = OneHot(regions=[[1, 2, 3], [1, 3], [3]], dtype="float16")(meta_label(lab))
     assert isinstance(reg, MetaTensor) and reg.dtype == torch.float16 and reg.meta["filename_or_obj"]
     wt, tc, et = (reg[i].as_tensor().bool() for i in range(3))
-    assert torch.equal(wt, lab[0] > 0) and torch.equal(tc, (lab[0] == 1) | (lab[0] == 3)) and torch.equal(et, lab[0] == 3)
+    assert (
+        torch.equal(wt, lab[0] > 0) and torch.equal(tc, (lab[0] == 1) | (lab[0] == 3)) and torch.equal(et, lab[0] == 3)
+    )
     d = OneHotd("label", num_classes=4, output_keys="label_oh")({"label": lab})
     assert torch.equal(d["label"], lab) and d["label_oh"].shape == (4, 2, 4)
 
@@ -331,7 +333,11 @@ def test_validate_label_errors_and_remap():
     assert "patient12_mask.nii.gz" in msg and "{0, 255}" in msg and "{0, 1}" in msg
     assert "ValidateLabeld(keys, num_classes=2, remap={255: 1})" in msg
     fixed = ValidateLabel(num_classes=2, remap={255: 1})(lab)
-    assert isinstance(fixed, MetaTensor) and fixed.dtype == torch.uint8 and fixed.meta["filename_or_obj"] == lab.meta["filename_or_obj"]
+    assert (
+        isinstance(fixed, MetaTensor)
+        and fixed.dtype == torch.uint8
+        and fixed.meta["filename_or_obj"] == lab.meta["filename_or_obj"]
+    )
     assert set(fixed.unique().tolist()) == {0, 1} and int(fixed.sum()) == 8
     assert torch.equal(fixed.affine, lab.affine)
     with pytest.raises(ValueError, match=r"<in-memory label> holds values \{0, 1, 2, 5\}.*unexpected \{5\}"):
@@ -361,7 +367,9 @@ def test_validate_from_nifti_files_names_the_file(tmp_path):
     out = ValidateLabeld("label", num_classes=2, remap={255: 1}, image_key="image")(case1)
     assert set(out["label"].unique().tolist()) == {0, 1}
     case2 = load({"image": str(tmp_path / "sub-01_T1w.nii.gz"), "label": str(tmp_path / "sub-02_mask.nii.gz")})
-    with pytest.raises(ValueError, match=r"sub-02_mask\.nii\.gz has spatial shape \(8, 7, 6\) but image 'image' has \(8, 9, 6\)"):
+    with pytest.raises(
+        ValueError, match=r"sub-02_mask\.nii\.gz has spatial shape \(8, 7, 6\) but image 'image' has \(8, 9, 6\)"
+    ):
         check(case2)
     no_channel = {"image": case2["image"], "label": case2["label"][0]}
     with pytest.raises(ValueError, match="EnsureChannelFirstd"):
@@ -383,7 +391,9 @@ def test_compose_crop_cache_dataset_dataloader_keeps_meta_and_true_distances(tmp
         nib.save(nib.Nifti1Image(seg.astype(np.float32), aff), tmp_path / f"c{i}_seg.nii.gz")
         nib.save(nib.Nifti1Image(seg.astype(np.float32) * 100, aff), tmp_path / f"c{i}_img.nii.gz")
         coord = torch.arange(seg.size, dtype=torch.float64).reshape(1, *shape)  # where each voxel came from
-        files.append({"image": str(tmp_path / f"c{i}_img.nii.gz"), "label": str(tmp_path / f"c{i}_seg.nii.gz"), "coord": coord})
+        files.append(
+            {"image": str(tmp_path / f"c{i}_img.nii.gz"), "label": str(tmp_path / f"c{i}_seg.nii.gz"), "coord": coord}
+        )
     extra = ["label_sdf", "label_dt", "label_weight", "label_instances"]
     transform = Compose(
         [
@@ -394,7 +404,9 @@ def test_compose_crop_cache_dataset_dataloader_keeps_meta_and_true_distances(tmp
             SignedDistanceMapd("label", num_classes=3, mode="unsigned"),
             LesionInstancesd("label"),
             UNetWeightMapd("label", instance_key="label_instances"),
-            RandCropByPosNegLabeld(["image", "label", "coord", *extra], label_key="label", spatial_size=(10, 10, 6), num_samples=2),
+            RandCropByPosNegLabeld(
+                ["image", "label", "coord", *extra], label_key="label", spatial_size=(10, 10, 6), num_samples=2
+            ),
             OneHotd("label", num_classes=3, output_keys="label_onehot"),
         ]
     )
@@ -431,11 +443,26 @@ def test_transforms_pickle_and_instantiate_from_bundle_config():
         "t": {
             "_target_": "Compose",
             "transforms": [
-                {"_target_": "monai_losses_ext.transforms.ValidateLabeld", "keys": "label", "num_classes": 2, "remap": {"255": 1}},
-                {"_target_": "monai_losses_ext.transforms.SignedDistanceMapd", "keys": "label", "num_classes": 2, "spacing": [1, 1, 2]},
+                {
+                    "_target_": "monai_losses_ext.transforms.ValidateLabeld",
+                    "keys": "label",
+                    "num_classes": 2,
+                    "remap": {"255": 1},
+                },
+                {
+                    "_target_": "monai_losses_ext.transforms.SignedDistanceMapd",
+                    "keys": "label",
+                    "num_classes": 2,
+                    "spacing": [1, 1, 2],
+                },
                 {"_target_": "monai_losses_ext.transforms.UNetWeightMapd", "keys": "label", "sigma": 3},
                 {"_target_": "monai_losses_ext.transforms.LesionInstancesd", "keys": "label", "min_size": 2},
-                {"_target_": "monai_losses_ext.transforms.OneHotd", "keys": "label", "num_classes": 2, "dtype": "float32"},
+                {
+                    "_target_": "monai_losses_ext.transforms.OneHotd",
+                    "keys": "label",
+                    "num_classes": 2,
+                    "dtype": "float32",
+                },
             ],
         }
     }
@@ -462,10 +489,14 @@ def test_validate_labeld_refuses_an_image_label_affine_mismatch():
     with pytest.raises(ValueError, match=r"lab.nii.gz.*affines differ by up to 10 \(tolerance 0.001\).*label affine"):
         ValidateLabeld("label", num_classes=2, image_key="image")({"image": image, "label": label})
     for allow in (None, False):  # the check is switched off on request
-        ValidateLabeld("label", num_classes=2, image_key="image", affine_tolerance=allow)({"image": image, "label": label})
+        ValidateLabeld("label", num_classes=2, image_key="image", affine_tolerance=allow)(
+            {"image": image, "label": label}
+        )
     near = aff.clone()
     near[0, 3] = 1e-4  # header rounding
-    ValidateLabeld("label", num_classes=2, image_key="image")({"image": image, "label": MetaTensor(torch.zeros(1, 4, 4, 4), affine=near)})
+    ValidateLabeld("label", num_classes=2, image_key="image")(
+        {"image": image, "label": MetaTensor(torch.zeros(1, 4, 4, 4), affine=near)}
+    )
 
 
 # -- intensity: image-derived foreground, percentile clipping + z-score; spacing check ---------------------------
@@ -534,9 +565,15 @@ def test_foreground_normalize_refuses_non_finite_and_empty_images():
 def test_validate_spacing_names_the_file_and_the_range():
     from monai_losses_ext.transforms import ValidateSpacingd
 
-    img = MetaTensor(torch.zeros(1, 4, 4, 4), affine=torch.diag(torch.tensor([0.001, 0.001, 0.002, 1.0])),
-                     meta={"filename_or_obj": "/data/case_7.nii.gz"})  # fmt: skip
-    with pytest.raises(ValueError, match=r"case_7.nii.gz has voxel spacing \[0.001, 0.001, 0.002\] mm, outside the sane range 0.1-10 mm"):
+    img = MetaTensor(
+        torch.zeros(1, 4, 4, 4),
+        affine=torch.diag(torch.tensor([0.001, 0.001, 0.002, 1.0])),
+        meta={"filename_or_obj": "/data/case_7.nii.gz"},
+    )
+    with pytest.raises(
+        ValueError,
+        match=r"case_7.nii.gz has voxel spacing \[0.001, 0.001, 0.002\] mm, outside the sane range 0.1-10 mm",
+    ):
         ValidateSpacingd("image")({"image": img})
     ok = MetaTensor(torch.zeros(1, 4, 4, 4), affine=torch.diag(torch.tensor([1.0, 1.0, 3.0, 1.0])))
     assert ValidateSpacingd("image")({"image": ok})["image"] is ok

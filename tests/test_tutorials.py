@@ -59,9 +59,7 @@ def test_tutorial_runs_in_fast_mode(path, tmp_path, monkeypatch):
     # the kernel imports the package from this checkout, as a user running it from a clone would
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep))
     nb = nbformat.read(path, as_version=4)
-    client = NotebookClient(
-        nb, timeout=900, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}}
-    )
+    client = NotebookClient(nb, timeout=900, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}})
     client.execute()  # raises CellExecutionError naming the cell and the traceback when a cell fails
     ran = [c for c in nb.cells if c.cell_type == "code" and c.source.strip()]
     assert all(c.get("execution_count") for c in ran)

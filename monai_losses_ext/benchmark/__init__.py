@@ -13,5 +13,4 @@ Two parts (``speed``, ``quality``; both by default):
 from .quality import PRESETS, Preset, Study
 from .stats import bootstrap_ci, bootstrap_ratio_ci, paired_comparison
 
-__all__ = ["PRESETS", "Preset", "Study", "bootstrap_ci", "bootstrap_ratio_ci",
-           "paired_comparison"]
+__all__ = ["PRESETS", "Preset", "Study", "bootstrap_ci", "bootstrap_ratio_ci", "paired_comparison"]

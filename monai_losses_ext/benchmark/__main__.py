@@ -9,13 +9,14 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-EPILOG = """examples:
+EPILOG = r"""examples:
   python -m monai_losses_ext.benchmark                      # both parts, CPU preset (~30 min on 2 cores)
   python -m monai_losses_ext.benchmark quality --preset gpu # the larger study on a GPU
   python -m monai_losses_ext.benchmark quality --data /data/Task01_BrainTumour --task tumour --num-test 40
   python -m monai_losses_ext.benchmark quality --losses dice_ce focal_tversky --seeds 0 1 2
   python -m monai_losses_ext.benchmark quality --preset demo --out runs/recipe/new   # in-domain vs shifted sites
-  python -m monai_losses_ext.benchmark quality --data /data/MyLesions --bundle-args "{'in_channels': 1, 'label_remap': {255: 1}}"
+  python -m monai_losses_ext.benchmark quality --data /data/MyLesions \
+      --bundle-args "{'in_channels': 1, 'label_remap': {255: 1}}"
   python -m monai_losses_ext.benchmark speed --device cuda --size 128 --amp
 
 Run the same command again to resume: finished runs are read back, an interrupted training continues from
@@ -23,15 +24,22 @@ its last checkpoint. Outputs (default runs/benchmark/<preset>/): report.md, case
 sensitivity_by_size.png, dice_by_loss.png, speed.md, speed.csv.
 """
 
-SPEED_PRESETS = {"cpu": dict(size=64, repeats=3, amp=False), "gpu": dict(size=128, repeats=10, amp=True),
-                 "tiny": dict(size=16, repeats=1, amp=False)}  # fmt: skip
+SPEED_PRESETS = {
+    "cpu": dict(size=64, repeats=3, amp=False),
+    "gpu": dict(size=128, repeats=10, amp=True),
+    "tiny": dict(size=16, repeats=1, amp=False),
+}
 
 
 def parser() -> argparse.ArgumentParser:
     from .quality import PRESETS
 
-    p = argparse.ArgumentParser(prog="python -m monai_losses_ext.benchmark", description=__doc__.split(";")[0],
-                                epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    p = argparse.ArgumentParser(
+        prog="python -m monai_losses_ext.benchmark",
+        description=__doc__.split(";")[0],
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("part", nargs="?", default="all", choices=["all", "speed", "quality"])
     p.add_argument("--preset", default="cpu", choices=sorted(PRESETS), help="study size (default cpu)")
     p.add_argument("--out", type=Path, help="output folder (default runs/benchmark/<preset>)")
@@ -46,14 +54,21 @@ def parser() -> argparse.ArgumentParser:
     q.add_argument("--num-test", type=int, help="last N labelled cases: the test set")
     q.add_argument("--num-val", type=int, help="validation cases (checkpoint choice), before the test cases")
     q.add_argument("--size-edges", nargs="+", type=int, help="lesion-size group edges in voxels (default 10 50)")
-    q.add_argument("--sites", nargs="*", help="shifted phantom sites every model is also scored on, e.g. scanner site_c")
+    q.add_argument(
+        "--sites", nargs="*", help="shifted phantom sites every model is also scored on, e.g. scanner site_c"
+    )
     q.add_argument("--num-site-cases", type=int, help="phantoms per shifted site (default 12)")
     q.add_argument("--threads", type=int, help="CPU threads per run (0: all)")
     q.add_argument("--n-boot", type=int, default=2000, help="bootstrap resamples (default 2000)")
     q.add_argument("--bundles", type=Path, help="the bundles/ folder (default: this checkout's)")
-    q.add_argument("--bundle-args", type=_literal_dict, default={}, metavar="DICT",
-                   help="more bundle overrides for every run, a Python dict, e.g. \"{'in_channels': 1, "
-                        "'label_remap': {255: 1}}\" for single-channel images with 0/255 masks")  # fmt: skip
+    q.add_argument(
+        "--bundle-args",
+        type=_literal_dict,
+        default={},
+        metavar="DICT",
+        help="more bundle overrides for every run, a Python dict, e.g. \"{'in_channels': 1, "
+        "'label_remap': {255: 1}}\" for single-channel images with 0/255 masks",
+    )
     q.add_argument("--no-progress", action="store_true")
     s = p.add_argument_group("speed (defaults from the preset: cpu 64^3, gpu 128^3 + AMP)")
     s.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
@@ -80,12 +95,23 @@ def _literal_dict(text: str) -> dict:
 def study_from_args(a):
     from .quality import PRESETS, Study
 
-    changes = {k: v for k, v in {
-        "losses": a.losses, "seeds": a.seeds, "epochs": a.epochs, "num_cases": a.num_cases, "num_test": a.num_test,
-        "num_val": a.num_val, "threads": a.threads, "baseline": a.baseline,
-        "size_edges": tuple(a.size_edges) if a.size_edges else None,
-        "sites": tuple(a.sites) if a.sites is not None else None, "num_site_cases": a.num_site_cases,
-    }.items() if v is not None}  # fmt: skip
+    changes = {
+        k: v
+        for k, v in {
+            "losses": a.losses,
+            "seeds": a.seeds,
+            "epochs": a.epochs,
+            "num_cases": a.num_cases,
+            "num_test": a.num_test,
+            "num_val": a.num_val,
+            "threads": a.threads,
+            "baseline": a.baseline,
+            "size_edges": tuple(a.size_edges) if a.size_edges else None,
+            "sites": tuple(a.sites) if a.sites is not None else None,
+            "num_site_cases": a.num_site_cases,
+        }.items()
+        if v is not None
+    }
     if a.bundle_args:
         changes["schedule"] = {**PRESETS[a.preset].schedule, **a.bundle_args}
     preset = replace(PRESETS[a.preset], **changes)
@@ -112,8 +138,11 @@ def main(argv=None) -> int:
         from .report import write_report
 
         study = study_from_args(a)
-        print(f"== quality study ({study.task}; {len(study.preset.losses)} losses x {len(study.preset.seeds)} seeds, "
-              f"{study.preset.epochs} epochs) -> {study.out} ==", flush=True)  # fmt: skip
+        print(
+            f"== quality study ({study.task}; {len(study.preset.losses)} losses x {len(study.preset.seeds)} seeds, "
+            f"{study.preset.epochs} epochs) -> {study.out} ==",
+            flush=True,
+        )
         results = study.run(progress=not a.no_progress)
         report = write_report(study, results, command, n_boot=a.n_boot)
         print(report.read_text())

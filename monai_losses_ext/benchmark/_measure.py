@@ -94,9 +94,7 @@ def peak_extra_bytes(fn, device: torch.device) -> int:
 
     with _native_stderr_quiet(), profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         fn()
-    events = sorted(
-        (e.start_ns(), e.nbytes()) for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"
-    )
+    events = sorted((e.start_ns(), e.nbytes()) for e in prof.profiler.kineto_results.events() if e.name() == "[memory]")
     current = peak = 0
     for _, nbytes in events:
         current += nbytes

@@ -34,18 +34,34 @@ import numpy as np
 
 from .. import metrics as M
 from ..bundle import (
-    atomic_write_json, bundle_dir, case_name, child_env, msd_datalist, read_history, run_bundle, score_label_file,
+    atomic_write_json,
+    bundle_dir,
+    case_name,
+    child_env,
+    msd_datalist,
+    read_history,
+    run_bundle,
+    score_label_file,
     structures_of,
-)  # fmt: skip
+)
 
 __all__ = ["Preset", "PRESETS", "Study"]
 
 # The schedule of the CPU preset (and of scripts/demo.py): a few minutes per run on 2 CPU cores.
 CPU_SCHEDULE = {
-    "patch_size": [48, 48, 48], "channels": [16, 32, 64, 128], "strides": [2, 2, 2], "num_res_units": 1,
-    "batch_size": 2, "num_samples": 2, "pos_fraction": 0.8, "learning_rate": 0.003, "val_interval": 5,
-    "sw_batch_size": 4, "log_every": 20, "progress_bar": False,
-}  # fmt: skip
+    "patch_size": [48, 48, 48],
+    "channels": [16, 32, 64, 128],
+    "strides": [2, 2, 2],
+    "num_res_units": 1,
+    "batch_size": 2,
+    "num_samples": 2,
+    "pos_fraction": 0.8,
+    "learning_rate": 0.003,
+    "val_interval": 5,
+    "sw_batch_size": 4,
+    "log_every": 20,
+    "progress_bar": False,
+}
 
 
 @dataclass
@@ -72,30 +88,83 @@ PRESETS: dict[str, Preset] = {
     # about 30 minutes on 2 CPU cores: 5 losses x 2 seeds, 30 epochs on 16 training phantoms, 12 test cases
     "cpu": Preset(
         losses=["monai.losses.DiceLoss", "dice_ce", "dice_focal", "focal_tversky", "blob"],
-        seeds=[0, 1], epochs=30, num_cases=32, num_test=12, num_val=4, spacing=1.5, schedule=CPU_SCHEDULE,
+        seeds=[0, 1],
+        epochs=30,
+        num_cases=32,
+        num_test=12,
+        num_val=4,
+        spacing=1.5,
+        schedule=CPU_SCHEDULE,
     ),
     # a GPU study: 1 mm phantoms, 96^3 patches, a wider U-Net, 8 losses x 3 seeds, 150 epochs
     "gpu": Preset(
-        losses=["monai.losses.DiceLoss", "dice", "dice_ce", "dice_focal", "tversky", "focal_tversky",
-                "unified_focal", "blob"],
-        seeds=[0, 1, 2], epochs=150, num_cases=80, num_test=24, num_val=8, spacing=1.0, threads=0,
-        schedule={**CPU_SCHEDULE, "patch_size": [96, 96, 96], "channels": [32, 64, 128, 256], "num_res_units": 2,
-                  "num_samples": 4, "learning_rate": 0.002, "val_interval": 10, "num_workers": 4},
+        losses=[
+            "monai.losses.DiceLoss",
+            "dice",
+            "dice_ce",
+            "dice_focal",
+            "tversky",
+            "focal_tversky",
+            "unified_focal",
+            "blob",
+        ],
+        seeds=[0, 1, 2],
+        epochs=150,
+        num_cases=80,
+        num_test=24,
+        num_val=8,
+        spacing=1.0,
+        threads=0,
+        schedule={
+            **CPU_SCHEDULE,
+            "patch_size": [96, 96, 96],
+            "channels": [32, 64, 128, 256],
+            "num_res_units": 2,
+            "num_samples": 4,
+            "learning_rate": 0.002,
+            "val_interval": 10,
+            "num_workers": 4,
+        },
     ),
     # the demo's budget (scripts/demo.py: 40 epochs on 20 training phantoms at 1.5 mm), scored in-domain and on two
     # shifted sites: the recipe comparison of README's site-shift table (about 6 min per run on 2 CPU cores)
     "demo": Preset(
-        losses=["dice_ce"], seeds=[0, 1], epochs=40, num_cases=40, num_test=16, num_val=4, spacing=1.5,
-        schedule=CPU_SCHEDULE, baseline="dice_ce", sites=("scanner", "site_c"), num_site_cases=16,
+        losses=["dice_ce"],
+        seeds=[0, 1],
+        epochs=40,
+        num_cases=40,
+        num_test=16,
+        num_val=4,
+        spacing=1.5,
+        schedule=CPU_SCHEDULE,
+        baseline="dice_ce",
+        sites=("scanner", "site_c"),
+        num_site_cases=16,
     ),
     # seconds: a smoke test of the whole pipeline (tests use it)
     "tiny": Preset(
-        losses=["monai.losses.DiceLoss", "dice_ce"], seeds=[0], epochs=2, num_cases=5, num_test=2, num_val=1,
-        spacing=4.0, threads=1, phantom_options={"n_lesions": (3, 8), "empty_fraction": 0.0},
-        schedule={"patch_size": [16, 16, 16], "channels": [4, 8, 16], "strides": [2, 2], "num_res_units": 0,
-                  "batch_size": 1, "num_samples": 1, "val_interval": 1, "sw_batch_size": 2, "progress_bar": False},
+        losses=["monai.losses.DiceLoss", "dice_ce"],
+        seeds=[0],
+        epochs=2,
+        num_cases=5,
+        num_test=2,
+        num_val=1,
+        spacing=4.0,
+        threads=1,
+        phantom_options={"n_lesions": (3, 8), "empty_fraction": 0.0},
+        schedule={
+            "patch_size": [16, 16, 16],
+            "channels": [4, 8, 16],
+            "strides": [2, 2],
+            "num_res_units": 0,
+            "batch_size": 1,
+            "num_samples": 1,
+            "val_interval": 1,
+            "sw_batch_size": 2,
+            "progress_bar": False,
+        },
     ),
-}  # fmt: skip
+}
 
 
 def slug(loss: str) -> str:
@@ -134,7 +203,9 @@ class Study:
             self.data = Path(self.data).resolve()
         if self.preset.baseline not in self.preset.losses:
             self.preset = replace(self.preset, losses=[self.preset.baseline, *self.preset.losses])
-        if len(set(self.preset.losses)) != len(self.preset.losses) or len(set(self.preset.seeds)) != len(self.preset.seeds):
+        if len(set(self.preset.losses)) != len(self.preset.losses) or len(set(self.preset.seeds)) != len(
+            self.preset.seeds
+        ):
             raise ValueError(f"losses {self.preset.losses} and seeds {self.preset.seeds} must not repeat")
         M.size_group_labels(self.preset.size_edges)  # validates the edges early
         for site in self.preset.sites:
@@ -156,8 +227,15 @@ class Study:
         self.log(f"generating {num_cases} {self.task} phantoms {what} into {d}")
         tmp = d.with_name(d.name + ".partial")
         shutil.rmtree(tmp, ignore_errors=True)
-        write_dataset(str(tmp), self.task, num_cases, workers=p.threads or os.cpu_count() or 1, progress=False,
-                      **kwargs, **p.phantom_options)  # fmt: skip
+        write_dataset(
+            str(tmp),
+            self.task,
+            num_cases,
+            workers=p.threads or os.cpu_count() or 1,
+            progress=False,
+            **kwargs,
+            **p.phantom_options,
+        )
         os.replace(tmp, d)
 
     def ensure_data(self) -> Path:
@@ -199,11 +277,17 @@ class Study:
         trainval, test = self.splits()
         p = self.preset
         return {
-            "loss": loss, "seed": seed, "task": self.task, "epochs": p.epochs, "schedule": p.schedule,
-            "dataset_dir": str(self.dataset_dir()), "train_val_cases": [case_name(c["image"]) for c in trainval],
-            "num_val": p.num_val, "test_cases": [case_name(c["image"]) for c in test],
+            "loss": loss,
+            "seed": seed,
+            "task": self.task,
+            "epochs": p.epochs,
+            "schedule": p.schedule,
+            "dataset_dir": str(self.dataset_dir()),
+            "train_val_cases": [case_name(c["image"]) for c in trainval],
+            "num_val": p.num_val,
+            "test_cases": [case_name(c["image"]) for c in test],
             "size_edges": list(p.size_edges),
-        }  # fmt: skip
+        }
 
     @staticmethod
     def fingerprint(settings: dict) -> str:
@@ -252,22 +336,37 @@ class Study:
         train_s = 0.0
         if not ((rd / "models" / "model.pt").exists() and epochs_done() >= p.epochs):
             overrides = {
-                **p.schedule, "bundle_root": str(rd), "dataset_dir": str(data), "max_cases": len(trainval),
-                "num_val": p.num_val, "epochs": p.epochs, "loss_name": loss, "seed": seed,
-                "num_threads": p.threads, "resume": True, "progress_bar": False,
-            }  # fmt: skip
+                **p.schedule,
+                "bundle_root": str(rd),
+                "dataset_dir": str(data),
+                "max_cases": len(trainval),
+                "num_val": p.num_val,
+                "epochs": p.epochs,
+                "loss_name": loss,
+                "seed": seed,
+                "num_threads": p.threads,
+                "resume": True,
+                "progress_bar": False,
+            }
             train_s = run_bundle(bundle, ["train.json"], overrides, rd / "train.log", env, poll)
         infer = {  # inference.json is an overlay on train.json: every schedule key is one of its ids
-            **p.schedule, "bundle_root": str(rd),
-            "dataset_dir": str(data), "datalist": [{"image": c["image"]} for c in test],
-            "output_dir": str(rd / "test_pred"), "num_threads": p.threads,
-        }  # fmt: skip
+            **p.schedule,
+            "bundle_root": str(rd),
+            "dataset_dir": str(data),
+            "datalist": [{"image": c["image"]} for c in test],
+            "output_dir": str(rd / "test_pred"),
+            "num_threads": p.threads,
+        }
         infer_s = run_bundle(bundle, ["inference.json"], infer, rd / "inference.log", env)
         result = {
-            "fingerprint": fp, "loss": loss, "seed": seed, "epochs": p.epochs,
-            "train_seconds": round(train_s, 1), "infer_seconds": round(infer_s, 1),
+            "fingerprint": fp,
+            "loss": loss,
+            "seed": seed,
+            "epochs": p.epochs,
+            "train_seconds": round(train_s, 1),
+            "infer_seconds": round(infer_s, 1),
             "cases": self.score_predictions(rd / "test_pred", test),
-        }  # fmt: skip
+        }
         _write_json(rd / "result.json", result)
         return self.score_sites(loss, seed, result), False
 
@@ -282,9 +381,14 @@ class Study:
         for site in missing:
             data = self.ensure_site_data(site)
             cases = msd_datalist(str(data), "all", task=self.task)
-            infer = {**p.schedule, "bundle_root": str(rd), "dataset_dir": str(data),
-                     "datalist": [{"image": c["image"]} for c in cases], "output_dir": str(rd / f"pred_{site}"),
-                     "num_threads": p.threads}  # fmt: skip
+            infer = {
+                **p.schedule,
+                "bundle_root": str(rd),
+                "dataset_dir": str(data),
+                "datalist": [{"image": c["image"]} for c in cases],
+                "output_dir": str(rd / f"pred_{site}"),
+                "num_threads": p.threads,
+            }
             secs = run_bundle(bundle, ["inference.json"], infer, rd / f"inference_{site}.log", env)
             result.setdefault("sites", {})[site] = self.score_predictions(rd / f"pred_{site}", cases, data)
             result["infer_seconds"] = round(result["infer_seconds"] + secs, 1)
@@ -320,13 +424,16 @@ class Study:
 
         self.ensure_data()
         self.out.mkdir(parents=True, exist_ok=True)
-        _write_json(self.out / "study.json", {"task": self.task, "preset": asdict(self.preset),
-                                              "dataset_dir": str(self.dataset_dir())})  # fmt: skip
+        _write_json(
+            self.out / "study.json",
+            {"task": self.task, "preset": asdict(self.preset), "dataset_dir": str(self.dataset_dir())},
+        )
         jobs = [(loss, seed) for loss in self.preset.losses for seed in self.preset.seeds]
         results: dict[tuple[str, int], dict] = {}
         runs_bar = tqdm(total=len(jobs), desc="runs", unit="run", disable=not progress, position=0)
-        epoch_bar = tqdm(total=self.preset.epochs, desc="epochs", unit="epoch", disable=not progress, position=1,
-                         leave=False)  # fmt: skip
+        epoch_bar = tqdm(
+            total=self.preset.epochs, desc="epochs", unit="epoch", disable=not progress, position=1, leave=False
+        )
         say = runs_bar.write if progress else self.log
         failed: list[str] = []
         t0 = time.perf_counter()
@@ -341,7 +448,10 @@ class Study:
                 finally:
                     runs_bar.update()
                 results[(loss, seed)] = res
-                say(f"{loss} seed {seed}: " + ("stored, skipped" if stored else f"trained in {res['train_seconds']:.0f} s"))
+                say(
+                    f"{loss} seed {seed}: "
+                    + ("stored, skipped" if stored else f"trained in {res['train_seconds']:.0f} s")
+                )
         finally:
             epoch_bar.close()
             runs_bar.close()

@@ -14,8 +14,13 @@ from .. import metrics as M
 from .stats import bootstrap_ci, bootstrap_ratio_ci, paired_comparison
 
 # per-case metrics reported as a mean: (column prefix, title, higher is better)
-CASE_METRICS = [("dice", "Dice", True), ("f1", "lesion F1", True), ("sensitivity", "lesion sensitivity", True),
-                ("fp_lesions", "FP lesions / case", False), ("hd95", "HD95 (mm)", False)]  # fmt: skip
+CASE_METRICS = [
+    ("dice", "Dice", True),
+    ("f1", "lesion F1", True),
+    ("sensitivity", "lesion sensitivity", True),
+    ("fp_lesions", "FP lesions / case", False),
+    ("hd95", "HD95 (mm)", False),
+]
 PAIRED = ("dice", "f1", "fp_lesions", "hd95")
 
 
@@ -37,20 +42,44 @@ def summarize(results: dict, losses, seeds, structures, size_edges, baseline: st
             arr = _arrays(results, losses, seeds, f"{prefix}_{s}")
             for loss in losses:
                 mean, lo, hi = bootstrap_ci(arr[loss], n_boot=n_boot)
-                row = {"structure": s, "loss": loss, "metric": prefix, "value": mean, "low": lo, "high": hi,
-                       "n_undefined": int(np.isnan(arr[loss]).sum()), "n_cases": int(arr[loss].shape[1])}  # fmt: skip
+                row = {
+                    "structure": s,
+                    "loss": loss,
+                    "metric": prefix,
+                    "value": mean,
+                    "low": lo,
+                    "high": hi,
+                    "n_undefined": int(np.isnan(arr[loss]).sum()),
+                    "n_cases": int(arr[loss].shape[1]),
+                }
                 if prefix in PAIRED and loss != baseline:
                     pc = paired_comparison(arr[loss], arr[baseline], n_boot=n_boot)
-                    row.update(diff=pc.diff, diff_low=pc.low, diff_high=pc.high, p_value=pc.p_value,
-                               higher=pc.higher, equal=pc.equal, lower=pc.lower)  # fmt: skip
+                    row.update(
+                        diff=pc.diff,
+                        diff_low=pc.low,
+                        diff_high=pc.high,
+                        p_value=pc.p_value,
+                        higher=pc.higher,
+                        equal=pc.equal,
+                        lower=pc.lower,
+                    )
                 rows.append(row)
         for g in groups:
             det = _arrays(results, losses, seeds, f"detected_{s}_{g}")
             tru = _arrays(results, losses, seeds, f"truth_{s}_{g}")
             for loss in losses:
                 ratio, lo, hi = bootstrap_ratio_ci(det[loss], tru[loss], n_boot=n_boot)
-                rows.append({"structure": s, "loss": loss, "metric": f"sensitivity_{g}", "value": ratio, "low": lo,
-                             "high": hi, "n_lesions": int(tru[loss][0].sum())})  # fmt: skip
+                rows.append(
+                    {
+                        "structure": s,
+                        "loss": loss,
+                        "metric": f"sensitivity_{g}",
+                        "value": ratio,
+                        "low": lo,
+                        "high": hi,
+                        "n_lesions": int(tru[loss][0].sum()),
+                    }
+                )
     return rows
 
 
@@ -84,8 +113,12 @@ def markdown(rows: list[dict], losses, structures, size_edges, baseline: str, tr
                 cells.append(cell)
             cells.append(f"{train_minutes[loss]:.1f}")
             out.append("| " + " | ".join(cells) + " |")
-        out += ["", f"Paired against `{baseline}` on the same test cases (loss − baseline, each case averaged over "
-                    "seeds; 95% bootstrap CI; two-sided Wilcoxon signed-rank p; cases higher / equal / lower):", ""]  # fmt: skip
+        out += [
+            "",
+            f"Paired against `{baseline}` on the same test cases (loss − baseline, each case averaged over "
+            "seeds; 95% bootstrap CI; two-sided Wilcoxon signed-rank p; cases higher / equal / lower):",
+            "",
+        ]
         titles = {m: t for m, t, _ in CASE_METRICS}
         head = ["loss"] + [f"Δ {titles[m]}" for m in PAIRED] + ["cases with Dice higher / equal / lower"]
         out += ["| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
@@ -95,7 +128,9 @@ def markdown(rows: list[dict], losses, structures, size_edges, baseline: str, tr
             cells = [f"`{loss}`"]
             for m in PAIRED:
                 r = get[(s, loss, m)]
-                cells.append(_ci(r["diff"], r["diff_low"], r["diff_high"], 1 if m == "hd95" else 3) + f", p {_p(r['p_value'])}")
+                cells.append(
+                    _ci(r["diff"], r["diff_low"], r["diff_high"], 1 if m == "hd95" else 3) + f", p {_p(r['p_value'])}"
+                )
             d = get[(s, loss, "dice")]
             cells.append(f"{d['higher']} / {d['equal']} / {d['lower']}")
             out.append("| " + " | ".join(cells) + " |")
@@ -110,15 +145,21 @@ def site_markdown(tables: dict[str, list[dict]], losses, structures, size_edges)
     for s in structures:
         head = ["loss", "test set", "cases", "Dice", "lesion F1", "FP lesions / case"]
         head += [f"sensitivity {g} vox" for g in groups] + ["HD95 mm"]
-        out += [f"### {s}: in-domain test cases vs shifted sites, mean [95% CI]", "",
-                "| " + " | ".join(head) + " |", "|---" * len(head) + "|"]  # fmt: skip
+        out += [
+            f"### {s}: in-domain test cases vs shifted sites, mean [95% CI]",
+            "",
+            "| " + " | ".join(head) + " |",
+            "|---" * len(head) + "|",
+        ]
         for loss in losses:
             for name, rows in tables.items():
                 get = {(r["structure"], r["loss"], r["metric"]): r for r in rows}
                 cells = [f"`{loss}`", name, str(get[(s, loss, "dice")].get("n_cases", ""))]
                 for m in ("dice", "f1", "fp_lesions", *[f"sensitivity_{g}" for g in groups], "hd95"):
                     r = get[(s, loss, m)]
-                    cells.append(_ci(r["value"], r["low"], r["high"], 1 if m == "hd95" else 2 if m == "fp_lesions" else 3))
+                    cells.append(
+                        _ci(r["value"], r["low"], r["high"], 1 if m == "hd95" else 2 if m == "fp_lesions" else 3)
+                    )
                 out.append("| " + " | ".join(cells) + " |")
         out.append("")
     return "\n".join(out)
@@ -139,8 +180,24 @@ def write_csvs(out: Path, results: dict, losses, seeds, rows: list[dict], suffix
             for s in seeds:
                 for c in results[(loss, s)]["cases"]:
                     w.writerow({"loss": loss, "seed": s, **c})
-    cols = ["structure", "loss", "metric", "value", "low", "high", "n_undefined", "n_cases", "n_lesions", "diff", "diff_low",
-            "diff_high", "p_value", "higher", "equal", "lower"]  # fmt: skip
+    cols = [
+        "structure",
+        "loss",
+        "metric",
+        "value",
+        "low",
+        "high",
+        "n_undefined",
+        "n_cases",
+        "n_lesions",
+        "diff",
+        "diff_low",
+        "diff_high",
+        "p_value",
+        "higher",
+        "equal",
+        "lower",
+    ]
     with open(out / f"summary{suffix}.csv", "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=cols)
         w.writeheader()
@@ -148,7 +205,9 @@ def write_csvs(out: Path, results: dict, losses, seeds, rows: list[dict], suffix
             w.writerow({k: r.get(k, "") for k in cols})
 
 
-def plots(out: Path, results: dict, losses, seeds, structures, size_edges, rows: list[dict], baseline: str) -> list[Path]:
+def plots(
+    out: Path, results: dict, losses, seeds, structures, size_edges, rows: list[dict], baseline: str
+) -> list[Path]:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -159,7 +218,9 @@ def plots(out: Path, results: dict, losses, seeds, structures, size_edges, rows:
     colours = plt.get_cmap("tab10")
     n = len(structures)
 
-    fig, axes = plt.subplots(1, n, figsize=(max(6, 1.2 * len(losses) * len(groups)) * min(n, 2) / 1.5, 3.8), squeeze=False)
+    fig, axes = plt.subplots(
+        1, n, figsize=(max(6, 1.2 * len(losses) * len(groups)) * min(n, 2) / 1.5, 3.8), squeeze=False
+    )
     width = 0.8 / len(losses)
     for ax, s in zip(axes[0], structures):
         x = np.arange(len(groups))
@@ -167,8 +228,15 @@ def plots(out: Path, results: dict, losses, seeds, structures, size_edges, rows:
             r = [get[(s, loss, f"sensitivity_{g}")] for g in groups]
             v = np.array([q["value"] for q in r], dtype=float)
             err = np.array([[q["value"] - q["low"], q["high"] - q["value"]] for q in r], dtype=float).T
-            ax.bar(x + (i - (len(losses) - 1) / 2) * width, np.nan_to_num(v), width, yerr=np.nan_to_num(err),
-                   capsize=2, color=colours(i % 10), label=loss)  # fmt: skip
+            ax.bar(
+                x + (i - (len(losses) - 1) / 2) * width,
+                np.nan_to_num(v),
+                width,
+                yerr=np.nan_to_num(err),
+                capsize=2,
+                color=colours(i % 10),
+                label=loss,
+            )
         n_les = [get[(s, losses[0], f"sensitivity_{g}")]["n_lesions"] for g in groups]
         ax.set_xticks(x, [f"{g} voxels\n(n={k})" for g, k in zip(groups, n_les)])
         ax.set_ylim(0, 1.05)
@@ -188,8 +256,13 @@ def plots(out: Path, results: dict, losses, seeds, structures, size_edges, rows:
         rng = np.random.default_rng(0)
         for i, v in enumerate(per_case):
             ax.scatter(i + 1 + rng.uniform(-0.12, 0.12, v.size), v, s=10, color=colours(i % 10), zorder=3)
-        ax.set_xticks(range(1, len(losses) + 1), [lo.replace("monai.losses.", "monai ") for lo in losses],
-                      rotation=20, ha="right", fontsize=8)  # fmt: skip
+        ax.set_xticks(
+            range(1, len(losses) + 1),
+            [lo.replace("monai.losses.", "monai ") for lo in losses],
+            rotation=20,
+            ha="right",
+            fontsize=8,
+        )
         ax.set_ylim(0, 1)
         ax.set_ylabel("test-case Dice (mean over seeds)")
         ax.set_title(f"{s}: Dice per test case", fontsize=10)
@@ -217,17 +290,22 @@ def write_report(study, results: dict, command: str, n_boot: int = 2000) -> Path
     figs = plots(study.out, results, losses, seeds, structures, p.size_edges, rows, p.baseline)
     tables = {"in-domain test": rows}
     for site in p.sites:
-        tables[f"site `{site}`"] = summarize(site_results(results, site), losses, seeds, structures, p.size_edges,
-                                             p.baseline, n_boot)  # fmt: skip
+        tables[f"site `{site}`"] = summarize(
+            site_results(results, site), losses, seeds, structures, p.size_edges, p.baseline, n_boot
+        )
         write_csvs(study.out, site_results(results, site), losses, seeds, tables[f"site `{site}`"], suffix=f"_{site}")
     train_min = {loss: np.mean([results[(loss, s)]["train_seconds"] for s in seeds]) / 60 for loss in losses}
     # the runs' own times, stored with each run, so a resumed study reports the same total
     run_min = sum(r["train_seconds"] + r["infer_seconds"] for r in results.values()) / 60
     n_test = len(results[(losses[0], seeds[0])]["cases"])
-    device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else (platform.processor() or platform.machine())
+    device = (
+        torch.cuda.get_device_name(0) if torch.cuda.is_available() else (platform.processor() or platform.machine())
+    )
     lines = [
-        f"# Loss study: {study.task}, {len(losses)} losses x {len(seeds)} seeds", "",
-        f"Command: `{command}`", "",
+        f"# Loss study: {study.task}, {len(losses)} losses x {len(seeds)} seeds",
+        "",
+        f"Command: `{command}`",
+        "",
         f"* Data: `{study.dataset_dir().name}`; {n_test} test cases (held out from training and model selection), "
         f"{p.num_val} validation cases for choosing the checkpoint, the rest for training.",
         f"* Schedule: {p.epochs} epochs; bundle overrides `{_compact(p.schedule)}`; seeds {seeds}.",
@@ -235,16 +313,26 @@ def write_report(study, results: dict, command: str, n_boot: int = 2000) -> Path
         f"the {len(results)} runs took {run_min:.1f} min of training and inference in all.",
         f"* Intervals: 95% bootstrap over test cases and seeds ({n_boot} resamples). Sensitivity by size pools the "
         "truth lesions of all cases (detected / total, size in voxels of the truth lesion). HD95 is undefined "
-        "(skipped, counted) when a case has an empty prediction or truth for that structure.", "",
+        "(skipped, counted) when a case has an empty prediction or truth for that structure.",
+        "",
         markdown(rows, losses, structures, p.size_edges, p.baseline, train_min),
-        *([f"## Site shift: the same models on phantoms of other sites ({', '.join(p.sites)}; "
-           f"{p.num_site_cases} cases each; parameters in docs/phantoms.md)", "",
-           site_markdown(tables, losses, structures, p.size_edges)] if p.sites else []),
-        *[f"![{f.stem}]({f.name})" for f in figs], "",
+        *(
+            [
+                f"## Site shift: the same models on phantoms of other sites ({', '.join(p.sites)}; "
+                f"{p.num_site_cases} cases each; parameters in docs/phantoms.md)",
+                "",
+                site_markdown(tables, losses, structures, p.size_edges),
+            ]
+            if p.sites
+            else []
+        ),
+        *[f"![{f.stem}]({f.name})" for f in figs],
+        "",
         "How to read it: intervals that overlap heavily mean the study cannot tell the losses apart at this size; "
         "the paired differences are the sharper test because every loss is scored on the same cases. A loss that "
-        "raises small-lesion sensitivity while adding false-positive lesions trades precision for recall.", "",
-    ]  # fmt: skip
+        "raises small-lesion sensitivity while adding false-positive lesions trades precision for recall.",
+        "",
+    ]
     path = study.out / "report.md"
     path.write_text("\n".join(lines))
     return path

@@ -76,46 +76,100 @@ def _monai_cases() -> list[Case]:
     w = [0.1, 1.0, 2.0, 3.0]
     return [
         Case("DiceLoss", "dice", lambda: E.DiceLoss(**SM), [("monai DiceLoss", lambda: ML.DiceLoss(**SM))]),
-        Case("DiceLoss squared, batch", "dice", lambda: E.DiceLoss(squared_pred=True, batch=True, **SM),
-             [("monai DiceLoss", lambda: ML.DiceLoss(squared_pred=True, batch=True, **SM))]),
-        Case("JaccardLoss", "jaccard", lambda: E.JaccardLoss(**SM),
-             [("monai DiceLoss(jaccard)", lambda: ML.DiceLoss(jaccard=True, **SM))]),
-        Case("TverskyLoss", "tversky", lambda: E.TverskyLoss(alpha=0.3, beta=0.7, **SM),
-             [("monai TverskyLoss", lambda: ML.TverskyLoss(alpha=0.3, beta=0.7, **SM))]),
+        Case(
+            "DiceLoss squared, batch",
+            "dice",
+            lambda: E.DiceLoss(squared_pred=True, batch=True, **SM),
+            [("monai DiceLoss", lambda: ML.DiceLoss(squared_pred=True, batch=True, **SM))],
+        ),
+        Case(
+            "JaccardLoss",
+            "jaccard",
+            lambda: E.JaccardLoss(**SM),
+            [("monai DiceLoss(jaccard)", lambda: ML.DiceLoss(jaccard=True, **SM))],
+        ),
+        Case(
+            "TverskyLoss",
+            "tversky",
+            lambda: E.TverskyLoss(alpha=0.3, beta=0.7, **SM),
+            [("monai TverskyLoss", lambda: ML.TverskyLoss(alpha=0.3, beta=0.7, **SM))],
+        ),
         Case("FocalTverskyLoss", "focal_tversky", lambda: E.FocalTverskyLoss(**SM)),
-        Case("GeneralizedDiceLoss", "generalized_dice", lambda: E.GeneralizedDiceLoss(**SM),
-             [("monai GeneralizedDiceLoss", lambda: ML.GeneralizedDiceLoss(**SM))]),
+        Case(
+            "GeneralizedDiceLoss",
+            "generalized_dice",
+            lambda: E.GeneralizedDiceLoss(**SM),
+            [("monai GeneralizedDiceLoss", lambda: ML.GeneralizedDiceLoss(**SM))],
+        ),
         Case("LogCoshDiceLoss", "log_cosh_dice", lambda: E.LogCoshDiceLoss(**SM)),
         Case("SensitivitySpecificityLoss", "sensitivity_specificity", lambda: E.SensitivitySpecificityLoss(**SM)),
-        Case("WeightedCELoss", "weighted_ce", lambda: E.WeightedCELoss(weight=w),
-             [("torch CrossEntropyLoss", lambda: _IndexTarget(torch.nn.CrossEntropyLoss(weight=torch.tensor(w))))]),
-        Case("WeightedBCELoss", "weighted_bce", lambda: E.WeightedBCELoss(pos_weight=3.0, to_onehot_y=True),
-             [("torch BCEWithLogitsLoss", lambda: _BCE(3.0))]),
-        Case("FocalLoss (sigmoid)", "focal", lambda: E.FocalLoss(to_onehot_y=True, alpha=0.25),
-             [("monai FocalLoss", lambda: ML.FocalLoss(to_onehot_y=True, alpha=0.25))]),
-        Case("FocalLoss (softmax)", "focal", lambda: E.FocalLoss(to_onehot_y=True, use_softmax=True),
-             [("monai FocalLoss", lambda: ML.FocalLoss(to_onehot_y=True, use_softmax=True))]),
+        Case(
+            "WeightedCELoss",
+            "weighted_ce",
+            lambda: E.WeightedCELoss(weight=w),
+            [("torch CrossEntropyLoss", lambda: _IndexTarget(torch.nn.CrossEntropyLoss(weight=torch.tensor(w))))],
+        ),
+        Case(
+            "WeightedBCELoss",
+            "weighted_bce",
+            lambda: E.WeightedBCELoss(pos_weight=3.0, to_onehot_y=True),
+            [("torch BCEWithLogitsLoss", lambda: _BCE(3.0))],
+        ),
+        Case(
+            "FocalLoss (sigmoid)",
+            "focal",
+            lambda: E.FocalLoss(to_onehot_y=True, alpha=0.25),
+            [("monai FocalLoss", lambda: ML.FocalLoss(to_onehot_y=True, alpha=0.25))],
+        ),
+        Case(
+            "FocalLoss (softmax)",
+            "focal",
+            lambda: E.FocalLoss(to_onehot_y=True, use_softmax=True),
+            [("monai FocalLoss", lambda: ML.FocalLoss(to_onehot_y=True, use_softmax=True))],
+        ),
         Case("TopKCELoss", "topk_ce", lambda: E.TopKCELoss(k=10)),
         Case("DiceCELoss", "dice_ce", lambda: E.DiceCELoss(**SM), [("monai DiceCELoss", lambda: ML.DiceCELoss(**SM))]),
-        Case("DiceFocalLoss", "dice_focal", lambda: E.DiceFocalLoss(**SM),
-             [("monai DiceFocalLoss", lambda: ML.DiceFocalLoss(**SM))]),
+        Case(
+            "DiceFocalLoss",
+            "dice_focal",
+            lambda: E.DiceFocalLoss(**SM),
+            [("monai DiceFocalLoss", lambda: ML.DiceFocalLoss(**SM))],
+        ),
         Case("DiceTopKLoss", "dice_topk", lambda: E.DiceTopKLoss(**SM)),
         Case("ComboLoss", "combo", lambda: E.ComboLoss(**SM)),
         Case("UnifiedFocalLoss", "unified_focal", lambda: E.UnifiedFocalLoss(**SM)),
         Case("ExpLogLoss", "exp_log", lambda: E.ExpLogLoss(**SM)),
         Case("LovaszSoftmaxLoss", "lovasz_softmax", lambda: E.LovaszSoftmaxLoss()),
-        Case("CompoundLoss (Dice + 0.5 weighted CE)", "compound",
-             lambda: E.CompoundLoss({"dice": E.DiceLoss(**SM), "ce": (E.WeightedCELoss(), 0.5)})),
+        Case(
+            "CompoundLoss (Dice + 0.5 weighted CE)",
+            "compound",
+            lambda: E.CompoundLoss({"dice": E.DiceLoss(**SM), "ce": (E.WeightedCELoss(), 0.5)}),
+        ),
         # geometry losses: ours read maps precomputed by the transforms, MONAI's compute them at every step
-        Case("BoundaryLoss (precomputed map)", "boundary", lambda: E.BoundaryLoss(**SM),
-             [("monai BoundaryLoss", lambda: ML.BoundaryLoss(**SM))], "distance_map"),
-        Case("DiceBoundaryLoss (alpha 0.5, precomputed map)", "dice_boundary",
-             lambda: E.DiceBoundaryLoss(alpha=0.5, **SM), [], "distance_map"),
-        Case("HausdorffDTLoss (precomputed map)", "hausdorff_dt", lambda: E.HausdorffDTLoss(**SM),
-             [("monai HausdorffDTLoss", lambda: ML.HausdorffDTLoss(**SM))], "unsigned_map"),
+        Case(
+            "BoundaryLoss (precomputed map)",
+            "boundary",
+            lambda: E.BoundaryLoss(**SM),
+            [("monai BoundaryLoss", lambda: ML.BoundaryLoss(**SM))],
+            "distance_map",
+        ),
+        Case(
+            "DiceBoundaryLoss (alpha 0.5, precomputed map)",
+            "dice_boundary",
+            lambda: E.DiceBoundaryLoss(alpha=0.5, **SM),
+            [],
+            "distance_map",
+        ),
+        Case(
+            "HausdorffDTLoss (precomputed map)",
+            "hausdorff_dt",
+            lambda: E.HausdorffDTLoss(**SM),
+            [("monai HausdorffDTLoss", lambda: ML.HausdorffDTLoss(**SM))],
+            "unsigned_map",
+        ),
         Case("WeightMapCELoss (precomputed map)", "weight_map_ce", lambda: E.WeightMapCELoss(), [], "weight_map"),
         Case("BlobLoss (precomputed instances)", "blob", lambda: E.BlobLoss(**SM), [], "instances"),
-    ]  # fmt: skip
+    ]
 
 
 def peer_references() -> dict[str, list[tuple[str, Factory]]]:
@@ -127,10 +181,17 @@ def peer_references() -> dict[str, list[tuple[str, Factory]]]:
 
         for case, label, make in (
             ("DiceLoss", "kornia DiceLoss", lambda: _IndexTarget(K.DiceLoss(), flatten_2d=True)),
-            ("TverskyLoss", "kornia TverskyLoss",
-             lambda: _IndexTarget(K.TverskyLoss(alpha=0.3, beta=0.7), flatten_2d=True)),
-            ("FocalLoss (softmax)", "kornia FocalLoss", lambda: _IndexTarget(K.FocalLoss(alpha=0.25, reduction="mean"))),
-        ):  # fmt: skip
+            (
+                "TverskyLoss",
+                "kornia TverskyLoss",
+                lambda: _IndexTarget(K.TverskyLoss(alpha=0.3, beta=0.7), flatten_2d=True),
+            ),
+            (
+                "FocalLoss (softmax)",
+                "kornia FocalLoss",
+                lambda: _IndexTarget(K.FocalLoss(alpha=0.25, reduction="mean")),
+            ),
+        ):
             peers.setdefault(case, []).append((label, make))
     if importlib.util.find_spec("segmentation_models_pytorch") is not None:
         import segmentation_models_pytorch.losses as S
@@ -196,8 +257,12 @@ def make_maps(labels: torch.Tensor, classes: int) -> dict[str, torch.Tensor]:
     }
 
 
-_MAP_KWARG = {"distance_map": "distance_map", "unsigned_map": "distance_map", "weight_map": "weight_map",
-              "instances": "instances"}  # fmt: skip
+_MAP_KWARG = {
+    "distance_map": "distance_map",
+    "unsigned_map": "distance_map",
+    "weight_map": "weight_map",
+    "instances": "instances",
+}
 
 
 @dataclass
@@ -273,9 +338,13 @@ def run(
             map_rows.append((case.name, *time_pair(f_ours, step(E.DiceLoss(**SM)), device, repeats)))
         if progress:
             r = rows[-1]
-            progress(f"{case.name}: {r.ours_ms:.1f} ms" + (f" vs {r.ref_ms:.1f} ms ({r.reference})" if r.ref_ms else ""))
+            progress(
+                f"{case.name}: {r.ours_ms:.1f} ms" + (f" vs {r.ref_ms:.1f} ms ({r.reference})" if r.ref_ms else "")
+            )
 
-    dev_name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine()
+    dev_name = (
+        torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine()
+    )
     setting = (
         f"B={batch}, C={classes}, {size}^3, forward+backward, {device.type}{' + autocast' if amp else ''} "
         f"({dev_name}, {torch.get_num_threads()} threads), torch {torch.__version__}, MONAI {monai.__version__}; "
@@ -289,7 +358,8 @@ def to_markdown(rows: list[Row], map_rows, setting: str) -> str:
     fmt = lambda v, f: "—" if v is None else f.format(v)  # noqa: E731
     out = [
         f"Loss benchmark: {setting}\n",
-        "| loss | reference | ours (ms) | reference (ms) | time ratio | ours memory (x logits) | reference memory (x logits) |",
+        "| loss | reference | ours (ms) | reference (ms) | time ratio | ours memory (x logits) "
+        "| reference memory (x logits) |",
         "|---|---|---:|---:|---:|---:|---:|",
     ]
     out += [
@@ -312,12 +382,31 @@ def to_markdown(rows: list[Row], map_rows, setting: str) -> str:
 def write_csv(rows: list[Row], path: Path) -> None:
     with open(path, "w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(["loss", "registry", "reference", "ours_ms", "reference_ms", "time_ratio", "ours_mem_x_logits",
-                    "reference_mem_x_logits"])  # fmt: skip
+        w.writerow(
+            [
+                "loss",
+                "registry",
+                "reference",
+                "ours_ms",
+                "reference_ms",
+                "time_ratio",
+                "ours_mem_x_logits",
+                "reference_mem_x_logits",
+            ]
+        )
         for r in rows:
-            w.writerow([r.loss, r.registry, r.reference, f"{r.ours_ms:.3f}", "" if r.ref_ms is None else f"{r.ref_ms:.3f}",
-                        "" if r.ratio is None else f"{r.ratio:.4f}", f"{r.ours_mem:.3f}",
-                        "" if r.ref_mem is None else f"{r.ref_mem:.3f}"])  # fmt: skip
+            w.writerow(
+                [
+                    r.loss,
+                    r.registry,
+                    r.reference,
+                    f"{r.ours_ms:.3f}",
+                    "" if r.ref_ms is None else f"{r.ref_ms:.3f}",
+                    "" if r.ratio is None else f"{r.ratio:.4f}",
+                    f"{r.ours_mem:.3f}",
+                    "" if r.ref_mem is None else f"{r.ref_mem:.3f}",
+                ]
+            )
 
 
 def main(args) -> str:
@@ -326,10 +415,16 @@ def main(args) -> str:
     if args.threads:
         torch.set_num_threads(args.threads)
     rows, map_rows, setting = run(
-        device=args.device, size=args.size, batch=args.batch, classes=args.classes, repeats=args.repeats,
-        amp=args.amp, only=args.only, peers=not args.no_peers,
+        device=args.device,
+        size=args.size,
+        batch=args.batch,
+        classes=args.classes,
+        repeats=args.repeats,
+        amp=args.amp,
+        only=args.only,
+        peers=not args.no_peers,
         progress=lambda msg: print("  " + msg, file=sys.stderr, flush=True),
-    )  # fmt: skip
+    )
     if heap_kept:
         setting += " CPU heap: glibc keeps freed memory, as it settles into during a training loop."
     table = to_markdown(rows, map_rows, setting)

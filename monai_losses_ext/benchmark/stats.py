@@ -24,7 +24,9 @@ def _as_2d(values, what: str = "values") -> np.ndarray:
     if a.ndim == 1:
         a = a[None]
     if a.ndim != 2 or a.shape[1] == 0 or a.shape[0] == 0:
-        raise ValueError(f"{what} must be (n_cases,) or (n_seeds, n_cases) with at least one case, got shape {np.shape(values)}")
+        raise ValueError(
+            f"{what} must be (n_cases,) or (n_seeds, n_cases) with at least one case, got shape {np.shape(values)}"
+        )
     return a
 
 
@@ -111,7 +113,9 @@ def paired_comparison(values, baseline, level: float = 0.95, n_boot: int = 2000,
     _check_level(level, n_boot)
     a, b = _as_2d(values), _as_2d(baseline, "baseline")
     if a.shape[1] != b.shape[1]:
-        raise ValueError(f"values score {a.shape[1]} cases and baseline {b.shape[1]}: a paired comparison needs the same cases")
+        raise ValueError(
+            f"values score {a.shape[1]} cases and baseline {b.shape[1]}: a paired comparison needs the same cases"
+        )
     with _quiet():
         d = np.nanmean(a, 0) - np.nanmean(b, 0)
     d = d[np.isfinite(d)]

@@ -21,8 +21,8 @@ package (``"$monai_losses_ext.bundle.msd_datalist(...)"``, ``{"_target_": "monai
 
 from .checkpoint import (
     BestModelSaver,
-    CheckpointError,
     Checkpointer,
+    CheckpointError,
     atomic_save,
     atomic_write,
     atomic_write_json,
@@ -42,6 +42,19 @@ from .data import (
     tumour_regions,
 )
 from .evaluation import CaseScorer, read_label, score_label_file, select_channel, summarize_scores
+from .handlers import (
+    EpochProgress,
+    StopOnNaNLoss,
+    TrainingDivergedError,
+    ValidateLastEpoch,
+    close_process_group,
+    is_distributed,
+    is_rank_zero,
+    summary_writer,
+)
+from .history import TrainHistory, ValHistory, read_history, truncate_history
+from .loss import LabelMaps, LossWithMaps, build_loss, label_map_transforms, loss_map_keys
+from .metadata import REQUIRED_METADATA, check_metadata
 from .recipe import (
     AUGMENTATION_DEFAULTS,
     AUGMENTATION_PRESETS,
@@ -52,21 +65,67 @@ from .recipe import (
     target_spacing,
     trained_spacing,
 )
-from .handlers import EpochProgress, close_process_group, is_distributed, is_rank_zero, StopOnNaNLoss, TrainingDivergedError, ValidateLastEpoch, summary_writer
-from .history import TrainHistory, ValHistory, read_history, truncate_history
-from .loss import LabelMaps, LossWithMaps, build_loss, label_map_transforms, loss_map_keys
-from .metadata import REQUIRED_METADATA, check_metadata
 from .rundir import RunDir, RunLockedError
 from .runner import bundle_command, bundle_dir, child_env, config_files, root_cause, run_bundle, shown
 
 __all__ = [
-    "AUGMENTATION_DEFAULTS", "AUGMENTATION_PRESETS", "BestModelSaver", "CaseDataset", "CaseError", "CaseScorer", "CheckpointError", "Checkpointer",
-    "DatasetNotFoundError", "EpochProgress", "LabelMaps", "LossWithMaps", "REQUIRED_METADATA", "RunDir",
-    "RunLockedError", "StopOnNaNLoss", "TrainHistory", "TrainingDivergedError", "ValHistory", "ValidateLastEpoch",
-    "atomic_save", "atomic_write", "atomic_write_json", "build_loss", "bundle_command", "bundle_dir", "case_name", "check_metadata", "check_modalities", "close_process_group", "is_distributed", "is_rank_zero",
-    "checkpoint_epoch", "child_env", "config_files", "label_map_transforms", "list_checkpoints", "load_checkpoint",
-    "loss_map_keys", "msd_datalist", "read_history", "resolve_device", "root_cause", "run_bundle", "select_channel",
-    "shown", "summary_writer", "truncate_history", "tumour_regions", "augmentation_settings", "augmentations",
-    "crop_size", "file_spacing", "read_label", "score_label_file", "structures_of", "summarize_scores",
-    "target_spacing", "trained_spacing",
-]  # fmt: skip
+    "AUGMENTATION_DEFAULTS",
+    "AUGMENTATION_PRESETS",
+    "BestModelSaver",
+    "CaseDataset",
+    "CaseError",
+    "CaseScorer",
+    "CheckpointError",
+    "Checkpointer",
+    "DatasetNotFoundError",
+    "EpochProgress",
+    "LabelMaps",
+    "LossWithMaps",
+    "REQUIRED_METADATA",
+    "RunDir",
+    "RunLockedError",
+    "StopOnNaNLoss",
+    "TrainHistory",
+    "TrainingDivergedError",
+    "ValHistory",
+    "ValidateLastEpoch",
+    "atomic_save",
+    "atomic_write",
+    "atomic_write_json",
+    "build_loss",
+    "bundle_command",
+    "bundle_dir",
+    "case_name",
+    "check_metadata",
+    "check_modalities",
+    "close_process_group",
+    "is_distributed",
+    "is_rank_zero",
+    "checkpoint_epoch",
+    "child_env",
+    "config_files",
+    "label_map_transforms",
+    "list_checkpoints",
+    "load_checkpoint",
+    "loss_map_keys",
+    "msd_datalist",
+    "read_history",
+    "resolve_device",
+    "root_cause",
+    "run_bundle",
+    "select_channel",
+    "shown",
+    "summary_writer",
+    "truncate_history",
+    "tumour_regions",
+    "augmentation_settings",
+    "augmentations",
+    "crop_size",
+    "file_spacing",
+    "read_label",
+    "score_label_file",
+    "structures_of",
+    "summarize_scores",
+    "target_spacing",
+    "trained_spacing",
+]

@@ -29,9 +29,17 @@ import torch
 from .handlers import is_rank_zero
 
 __all__ = [
-    "CHECKPOINT_PATTERN", "CheckpointError", "atomic_save", "atomic_write", "atomic_write_json", "checkpoint_epoch",
-    "list_checkpoints", "load_checkpoint", "Checkpointer", "BestModelSaver",
-]  # fmt: skip
+    "CHECKPOINT_PATTERN",
+    "CheckpointError",
+    "atomic_save",
+    "atomic_write",
+    "atomic_write_json",
+    "checkpoint_epoch",
+    "list_checkpoints",
+    "load_checkpoint",
+    "Checkpointer",
+    "BestModelSaver",
+]
 
 logger = logging.getLogger(__name__)
 CHECKPOINT_PATTERN = "checkpoint_epoch=*.pt"
@@ -109,7 +117,9 @@ def load_checkpoint(path: str) -> dict:
         size = os.path.getsize(path) if os.path.exists(path) else 0
         raise CheckpointError(f"{path} cannot be read ({size} bytes; {type(err).__name__}: {err})") from err
     if not isinstance(ckpt, Mapping) or ckpt.get("format") != FORMAT or "network" not in ckpt:
-        raise CheckpointError(f"{path} is not a checkpoint of this bundle (no 'format': {FORMAT} and 'network' entries)")
+        raise CheckpointError(
+            f"{path} is not a checkpoint of this bundle (no 'format': {FORMAT} and 'network' entries)"
+        )
     return dict(ckpt)
 
 
@@ -121,10 +131,17 @@ def _shape_report(network: torch.nn.Module, state: Mapping) -> str:
     own = _unwrap(network).state_dict()
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]
-    resized = [f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}" for k, v in own.items()
-               if k in state and tuple(state[k].shape) != tuple(v.shape)]  # fmt: skip
+    resized = [
+        f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}"
+        for k, v in own.items()
+        if k in state and tuple(state[k].shape) != tuple(v.shape)
+    ]
     parts = []
-    for label, items in (("missing", missing), ("unexpected", unexpected), ("other shape (checkpoint vs now)", resized)):
+    for label, items in (
+        ("missing", missing),
+        ("unexpected", unexpected),
+        ("other shape (checkpoint vs now)", resized),
+    ):
         if items:
             parts.append(f"{len(items)} {label}: {', '.join(items[:3])}{' ...' if len(items) > 3 else ''}")
     return "; ".join(parts)
@@ -180,9 +197,13 @@ class Checkpointer:
     # ------------------------------------------------------------------------------------------- save
     def state(self, engine) -> dict:
         out = {
-            "format": FORMAT, "epoch": int(engine.state.epoch), "iteration": int(engine.state.iteration),
-            "network": _unwrap(self.network).state_dict(), "best": dict(self.run_dir.best), "args": self.args,
-        }  # fmt: skip
+            "format": FORMAT,
+            "epoch": int(engine.state.epoch),
+            "iteration": int(engine.state.iteration),
+            "network": _unwrap(self.network).state_dict(),
+            "best": dict(self.run_dir.best),
+            "args": self.args,
+        }
         if self.optimizer is not None:
             out["optimizer"] = self.optimizer.state_dict()
         if self.lr_scheduler is not None:
@@ -213,8 +234,10 @@ class Checkpointer:
                 "to start again (the old run is moved to previous/)."
             )
         changed = self._changed_args(ckpt)
-        way_out = ("Give the arguments it was trained with, or start again with --resume False (the old run is "
-                   "moved to previous/).")  # fmt: skip
+        way_out = (
+            "Give the arguments it was trained with, or start again with --resume False (the old run is "
+            "moved to previous/)."
+        )
         try:
             _unwrap(self.network).load_state_dict(ckpt["network"])
         except RuntimeError as err:
@@ -231,11 +254,15 @@ class Checkpointer:
                 if key in ckpt.get("objects", {}):
                     obj.load_state_dict(ckpt["objects"][key])
         except (ValueError, KeyError, RuntimeError) as err:
-            raise CheckpointError(f"{path}: the optimizer / schedule state does not fit this run ({err}). {way_out}") from err
+            raise CheckpointError(
+                f"{path}: the optimizer / schedule state does not fit this run ({err}). {way_out}"
+            ) from err
         engine.state.epoch, engine.state.iteration = epoch, int(ckpt["iteration"])
         self.run_dir.best = dict(ckpt.get("best") or self.run_dir.best)
         lost = _read_json(os.path.join(self.run_dir.ckpt_dir, "model.json"))
-        if lost.get("epoch", 0) > epoch and lost.get("value", float("-inf")) > self.run_dir.best.get("value", float("-inf")):
+        if lost.get("epoch", 0) > epoch and lost.get("value", float("-inf")) > self.run_dir.best.get(
+            "value", float("-inf")
+        ):
             # killed between saving model.pt and this epoch's checkpoint: model.pt is that lost epoch's model,
             # validated and better than the restored best, so it stays the best to beat
             self.run_dir.best = {k: lost[k] for k in ("metric", "value", "epoch") if k in lost}
@@ -268,8 +295,9 @@ class Checkpointer:
             for _ in range(epoch):
                 sched.step()
         lr = self.optimizer.param_groups[0]["lr"]
+        changes = ", ".join(f"{k} {saved[k]} -> {fresh[k]}" for k in differ)
         logger.warning(
-            f"resume: the LR schedule changed since {self.run_dir.resume_path} ({', '.join(f'{k} {saved[k]} -> {fresh[k]}' for k in differ)}): "
+            f"resume: the LR schedule changed since {self.run_dir.resume_path} ({changes}): "
             f"this run's schedule is applied, learning rate now {lr:.4g} at epoch {epoch}"
         )
 
@@ -282,8 +310,14 @@ class BestModelSaver:
     run arguments the model was trained with, among them the target spacing evaluation and inference resample
     to). Rank 0 only."""
 
-    def __init__(self, run_dir, network: torch.nn.Module, metric: str | None = None, filename: str = "model.pt",
-                 args: Mapping[str, Any] | None = None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        run_dir,
+        network: torch.nn.Module,
+        metric: str | None = None,
+        filename: str = "model.pt",
+        args: Mapping[str, Any] | None = None,
+    ) -> None:
         self.run_dir, self.network, self.metric, self.filename = run_dir, network, metric, filename
         self.args = dict(args or {})
 
@@ -295,7 +329,9 @@ class BestModelSaver:
     def __call__(self, engine) -> None:
         name = self.metric or getattr(engine.state, "key_metric_name", None)
         if name not in engine.state.metrics:
-            raise KeyError(f"BestModelSaver: metric {name!r} not among the validation metrics {sorted(engine.state.metrics)}")
+            raise KeyError(
+                f"BestModelSaver: metric {name!r} not among the validation metrics {sorted(engine.state.metrics)}"
+            )
         value, best = float(engine.state.metrics[name]), self.run_dir.best
         if best.get("epoch") and not value > float(best["value"]):
             return

@@ -18,10 +18,16 @@ from monai.data import CacheDataset
 logger = logging.getLogger(__name__)
 
 __all__ = [
-    "DatasetNotFoundError", "CaseError", "resolve_device", "msd_datalist", "tumour_regions", "structures_of",
+    "DatasetNotFoundError",
+    "CaseError",
+    "resolve_device",
+    "msd_datalist",
+    "tumour_regions",
+    "structures_of",
     "check_modalities",
-    "case_name", "CaseDataset",
-]  # fmt: skip
+    "case_name",
+    "CaseDataset",
+]
 
 
 def resolve_device(distributed: bool = False) -> torch.device:
@@ -61,7 +67,9 @@ def _load_dataset_json(dataset_dir: str, task: str | None = None) -> dict:
     if not os.path.isdir(dataset_dir):
         raise DatasetNotFoundError(f"dataset_dir '{dataset_dir}' does not exist.\n" + _hint(dataset_dir, task))
     if not os.path.isfile(path):
-        raise DatasetNotFoundError(f"'{path}' not found: dataset_dir holds no MSD-style dataset.\n" + _hint(dataset_dir, task))
+        raise DatasetNotFoundError(
+            f"'{path}' not found: dataset_dir holds no MSD-style dataset.\n" + _hint(dataset_dir, task)
+        )
     with open(path) as f:
         try:
             return json.load(f)
@@ -100,7 +108,9 @@ def msd_datalist(
     cases = []
     for item in meta.get("training", []):
         if not isinstance(item, Mapping) or "image" not in item or "label" not in item:
-            raise ValueError(f"{dataset_dir}/dataset.json: each 'training' entry needs 'image' and 'label', got {item!r}")
+            raise ValueError(
+                f"{dataset_dir}/dataset.json: each 'training' entry needs 'image' and 'label', got {item!r}"
+            )
         cases.append({"image": _resolve(dataset_dir, item["image"]), "label": _resolve(dataset_dir, item["label"])})
     if max_cases:
         cases = cases[: int(max_cases)]
@@ -117,7 +127,9 @@ def msd_datalist(
     elif split == "all":
         out = cases
     else:
-        tests = [{"image": _resolve(dataset_dir, p if isinstance(p, str) else p["image"])} for p in meta.get("test", [])]
+        tests = [
+            {"image": _resolve(dataset_dir, p if isinstance(p, str) else p["image"])} for p in meta.get("test", [])
+        ]
         out = tests or [{"image": c["image"]} for c in cases[len(cases) - n_val :]]
     missing = [p for c in out for p in c.values() if not os.path.exists(p)]
     if missing:
@@ -160,8 +172,17 @@ def structures_of(dataset_dir: str, task: str) -> dict[str, list[int]]:
     return {re.sub(r"\W+", "_", name.strip().lower()) or f"label{v}": [v] for v, name in sorted(labels.items())}
 
 
-_MODALITY_ALIASES = {"t1w": "t1", "t2w": "t2", "t1gd": "t1c", "t1ce": "t1c", "t1+c": "t1c", "t1post": "t1c",
-                     "t1wce": "t1c", "t2flair": "flair", "t2-flair": "flair"}  # fmt: skip
+_MODALITY_ALIASES = {
+    "t1w": "t1",
+    "t2w": "t2",
+    "t1gd": "t1c",
+    "t1ce": "t1c",
+    "t1+c": "t1c",
+    "t1post": "t1c",
+    "t1wce": "t1c",
+    "t2flair": "flair",
+    "t2-flair": "flair",
+}
 
 
 def canonical_modality(name: str) -> str:
@@ -171,8 +192,9 @@ def canonical_modality(name: str) -> str:
     return _MODALITY_ALIASES.get(key, key)
 
 
-def check_modalities(meta: Mapping, in_channels: int, source: str = "dataset.json",
-                     expected: Sequence[str] | None = None) -> list[str]:  # fmt: skip
+def check_modalities(
+    meta: Mapping, in_channels: int, source: str = "dataset.json", expected: Sequence[str] | None = None
+) -> list[str]:
     """The modality names of ``dataset.json`` (``{"0": "FLAIR", "1": "T1w"}``) in channel order, checked:
 
     * their number must be ``in_channels`` (a ``ValueError`` naming the file, the names and ``--in_channels``);
@@ -187,7 +209,9 @@ def check_modalities(meta: Mapping, in_channels: int, source: str = "dataset.jso
     try:
         names = [str(mods[k]) for k in sorted(mods, key=lambda k: int(k))]
     except ValueError as err:
-        raise ValueError(f"{source}: 'modality' keys must be channel numbers ('0', '1', ...), got {sorted(mods)}") from err
+        raise ValueError(
+            f"{source}: 'modality' keys must be channel numbers ('0', '1', ...), got {sorted(mods)}"
+        ) from err
     if len(names) != int(in_channels):
         raise ValueError(
             f"{source} lists {len(names)} modalities {names} but the bundle expects in_channels={in_channels}: "
@@ -203,8 +227,10 @@ def check_modalities(meta: Mapping, in_channels: int, source: str = "dataset.jso
                 f"(and the 'modality' entries), or, to train a new model in this order, pass --modalities \"{names}\""
             )
         if got != want:
-            logger.warning(f"{source} lists modalities {names}; the bundle's --modalities are {list(expected)}. "
-                           "Channels are used in file order; pass --modalities to record this dataset's names.")  # fmt: skip
+            logger.warning(
+                f"{source} lists modalities {names}; the bundle's --modalities are {list(expected)}. "
+                "Channels are used in file order; pass --modalities to record this dataset's names."
+            )
     return names
 
 
@@ -251,9 +277,11 @@ def describe_case_error(item: Mapping, err: BaseException) -> str:
     bad = _unreadable(paths)
     if bad is not None:
         key, path, read_err = bad
-        return (f"case '{name}': cannot read the {key} file '{path}' ({type(read_err).__name__}: {read_err}); the "
-                "file is truncated, corrupt or in an unsupported format: re-export it, or remove the case from "
-                "dataset.json")  # fmt: skip
+        return (
+            f"case '{name}': cannot read the {key} file '{path}' ({type(read_err).__name__}: {read_err}); the "
+            "file is truncated, corrupt or in an unsupported format: re-export it, or remove the case from "
+            "dataset.json"
+        )
     return f"case '{name}' ({', '.join(f'{k}: {v}' for k, v in paths.items())}): {cause}"
 
 

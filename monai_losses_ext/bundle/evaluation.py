@@ -20,7 +20,9 @@ from .data import case_name
 __all__ = ["CaseScorer", "read_label", "score_label_file", "summarize_scores", "select_channel"]
 
 
-def read_label(path: str, structures: Mapping[str, Sequence[int]], remap: Mapping | None = None) -> tuple[np.ndarray, list[float]]:
+def read_label(
+    path: str, structures: Mapping[str, Sequence[int]], remap: Mapping | None = None
+) -> tuple[np.ndarray, list[float]]:
     """A label file as the scoring sees it: ``(labels (*spatial) int64, voxel spacing mm)``, read with MONAI's
     readers (NIfTI, MHA, NRRD, ...) in the file's own voxel order, checked by :class:`ValidateLabel` with the
     training's ``remap`` and the values ``structures`` names (a ``ValueError`` names the file and the fix)."""
@@ -33,8 +35,13 @@ def read_label(path: str, structures: Mapping[str, Sequence[int]], remap: Mappin
     return arr.reshape(arr.shape[1:]), voxel_spacing(img.affine)
 
 
-def score_label_file(pred: Any, label_path: str, structures: Mapping[str, Sequence[int]], remap: Mapping | None = None,
-                     size_edges: Sequence[int] = (10, 50)) -> dict[str, Any]:  # fmt: skip
+def score_label_file(
+    pred: Any,
+    label_path: str,
+    structures: Mapping[str, Sequence[int]],
+    remap: Mapping | None = None,
+    size_edges: Sequence[int] = (10, 50),
+) -> dict[str, Any]:
     """One case's row: ``{"case": name, **score_case(...)}`` of a predicted label map on the label file's grid."""
     truth, spacing = read_label(label_path, structures, remap)
     p = pred.detach().cpu().numpy() if isinstance(pred, torch.Tensor) else np.asarray(pred)
@@ -44,16 +51,22 @@ def score_label_file(pred: Any, label_path: str, structures: Mapping[str, Sequen
             f"the prediction for {label_path} has shape {p.shape} but the label has {truth.shape}: predictions "
             "must be written back on the input's grid (Invertd in the postprocessing)"
         )
-    return {"case": case_name(label_path),
-            **_metrics.score_case(p.astype(np.int64), truth, structures, spacing, size_edges)}  # fmt: skip
+    return {
+        "case": case_name(label_path),
+        **_metrics.score_case(p.astype(np.int64), truth, structures, spacing, size_edges),
+    }
 
 
-def summarize_scores(rows: Sequence[Mapping[str, Any]], structures: Sequence[str], size_edges: Sequence[int] = (10, 50)) -> dict:
+def summarize_scores(
+    rows: Sequence[Mapping[str, Any]], structures: Sequence[str], size_edges: Sequence[int] = (10, 50)
+) -> dict:
     """``{"cases": n, "metrics": {column: mean/std/median/n/n_nan}, "pooled": {sensitivity per size group,
     fp_lesions_per_case_<s>}}`` of :func:`score_label_file` rows."""
     pooled = _metrics.pooled_size_sensitivity(rows, structures, size_edges)
     for s in structures:
-        pooled[f"fp_lesions_per_case_{s}"] = float(np.mean([r[f"fp_lesions_{s}"] for r in rows])) if rows else float("nan")
+        pooled[f"fp_lesions_per_case_{s}"] = (
+            float(np.mean([r[f"fp_lesions_{s}"] for r in rows])) if rows else float("nan")
+        )
     return {"cases": len(rows), "metrics": _metrics.summarize(rows), "pooled": pooled}
 
 
@@ -72,8 +85,15 @@ class CaseScorer:
         pred_key, label_key: the predicted label map and the (preprocessed) label whose file is scored.
     """
 
-    def __init__(self, output_dir: str, structures: Mapping[str, Sequence[int]], label_remap: Mapping | None = None,
-                 size_edges: Sequence[int] = (10, 50), pred_key: str = "pred", label_key: str = "label") -> None:  # fmt: skip
+    def __init__(
+        self,
+        output_dir: str,
+        structures: Mapping[str, Sequence[int]],
+        label_remap: Mapping | None = None,
+        size_edges: Sequence[int] = (10, 50),
+        pred_key: str = "pred",
+        label_key: str = "label",
+    ) -> None:
         self.output_dir, self.structures = str(output_dir), {k: list(v) for k, v in structures.items()}
         self.label_remap, self.size_edges = label_remap, tuple(size_edges)
         self.pred_key, self.label_key = pred_key, label_key
@@ -96,8 +116,12 @@ class CaseScorer:
             meta = getattr(item.get(self.label_key), "meta", None) or {}
             path = meta.get("filename_or_obj")
             if not path:
-                raise ValueError(f"CaseScorer: '{self.label_key}' carries no file name; evaluate needs labels read from files")
-            self.rows.append(score_label_file(item[self.pred_key], str(path), self.structures, self.label_remap, self.size_edges))
+                raise ValueError(
+                    f"CaseScorer: '{self.label_key}' carries no file name; evaluate needs labels read from files"
+                )
+            self.rows.append(
+                score_label_file(item[self.pred_key], str(path), self.structures, self.label_remap, self.size_edges)
+            )
 
     def _completed(self, engine) -> None:
         if not self.rows:
@@ -114,11 +138,17 @@ class CaseScorer:
         m, p = summary["metrics"], summary["pooled"]
         lines = []
         for s in self.structures:
-            sizes = ", ".join(f"{k.rsplit('_', 1)[-1]} {v:.2f}" for k, v in p.items() if k.startswith(f"sensitivity_{s}_"))
-            lines.append(f"{s}: Dice {m[f'dice_{s}']['mean']:.4f} ± {m[f'dice_{s}']['std']:.4f}, lesion F1 "
-                         f"{m[f'f1_{s}']['mean']:.4f}, FP lesions/case {p[f'fp_lesions_per_case_{s}']:.2f}, "
-                         f"HD95 {m[f'hd95_{s}']['mean']:.2f} mm, sensitivity by size (voxels) {sizes}")  # fmt: skip
-        engine.logger.info(f"scored {len(self.rows)} cases on their own grids -> {self.output_dir}/metrics.csv\n" + "\n".join(lines))
+            sizes = ", ".join(
+                f"{k.rsplit('_', 1)[-1]} {v:.2f}" for k, v in p.items() if k.startswith(f"sensitivity_{s}_")
+            )
+            lines.append(
+                f"{s}: Dice {m[f'dice_{s}']['mean']:.4f} ± {m[f'dice_{s}']['std']:.4f}, lesion F1 "
+                f"{m[f'f1_{s}']['mean']:.4f}, FP lesions/case {p[f'fp_lesions_per_case_{s}']:.2f}, "
+                f"HD95 {m[f'hd95_{s}']['mean']:.2f} mm, sensitivity by size (voxels) {sizes}"
+            )
+        engine.logger.info(
+            f"scored {len(self.rows)} cases on their own grids -> {self.output_dir}/metrics.csv\n" + "\n".join(lines)
+        )
 
 
 def _write_csv(path: str, rows: Sequence[Sequence[Any]]) -> None:

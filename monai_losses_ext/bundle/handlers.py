@@ -12,8 +12,17 @@ from typing import Any
 
 import torch
 
-__all__ = ["loss_value", "is_distributed", "is_rank_zero", "close_process_group", "StopOnNaNLoss", "TrainingDivergedError", "ValidateLastEpoch", "EpochProgress",
-           "summary_writer"]  # fmt: skip
+__all__ = [
+    "loss_value",
+    "is_distributed",
+    "is_rank_zero",
+    "close_process_group",
+    "StopOnNaNLoss",
+    "TrainingDivergedError",
+    "ValidateLastEpoch",
+    "EpochProgress",
+    "summary_writer",
+]
 
 
 def loss_value(output: Any) -> float | None:
@@ -99,7 +108,9 @@ class StopOnNaNLoss:
     def __call__(self, engine) -> None:
         value = loss_value(engine.state.output)
         if value is not None and not math.isfinite(value):
-            raise TrainingDivergedError(f"training diverged: the loss is {value} at {self._where(engine)}. {self._advice()}")
+            raise TrainingDivergedError(
+                f"training diverged: the loss is {value} at {self._where(engine)}. {self._advice()}"
+            )
 
     def _exception(self, engine, err: BaseException) -> None:
         text = str(err)

@@ -45,10 +45,16 @@ class TrainHistory(EpochLoss):
         self.path = str(path)
 
     def __call__(self, engine) -> None:
-        _append(self.path, {
-            "kind": "train", "epoch": engine.state.epoch, "iteration": engine.state.iteration,
-            "loss": self.epoch_loss(), "seconds": round(self.epoch_seconds(), 3),
-        })  # fmt: skip
+        _append(
+            self.path,
+            {
+                "kind": "train",
+                "epoch": engine.state.epoch,
+                "iteration": engine.state.iteration,
+                "loss": self.epoch_loss(),
+                "seconds": round(self.epoch_seconds(), 3),
+            },
+        )
 
 
 class ValHistory:

@@ -17,7 +17,9 @@ from ..transforms import LesionInstancesd, OneHotd, SignedDistanceMapd, UNetWeig
 __all__ = ["build_loss", "loss_map_keys", "label_map_transforms", "LabelMaps", "LossWithMaps"]
 
 
-def build_loss(name: Any, defaults: Mapping[str, Any] | None = None, kwargs: Mapping[str, Any] | None = None) -> torch.nn.Module:
+def build_loss(
+    name: Any, defaults: Mapping[str, Any] | None = None, kwargs: Mapping[str, Any] | None = None
+) -> torch.nn.Module:
     """The bundle's ``loss``: :func:`~monai_losses_ext.get_loss` of a registry name (``"dice_ce"``), a dotted
     class path (``"monai.losses.DiceLoss"``) or a class, with ``defaults`` (the input format) passed only where
     the constructor takes them and ``kwargs`` always; a ready ``torch.nn.Module`` is returned as it is. Anything
@@ -45,8 +47,11 @@ def _parts(loss: Any) -> list[Any]:
 
 def _map_mode(loss: Any) -> str:
     """``"signed"`` / ``"unsigned"``: the distance map a loss (or its boundary term / terms) reads."""
-    modes = {o.map_mode for o in _parts(loss)
-             if getattr(o, "map_mode", None) in ("signed", "unsigned") and "distance_map" in _forward_kwargs(o)}  # fmt: skip
+    modes = {
+        o.map_mode
+        for o in _parts(loss)
+        if getattr(o, "map_mode", None) in ("signed", "unsigned") and "distance_map" in _forward_kwargs(o)
+    }
     if len(modes) > 1:
         raise ValueError(
             f"{type(loss).__name__} combines losses that read a signed distance map (boundary) and an unsigned one "
@@ -82,7 +87,7 @@ def label_map_transforms(
     label_key: str = "label",
     num_classes: int | None = None,
     regions: Sequence[Sequence[int]] | None = None,
-) -> "LabelMaps":
+) -> LabelMaps:
     """One deterministic transform computing the maps ``loss`` needs (see :func:`loss_map_keys`) on the whole
     label, before cropping; the identity when it needs none, so plain losses pay nothing. (A plain
     ``MapTransform``, not a nested ``Compose``: ``CacheDataset`` caches everything up to the first
@@ -152,7 +157,9 @@ class LossWithMaps(torch.nn.Module):
                 f"{sorted(map(str, batchdata))}; add label_map_transforms(loss) to the preprocessing and list the "
                 "map keys in the crop transform's keys"
             )
-        self._maps = {kw: batchdata[key].to(device=device, non_blocking=non_blocking) for kw, key in self.map_keys.items()}
+        self._maps = {
+            kw: batchdata[key].to(device=device, non_blocking=non_blocking) for kw, key in self.map_keys.items()
+        }
         return image, label
 
     def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

@@ -9,9 +9,19 @@ from collections.abc import Mapping
 __all__ = ["REQUIRED_METADATA", "check_metadata"]
 
 REQUIRED_METADATA = (
-    "schema", "version", "changelog", "monai_version", "pytorch_version", "numpy_version",
-    "required_packages_version", "task", "description", "authors", "copyright", "network_data_format",
-)  # fmt: skip
+    "schema",
+    "version",
+    "changelog",
+    "monai_version",
+    "pytorch_version",
+    "numpy_version",
+    "required_packages_version",
+    "task",
+    "description",
+    "authors",
+    "copyright",
+    "network_data_format",
+)
 _REQUIRED_TENSOR = ("type", "format", "num_channels", "spatial_shape", "dtype", "value_range")
 
 

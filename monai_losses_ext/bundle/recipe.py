@@ -47,9 +47,15 @@ from ..transforms import check_spacing, voxel_spacing
 from ..transforms.validate import SPACING_RANGE_MM
 
 __all__ = [
-    "AUGMENTATION_DEFAULTS", "AUGMENTATION_PRESETS", "augmentation_settings", "augmentations", "crop_size",
-    "file_spacing", "target_spacing", "trained_spacing",
-]  # fmt: skip
+    "AUGMENTATION_DEFAULTS",
+    "AUGMENTATION_PRESETS",
+    "augmentation_settings",
+    "augmentations",
+    "crop_size",
+    "file_spacing",
+    "target_spacing",
+    "trained_spacing",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -80,8 +86,10 @@ def _explicit(spacing: Any, name: str, spacing_range) -> list[float] | None:
     if isinstance(spacing, str):
         if spacing.lower() == NATIVE:
             return None
-        raise ValueError(f"{name}: spacing {spacing!r} is not understood; give null (the training median), "
-                         f"'{NATIVE}' (no resampling) or one value / three values in mm")  # fmt: skip
+        raise ValueError(
+            f"{name}: spacing {spacing!r} is not understood; give null (the training median), "
+            f"'{NATIVE}' (no resampling) or one value / three values in mm"
+        )
     values = [spacing] if isinstance(spacing, (int, float)) else list(spacing)
     if len(values) == 1:
         values = values * 3
@@ -109,7 +117,9 @@ def target_spacing(
     return median
 
 
-def trained_spacing(ckpt_path: str, spacing: Any = None, spacing_range: Sequence[float] = SPACING_RANGE_MM) -> list[float] | None:
+def trained_spacing(
+    ckpt_path: str, spacing: Any = None, spacing_range: Sequence[float] = SPACING_RANGE_MM
+) -> list[float] | None:
     """The target spacing for evaluation / inference: ``spacing`` when given (as :func:`target_spacing`), else
     the one the model at ``ckpt_path`` was trained at, read from ``model.json`` beside it (``args.target_spacing``)."""
     if spacing is not None:
@@ -124,35 +134,69 @@ def trained_spacing(ckpt_path: str, spacing: Any = None, spacing_range: Sequence
             "size in mm the model was trained at, e.g. [1.5, 1.5, 1.5], or 'native')"
         ) from None
     if "target_spacing" not in args:
-        raise ValueError(f"{meta_path} does not record the training spacing (a model trained before it was stored); "
-                         "give --spacing, e.g. [1.5, 1.5, 1.5], or 'native' for no resampling")  # fmt: skip
+        raise ValueError(
+            f"{meta_path} does not record the training spacing (a model trained before it was stored); "
+            "give --spacing, e.g. [1.5, 1.5, 1.5], or 'native' for no resampling"
+        )
     value = args["target_spacing"]
     return None if value is None else check_spacing(value, meta_path, spacing_range)
 
 
 # ------------------------------------------------------------------------------------------ augmentation
 AUGMENTATION_DEFAULTS: dict[str, Any] = {
-    "flip_axes": [0, 1, 2], "p_flip": 0.0,
-    "p_affine": 0.0, "rotate_deg": 30.0, "scale": [0.7, 1.4],
-    "p_elastic": 0.0, "elastic_sigma": [5.0, 8.0], "elastic_magnitude": [80.0, 160.0],
-    "p_noise": 0.0, "noise_std": 0.3,
-    "p_blur": 0.0, "blur_sigma": [0.5, 1.0],
-    "p_brightness": 0.0, "brightness": [0.75, 1.25],
-    "p_contrast": 0.0, "contrast": [0.75, 1.25],
-    "p_lowres": 0.0, "lowres_zoom": [0.5, 1.0],
-    "p_gamma": 0.0, "gamma": [0.7, 1.5],
-    "p_bias": 0.0, "bias_coeff": [0.0, 0.3],
-    "p_shift": 0.0, "shift": 0.1,
-}  # fmt: skip
+    "flip_axes": [0, 1, 2],
+    "p_flip": 0.0,
+    "p_affine": 0.0,
+    "rotate_deg": 30.0,
+    "scale": [0.7, 1.4],
+    "p_elastic": 0.0,
+    "elastic_sigma": [5.0, 8.0],
+    "elastic_magnitude": [80.0, 160.0],
+    "p_noise": 0.0,
+    "noise_std": 0.3,
+    "p_blur": 0.0,
+    "blur_sigma": [0.5, 1.0],
+    "p_brightness": 0.0,
+    "brightness": [0.75, 1.25],
+    "p_contrast": 0.0,
+    "contrast": [0.75, 1.25],
+    "p_lowres": 0.0,
+    "lowres_zoom": [0.5, 1.0],
+    "p_gamma": 0.0,
+    "gamma": [0.7, 1.5],
+    "p_bias": 0.0,
+    "bias_coeff": [0.0, 0.3],
+    "p_shift": 0.0,
+    "shift": 0.1,
+}
 
 AUGMENTATION_PRESETS: dict[str, dict[str, Any]] = {
     "none": {},
     "legacy": {"flip_axes": [0], "p_flip": 0.5, "p_brightness": 0.5, "brightness": [0.9, 1.1], "p_shift": 0.5},
-    "light": {"p_flip": 0.5, "p_affine": 0.2, "rotate_deg": 15.0, "scale": [0.85, 1.15], "p_noise": 0.1,
-              "noise_std": 0.1, "p_brightness": 0.15, "p_contrast": 0.15, "p_gamma": 0.15},
-    "strong": {"p_flip": 0.5, "p_affine": 0.3, "p_elastic": 0.2, "p_noise": 0.15, "p_blur": 0.2,
-               "p_brightness": 0.15, "p_contrast": 0.15, "p_lowres": 0.25, "p_gamma": 0.3, "p_bias": 0.3},
-}  # fmt: skip
+    "light": {
+        "p_flip": 0.5,
+        "p_affine": 0.2,
+        "rotate_deg": 15.0,
+        "scale": [0.85, 1.15],
+        "p_noise": 0.1,
+        "noise_std": 0.1,
+        "p_brightness": 0.15,
+        "p_contrast": 0.15,
+        "p_gamma": 0.15,
+    },
+    "strong": {
+        "p_flip": 0.5,
+        "p_affine": 0.3,
+        "p_elastic": 0.2,
+        "p_noise": 0.15,
+        "p_blur": 0.2,
+        "p_brightness": 0.15,
+        "p_contrast": 0.15,
+        "p_lowres": 0.25,
+        "p_gamma": 0.3,
+        "p_bias": 0.3,
+    },
+}
 
 
 def augmentation_settings(preset: str = "strong", overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
@@ -173,7 +217,9 @@ def augmentation_settings(preset: str = "strong", overrides: Mapping[str, Any] |
     return cfg
 
 
-def crop_size(patch_size: Sequence[int], preset: str = "strong", overrides: Mapping[str, Any] | None = None) -> list[int]:
+def crop_size(
+    patch_size: Sequence[int], preset: str = "strong", overrides: Mapping[str, Any] | None = None
+) -> list[int]:
     """The region cropped before the spatial augmentation: ``patch_size`` when no affine is drawn, else large
     enough that a patch rotated by up to ``rotate_deg`` (about one axis) and scaled by up to ``max(scale)`` reads
     image, not padding (capped at twice the patch)."""
@@ -197,10 +243,18 @@ def augmentations(
     the loss's label maps ``{forward keyword: data key}`` (:func:`~monai_losses_ext.bundle.loss_map_keys`);
     they follow every spatial transform of the label."""
     from monai.transforms import (
-        Rand3DElasticd, RandAdjustContrastd, RandAffined, RandBiasFieldd, RandFlipd, RandGaussianNoised,
-        RandGaussianSmoothd, RandScaleIntensityd, RandScaleIntensityFixedMeand, RandShiftIntensityd,
+        Rand3DElasticd,
+        RandAdjustContrastd,
+        RandAffined,
+        RandBiasFieldd,
+        RandFlipd,
+        RandGaussianNoised,
+        RandGaussianSmoothd,
+        RandScaleIntensityd,
+        RandScaleIntensityFixedMeand,
+        RandShiftIntensityd,
         RandSimulateLowResolutiond,
-    )  # fmt: skip
+    )
 
     cfg = augmentation_settings(preset, overrides)
     maps = dict(map_keys or {})
@@ -211,11 +265,30 @@ def augmentations(
     if cfg["p_affine"] > 0:  # (the crop is then larger than the patch: RandAffined also cuts it to the patch)
         rot = math.radians(float(cfg["rotate_deg"]))
         lo, hi = (float(s) - 1.0 for s in cfg["scale"])
-        out.append(RandAffined(keys, spatial_size=patch, prob=cfg["p_affine"], rotate_range=[(-rot, rot)] * 3,
-                               scale_range=[(lo, hi)] * 3, mode=modes, padding_mode="border", cache_grid=True))  # fmt: skip
+        out.append(
+            RandAffined(
+                keys,
+                spatial_size=patch,
+                prob=cfg["p_affine"],
+                rotate_range=[(-rot, rot)] * 3,
+                scale_range=[(lo, hi)] * 3,
+                mode=modes,
+                padding_mode="border",
+                cache_grid=True,
+            )
+        )
     if cfg["p_elastic"] > 0:
-        out.append(Rand3DElasticd(keys, sigma_range=tuple(cfg["elastic_sigma"]), magnitude_range=tuple(cfg["elastic_magnitude"]),
-                                  prob=cfg["p_elastic"], spatial_size=patch, mode=modes, padding_mode="border"))  # fmt: skip
+        out.append(
+            Rand3DElasticd(
+                keys,
+                sigma_range=tuple(cfg["elastic_sigma"]),
+                magnitude_range=tuple(cfg["elastic_magnitude"]),
+                prob=cfg["p_elastic"],
+                spatial_size=patch,
+                mode=modes,
+                padding_mode="border",
+            )
+        )
     if cfg["p_flip"] > 0:
         out += [RandFlipd(keys, prob=cfg["p_flip"], spatial_axis=int(a)) for a in cfg["flip_axes"]]
     img = image_key

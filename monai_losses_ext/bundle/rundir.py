@@ -76,7 +76,9 @@ class RunDir:
         resume: continue from the newest loadable checkpoint (``--resume``); ``False`` starts again.
     """
 
-    def __init__(self, root: str, ckpt_dir: str, log_dir: str, history_file: str | None = None, resume: bool = True) -> None:
+    def __init__(
+        self, root: str, ckpt_dir: str, log_dir: str, history_file: str | None = None, resume: bool = True
+    ) -> None:
         self.root, self.ckpt_dir, self.log_dir = (os.path.abspath(str(p)) for p in (root, ckpt_dir, log_dir))
         self.history_file = os.path.abspath(str(history_file)) if history_file else None
         self.resume = bool(resume)
@@ -99,8 +101,13 @@ class RunDir:
         """Take the folder's lock (see the module docstring); :class:`RunLockedError` if a live run has it."""
         os.makedirs(self.root, exist_ok=True)
         token = f"{socket.gethostname()}:{os.getpid()}:{time.time_ns()}"
-        info = {"pid": os.getpid(), "host": socket.gethostname(), "start_ticks": _start_ticks(os.getpid()),
-                "started": time.strftime("%Y-%m-%d %H:%M:%S"), "token": token}  # fmt: skip
+        info = {
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "start_ticks": _start_ticks(os.getpid()),
+            "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+            "token": token,
+        }
         for _ in range(2):
             try:
                 fd = os.open(self.lock_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o644)
@@ -111,8 +118,10 @@ class RunDir:
                 if here and (pid == os.getpid() or not _alive(pid, other.get("start_ticks"))):
                     # a process that no longer runs, or an earlier run of this very process (runs in one
                     # process are sequential) that failed before it could release the lock
-                    logger.warning(f"removing the stale lock {self.lock_path} of process {pid} (started "
-                                   f"{other.get('started')}), which no longer runs there")  # fmt: skip
+                    logger.warning(
+                        f"removing the stale lock {self.lock_path} of process {pid} (started "
+                        f"{other.get('started')}), which no longer runs there"
+                    )
                     os.remove(self.lock_path)
                     continue
                 raise RunLockedError(
@@ -167,9 +176,11 @@ class RunDir:
             target = os.path.join(dest, os.path.relpath(path, self.root))
             os.makedirs(os.path.dirname(target), exist_ok=True)
             shutil.move(path, target)  # a symbolic link is moved as a link, never followed
-        logger.warning(f"a fresh run into a used folder: the previous run's {len(files)} file(s) in "
-                       f"{os.path.relpath(self.ckpt_dir, self.root)}/ and {os.path.relpath(self.log_dir, self.root)}/ "
-                       f"were moved to {dest}")  # fmt: skip
+        logger.warning(
+            f"a fresh run into a used folder: the previous run's {len(files)} file(s) in "
+            f"{os.path.relpath(self.ckpt_dir, self.root)}/ and {os.path.relpath(self.log_dir, self.root)}/ "
+            f"were moved to {dest}"
+        )
 
     def _clean_partial_saves(self) -> None:
         for tmp in glob.glob(os.path.join(self.ckpt_dir, ".tmp-*")):
@@ -213,7 +224,9 @@ class RunDir:
         if self.resume_state is not None and self.history_file:
             dropped = truncate_history(self.history_file, int(self.resume_state["epoch"]))
             if dropped:
-                logger.info(f"{self.history_file}: dropped {dropped} record(s) after epoch {self.resume_state['epoch']}")
+                logger.info(
+                    f"{self.history_file}: dropped {dropped} record(s) after epoch {self.resume_state['epoch']}"
+                )
         if self.resume_state is None:
             logger.info(f"training from scratch in {self.root}")
 

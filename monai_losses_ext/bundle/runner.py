@@ -53,9 +53,18 @@ def config_files(bundle: Path, configs: Sequence[str]) -> list[str]:
 def bundle_command(bundle: Path, configs: Sequence[str], overrides: Mapping) -> list[str]:
     """The ``python -m monai.bundle run`` command line of ``configs`` (see :func:`config_files`)."""
     files = config_files(bundle, configs)
-    cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", str(files),
-           "--meta_file", str(bundle / "configs" / "metadata.json"),
-           "--logging_file", str(bundle / "configs" / "logging.conf")]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "monai.bundle",
+        "run",
+        "--config_file",
+        str(files),
+        "--meta_file",
+        str(bundle / "configs" / "metadata.json"),
+        "--logging_file",
+        str(bundle / "configs" / "logging.conf"),
+    ]
     for k, v in overrides.items():
         cmd += [f"--{k}", _arg(v)]
     return cmd
@@ -96,7 +105,9 @@ def run_bundle(
     with open(log_file, "w") as log:
         log.write(f"$ {shown(cmd)}\n")
         log.flush()
-        proc = subprocess.Popen(cmd, env=dict(env or child_env()), cwd=str(bundle), stdout=log, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(
+            cmd, env=dict(env or child_env()), cwd=str(bundle), stdout=log, stderr=subprocess.STDOUT
+        )
         tail = _Tail(log_file, echo)
         try:
             while proc.poll() is None:
@@ -114,7 +125,8 @@ def run_bundle(
     if proc.returncode != 0:
         lines = log_file.read_text().splitlines(keepends=True)
         raise RuntimeError(
-            f"bundle run failed (exit code {proc.returncode}): {root_cause(lines)}\nlog {log_file}:\n{''.join(lines[-40:])}"
+            f"bundle run failed (exit code {proc.returncode}): {root_cause(lines)}\n"
+            f"log {log_file}:\n{''.join(lines[-40:])}"
         )
     return time.perf_counter() - t0
 

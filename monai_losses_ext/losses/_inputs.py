@@ -42,7 +42,9 @@ def as_class_vector(value, name: str, allow_negative: bool = False) -> torch.Ten
         return None
     vec = torch.as_tensor(value, dtype=torch.float64).detach().clone()
     if vec.ndim > 1:
-        raise ValueError(f"{name} must be a scalar or a 1-D sequence of per-class values, got shape {tuple(vec.shape)}.")
+        raise ValueError(
+            f"{name} must be a scalar or a 1-D sequence of per-class values, got shape {tuple(vec.shape)}."
+        )
     if not torch.isfinite(vec).all():
         raise ValueError(f"{name} must be finite, got {vec.tolist()}.")
     if not allow_negative and (vec < 0).any():
@@ -128,7 +130,8 @@ def _check_index_target(t: torch.Tensor, n_classes: int, ignore_index: int | Non
         hint = " A single-channel (binary) input needs a {0, 1} target."
     raise ValueError(
         f"target holds labels {found} but input has {n_classes} channel(s), so labels must lie in "
-        f"[0, {n_classes - 1}]" + (f" (or equal ignore_index={ignore_index})" if ignore_index is not None else "")
+        f"[0, {n_classes - 1}]"
+        + (f" (or equal ignore_index={ignore_index})" if ignore_index is not None else "")
         + f"; out of range: {_describe(bad)}.{hint} If the network should predict more classes, give it more "
         "output channels."
     )

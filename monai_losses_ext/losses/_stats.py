@@ -295,7 +295,6 @@ def _dense_sums(out, idx, p, logp, g, m, soft_label):
         out[idx["p2g"]] += (pm * p * g).sum(1)
 
 
-
 def _sums_backward(g, p, t, m, soft_label, dt):
     """dL/dp for one sample with a dense target t (C, N), given dL/d(sum) per class g[m] (C,); m (1 or C, N)
     multiplies every voxel's term."""

@@ -67,8 +67,22 @@ class _DicePlus(LossBase):
 
 
 def _dice_kwargs(loc: dict) -> dict:
-    keys = ("include_background", "to_onehot_y", "sigmoid", "softmax", "other_act", "squared_pred", "jaccard",
-            "reduction", "smooth_nr", "smooth_dr", "batch", "ignore_index", "distributed", "validate")  # fmt: skip
+    keys = (
+        "include_background",
+        "to_onehot_y",
+        "sigmoid",
+        "softmax",
+        "other_act",
+        "squared_pred",
+        "jaccard",
+        "reduction",
+        "smooth_nr",
+        "smooth_dr",
+        "batch",
+        "ignore_index",
+        "distributed",
+        "validate",
+    )
     return {k: loc[k] for k in keys}
 
 
@@ -156,8 +170,18 @@ class DiceFocalLoss(_DicePlus):
     ) -> None:
         super().__init__(reduction=reduction)
         dice = DiceLoss(weight=weight, **_dice_kwargs(locals()))
-        focal = FocalLoss(include_background, to_onehot_y, gamma, alpha, weight, reduction, use_softmax, ignore_index,
-                          distributed, validate=False)  # fmt: skip
+        focal = FocalLoss(
+            include_background,
+            to_onehot_y,
+            gamma,
+            alpha,
+            weight,
+            reduction,
+            use_softmax,
+            ignore_index,
+            distributed,
+            validate=False,
+        )
         self._combine(dice, focal, lambda_dice, lambda_focal)
         self.lambda_focal = self.lambda_other
 
@@ -288,8 +312,15 @@ class UnifiedFocalLoss(LossBase):
         distributed: bool = False,
         validate: bool = True,
     ) -> None:
-        super().__init__(to_onehot_y=to_onehot_y, sigmoid=sigmoid, softmax=softmax, other_act=other_act,
-                         ignore_index=ignore_index, distributed=distributed, validate=validate)  # fmt: skip
+        super().__init__(
+            to_onehot_y=to_onehot_y,
+            sigmoid=sigmoid,
+            softmax=softmax,
+            other_act=other_act,
+            ignore_index=ignore_index,
+            distributed=distributed,
+            validate=validate,
+        )
         for name, v in (("weight", weight), ("delta", delta), ("gamma", gamma)):
             if not 0 <= v <= 1:
                 raise ValueError(f"{name} must lie in [0, 1], got {v}.")
@@ -342,9 +373,16 @@ class ExpLogLoss(LossBase):
         distributed: bool = False,
         validate: bool = True,
     ) -> None:
-        super().__init__(include_background=include_background, to_onehot_y=to_onehot_y, sigmoid=sigmoid,
-                         softmax=softmax, other_act=other_act, ignore_index=ignore_index, distributed=distributed,
-                         validate=validate)  # fmt: skip
+        super().__init__(
+            include_background=include_background,
+            to_onehot_y=to_onehot_y,
+            sigmoid=sigmoid,
+            softmax=softmax,
+            other_act=other_act,
+            ignore_index=ignore_index,
+            distributed=distributed,
+            validate=validate,
+        )
         _check_lambda(w_dice=w_dice, w_cross=w_cross)
         if gamma_dice <= 0 or gamma_cross <= 0:
             raise ValueError(f"gamma_dice and gamma_cross must be > 0, got {gamma_dice}, {gamma_cross}.")
@@ -399,7 +437,7 @@ class CompoundLoss(torch.nn.Module):
         self.weights: dict[str, float] = {}
         self._accepts: dict[str, set[str] | None] = {}
         for name, spec in terms.items():
-            loss, w = (spec if isinstance(spec, (tuple, list)) else (spec, 1.0))
+            loss, w = spec if isinstance(spec, (tuple, list)) else (spec, 1.0)
             if isinstance(loss, str):
                 loss = get_loss(loss)
             if not isinstance(loss, torch.nn.Module):

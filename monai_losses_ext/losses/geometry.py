@@ -20,15 +20,22 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
+from torch.autograd.function import once_differentiable
 
 from ._base import LossBase, reduce_loss
 from ._inputs import Prepared
 from ._stats import _chunks, activate, all_reduce_sum, compute_dtype, region_sums
-from torch.autograd.function import once_differentiable
 from .pixel import cross_entropy_map, masked_mean
 from .region import DiceLoss
 
-__all__ = ["WeightMapCELoss", "BoundaryLoss", "DiceBoundaryLoss", "BoundaryAlphaScheduler", "HausdorffDTLoss", "BlobLoss"]
+__all__ = [
+    "WeightMapCELoss",
+    "BoundaryLoss",
+    "DiceBoundaryLoss",
+    "BoundaryAlphaScheduler",
+    "HausdorffDTLoss",
+    "BlobLoss",
+]
 
 _warned: set[str] = set()
 
@@ -87,11 +94,14 @@ class WeightMapCELoss(LossBase):
         distributed: bool = False,
         validate: bool = True,
     ) -> None:
-        super().__init__(to_onehot_y=None, reduction=reduction, ignore_index=ignore_index, distributed=distributed,
-                         validate=validate)  # fmt: skip
+        super().__init__(
+            to_onehot_y=None, reduction=reduction, ignore_index=ignore_index, distributed=distributed, validate=validate
+        )
         self.label_smoothing, self.w0, self.sigma = float(label_smoothing), float(w0), float(sigma)
 
-    def forward(self, input: torch.Tensor, target: torch.Tensor, weight_map: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self, input: torch.Tensor, target: torch.Tensor, weight_map: torch.Tensor | None = None
+    ) -> torch.Tensor:
         prep = self._prepare(input, target)
         if weight_map is None:
             from ..transforms import UNetWeightMap
@@ -133,9 +143,17 @@ class _MapRegionLoss(LossBase):
         distributed: bool = False,
         validate: bool = True,
     ) -> None:
-        super().__init__(include_background=include_background, to_onehot_y=to_onehot_y, sigmoid=sigmoid,
-                         softmax=softmax, other_act=other_act, reduction=reduction, ignore_index=ignore_index,
-                         distributed=distributed, validate=validate)  # fmt: skip
+        super().__init__(
+            include_background=include_background,
+            to_onehot_y=to_onehot_y,
+            sigmoid=sigmoid,
+            softmax=softmax,
+            other_act=other_act,
+            reduction=reduction,
+            ignore_index=ignore_index,
+            distributed=distributed,
+            validate=validate,
+        )
         self.batch, self.spacing = batch, spacing
 
     def _distance_map(self, target, distance_map, input):
@@ -145,12 +163,20 @@ class _MapRegionLoss(LossBase):
             _warn_on_the_fly(type(self).__name__, "distance_map", "SignedDistanceMap")
             n = input.shape[1]
             distance_map = _per_case(
-                target, n, lambda c: SignedDistanceMap(num_classes=c if target.shape[1] == 1 else None,
-                                                      mode=self.map_mode, spacing=self.spacing, backend="scipy"),
-            )  # fmt: skip
+                target,
+                n,
+                lambda c: SignedDistanceMap(
+                    num_classes=c if target.shape[1] == 1 else None,
+                    mode=self.map_mode,
+                    spacing=self.spacing,
+                    backend="scipy",
+                ),
+            )
         return _check_map(distance_map, "distance_map", input, (input.shape[1],))
 
-    def forward(self, input: torch.Tensor, target: torch.Tensor, distance_map: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self, input: torch.Tensor, target: torch.Tensor, distance_map: torch.Tensor | None = None
+    ) -> torch.Tensor:
         prep = self._prepare(input, target)
         return self.from_prepared(prep, self._distance_map(target, distance_map, input))
 
@@ -202,8 +228,9 @@ class HausdorffDTLoss(_MapRegionLoss):
 
     map_mode = "unsigned"
 
-    def __init__(self, alpha: float = 2.0, include_background: bool = False, *args, include_pred_dt: bool = False,
-                 **kwargs) -> None:  # fmt: skip
+    def __init__(
+        self, alpha: float = 2.0, include_background: bool = False, *args, include_pred_dt: bool = False, **kwargs
+    ) -> None:
         super().__init__(include_background, *args, **kwargs)
         if alpha <= 0:
             raise ValueError(f"alpha must be > 0, got {alpha}.")
@@ -214,8 +241,10 @@ class HausdorffDTLoss(_MapRegionLoss):
     def voxel_weight(self, d, prep):
         d = d.to(compute_dtype(prep.x))
         if self.validate and bool((d < 0).any()):
-            raise ValueError("HausdorffDTLoss reads unsigned distance maps (>= 0), got negative values: compute them "
-                             "with SignedDistanceMapd(mode='unsigned').")  # fmt: skip
+            raise ValueError(
+                "HausdorffDTLoss reads unsigned distance maps (>= 0), got negative values: compute them "
+                "with SignedDistanceMapd(mode='unsigned')."
+            )
         dist = d.square() if self.alpha == 2 else d**self.alpha
         if self.include_pred_dt:
             from ..transforms import SignedDistanceMap
@@ -223,8 +252,9 @@ class HausdorffDTLoss(_MapRegionLoss):
             with torch.no_grad():
                 p = activate(prep.x.to(dist.dtype), prep.act, 1)
             pred = (p > 0.5).to(torch.uint8).reshape(p.shape[0], p.shape[1], *prep.spatial).cpu()
-            sdm = SignedDistanceMap(num_classes=None if p.shape[1] > 1 else 1, mode="unsigned", spacing=self.spacing,
-                                    backend="scipy")  # fmt: skip
+            sdm = SignedDistanceMap(
+                num_classes=None if p.shape[1] > 1 else 1, mode="unsigned", spacing=self.spacing, backend="scipy"
+            )
             dp = torch.stack([torch.as_tensor(sdm(pred[b])) for b in range(pred.shape[0])])
             dist = dist + dp.reshape(dist.shape).to(dist) ** self.alpha
         return dist
@@ -261,8 +291,14 @@ class DiceBoundaryLoss(torch.nn.Module):
         super().__init__()
         if not 0 <= min_alpha <= alpha <= 1 or step < 0:
             raise ValueError(f"need 0 <= min_alpha <= alpha <= 1 and step >= 0, got {min_alpha}, {alpha}, {step}.")
-        common = dict(to_onehot_y=to_onehot_y, sigmoid=sigmoid, softmax=softmax, other_act=other_act,
-                      distributed=distributed, validate=validate)  # fmt: skip
+        common = dict(
+            to_onehot_y=to_onehot_y,
+            sigmoid=sigmoid,
+            softmax=softmax,
+            other_act=other_act,
+            distributed=distributed,
+            validate=validate,
+        )
         self.region = region if region is not None else DiceLoss(include_background=include_background, **common)
         self.boundary = BoundaryLoss(include_background=include_background, spacing=spacing, **common)
         self.alpha, self.step, self.min_alpha = float(alpha), float(step), float(min_alpha)
@@ -271,7 +307,9 @@ class DiceBoundaryLoss(torch.nn.Module):
         self.alpha = max(self.min_alpha, self.alpha - self.step)
         return self.alpha
 
-    def forward(self, input: torch.Tensor, target: torch.Tensor, distance_map: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self, input: torch.Tensor, target: torch.Tensor, distance_map: torch.Tensor | None = None
+    ) -> torch.Tensor:
         region = self.region(input, target)
         if self.alpha >= 1:
             return region
@@ -313,8 +351,10 @@ class BoundaryAlphaScheduler:
     def load_state_dict(self, state: dict) -> None:
         alphas = list(state.get("alpha", []))
         if len(alphas) != len(self.losses):
-            raise ValueError(f"BoundaryAlphaScheduler state holds {len(alphas)} alpha(s) for {len(self.losses)} "
-                             "scheduled loss(es): the checkpoint was written with another loss")
+            raise ValueError(
+                f"BoundaryAlphaScheduler state holds {len(alphas)} alpha(s) for {len(self.losses)} "
+                "scheduled loss(es): the checkpoint was written with another loss"
+            )
         for loss, a in zip(self.losses, alphas):
             loss.alpha = float(a)
 
@@ -380,15 +420,33 @@ class BlobLoss(LossBase):
         distributed: bool = False,
         validate: bool = True,
     ) -> None:
-        super().__init__(to_onehot_y=to_onehot_y, sigmoid=sigmoid, softmax=softmax, other_act=other_act,
-                         ignore_index=ignore_index, distributed=distributed, validate=validate)  # fmt: skip
+        super().__init__(
+            to_onehot_y=to_onehot_y,
+            sigmoid=sigmoid,
+            softmax=softmax,
+            other_act=other_act,
+            ignore_index=ignore_index,
+            distributed=distributed,
+            validate=validate,
+        )
         if region not in ("dice", "tversky"):
             raise ValueError(f"region must be 'dice' or 'tversky', got {region!r}.")
         if alpha < 0 or beta < 0:
             raise ValueError(f"alpha and beta must be >= 0, got {alpha}, {beta}.")
-        self.global_loss = global_loss if global_loss is not None else DiceLoss(
-            include_background=False, to_onehot_y=to_onehot_y, sigmoid=sigmoid, softmax=softmax, other_act=other_act,
-            ignore_index=ignore_index, distributed=distributed, validate=False)  # fmt: skip
+        self.global_loss = (
+            global_loss
+            if global_loss is not None
+            else DiceLoss(
+                include_background=False,
+                to_onehot_y=to_onehot_y,
+                sigmoid=sigmoid,
+                softmax=softmax,
+                other_act=other_act,
+                ignore_index=ignore_index,
+                distributed=distributed,
+                validate=False,
+            )
+        )
         self.alpha, self.beta, self.region = float(alpha), float(beta), region
         self.tversky_alpha, self.tversky_beta = float(tversky_alpha), float(tversky_beta)
         self.smooth_nr, self.smooth_dr = float(smooth_nr), float(smooth_dr)
@@ -399,7 +457,11 @@ class BlobLoss(LossBase):
             from ..transforms import LesionInstances
 
             _warn_on_the_fly("BlobLoss", "instances", "LesionInstances")
-            fg = (target > 0).to(torch.uint8) if target.shape[1] == 1 else target[:, 1:].sum(1, keepdim=True).gt(0.5).to(torch.uint8)
+            fg = (
+                (target > 0).to(torch.uint8)
+                if target.shape[1] == 1
+                else target[:, 1:].sum(1, keepdim=True).gt(0.5).to(torch.uint8)
+            )
             instances = _per_case(fg, 1, lambda c: LesionInstances())
         global_term = self.global_loss(input, target) if self.alpha else None
         return self.from_prepared(prep, _check_map(instances, "instances", input, (1,)), global_term)
@@ -409,7 +471,9 @@ class BlobLoss(LossBase):
             raise ValueError("instances must hold integer lesion ids (0 background, 1..K) from LesionInstancesd.")
         inst = inst.reshape(inst.shape[0], -1).long()
         if self.validate and int(inst.min()) < 0:
-            raise ValueError(f"instances hold negative ids (min {int(inst.min())}); expected 0 background, 1..K lesions.")
+            raise ValueError(
+                f"instances hold negative ids (min {int(inst.min())}); expected 0 background, 1..K lesions."
+            )
         total = self.beta * self._blob_term(prep, inst)
         return total if global_term is None else total + self.alpha * global_term
 
@@ -424,8 +488,10 @@ class BlobLoss(LossBase):
         elif prep.act == "none":
             pf = 1 - x[:, 0]
         else:
-            raise ValueError("BlobLoss scores the foreground: use softmax=True (class 0 = background) or one "
-                             "sigmoid channel; overlapping sigmoid channels have no single foreground.")  # fmt: skip
+            raise ValueError(
+                "BlobLoss scores the foreground: use softmax=True (class 0 = background) or one "
+                "sigmoid channel; overlapping sigmoid channels have no single foreground."
+            )
         if prep.valid is not None:
             pf = pf * prep.valid[:, 0]
         k = int(inst.max()) + 1 if inst.numel() else 1

@@ -52,14 +52,23 @@ class LovaszSoftmaxLoss(LossBase):
         distributed: bool = False,
         validate: bool = True,
     ) -> None:
-        super().__init__(include_background=include_background, to_onehot_y=to_onehot_y, sigmoid=sigmoid,
-                         softmax=softmax, other_act=other_act, ignore_index=ignore_index, distributed=distributed,
-                         validate=validate)  # fmt: skip
+        super().__init__(
+            include_background=include_background,
+            to_onehot_y=to_onehot_y,
+            sigmoid=sigmoid,
+            softmax=softmax,
+            other_act=other_act,
+            ignore_index=ignore_index,
+            distributed=distributed,
+            validate=validate,
+        )
         if classes not in ("present", "all"):
             raise ValueError(f"classes must be 'present' or 'all', got {classes!r}.")
         if distributed and not per_image:
-            raise ValueError("LovaszSoftmaxLoss(distributed=True) needs per_image=True: the batch version sorts "
-                             "all voxels of the global batch at once, which cannot be split over ranks.")  # fmt: skip
+            raise ValueError(
+                "LovaszSoftmaxLoss(distributed=True) needs per_image=True: the batch version sorts "
+                "all voxels of the global batch at once, which cannot be split over ranks."
+            )
         self.classes, self.per_image = classes, per_image
 
     def from_prepared(self, prep: Prepared) -> torch.Tensor:
@@ -70,7 +79,9 @@ class LovaszSoftmaxLoss(LossBase):
         if prep.num_classes == 1:  # one binary channel -> [background, foreground]
             if prep.act == "none":  # probabilities, read as they are
                 two = torch.cat([1 - prep.x, prep.x], 1)
-                prep = Prepared(two, "none", torch.cat([1 - prep.target, prep.target], 1), False, prep.valid, prep.spatial)
+                prep = Prepared(
+                    two, "none", torch.cat([1 - prep.target, prep.target], 1), False, prep.valid, prep.spatial
+                )
             else:
                 prep = as_class_logits(prep, "LovaszSoftmaxLoss")
         with torch.no_grad():
@@ -114,4 +125,3 @@ class LovaszSoftmaxLoss(LossBase):
                 const[row, cls] = (w * f).sum()
                 present[row, cls] = bool(f[keep].sum() > 0) if self.classes == "present" else True
         return weight, const, present
-

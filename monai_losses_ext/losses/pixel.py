@@ -54,7 +54,9 @@ def cross_entropy_map(prep: Prepared, weight: torch.Tensor | None, label_smoothi
         loss = F.cross_entropy(x.to(dt), t, weight=w, reduction="none", label_smoothing=label_smoothing)
         norm = (w[t.clamp_min(0)] if w is not None else torch.ones_like(loss)) * (t >= 0)
     else:
-        loss = F.cross_entropy(x.to(dt), prep.target.to(dt), weight=w, reduction="none", label_smoothing=label_smoothing)
+        loss = F.cross_entropy(
+            x.to(dt), prep.target.to(dt), weight=w, reduction="none", label_smoothing=label_smoothing
+        )
         norm = torch.ones_like(loss)
     if prep.valid is not None:
         v = prep.valid[:, 0]
@@ -74,7 +76,9 @@ def _cross_entropy_total(prep: Prepared, weight: torch.Tensor | None, label_smoo
         if prep.valid is not None:
             t = torch.where(prep.valid[:, 0], t, -100)
         num = F.cross_entropy(x.to(dt), t, weight=w, reduction="sum", label_smoothing=label_smoothing)
-        counts = torch.bincount((t + 1).clamp_min(0).reshape(-1), minlength=prep.num_classes + 1)[1:].to(dt)  # ignored -> bin 0
+        counts = torch.bincount((t + 1).clamp_min(0).reshape(-1), minlength=prep.num_classes + 1)[1:].to(
+            dt
+        )  # ignored -> bin 0
         den = (counts * w).sum() if w is not None else counts.sum()
         return num, den
     num = F.cross_entropy(x.to(dt), prep.target.to(dt), weight=w, reduction="sum", label_smoothing=label_smoothing)
@@ -148,7 +152,11 @@ class WeightedCELoss(LossBase):
             raise ValueError(f"weight has {w.numel()} values but the input has {prep.num_classes} classes.")
         if self.reduction != "none" and prep.num_classes > 1 and (prep.is_index or prep.valid is None):
             num, den = _cross_entropy_total(prep, w, self.label_smoothing)
-            return masked_mean(num, den, self.distributed) if self.reduction == "mean" else all_reduce_sum(num, self.distributed)
+            return (
+                masked_mean(num, den, self.distributed)
+                if self.reduction == "mean"
+                else all_reduce_sum(num, self.distributed)
+            )
         loss, norm = cross_entropy_map(prep, w, self.label_smoothing)
         return _ce_reduce(loss, norm, self.reduction, self.distributed, prep.spatial)
 
@@ -156,7 +164,8 @@ class WeightedCELoss(LossBase):
 class WeightedBCELoss(LossBase):
     """Weighted binary cross-entropy on logits, per channel (binary or multi-label tasks).
 
-    ``-(beta g log sigmoid(x) + (1 - g) log(1 - sigmoid(x)))``, equal to ``torch.nn.BCEWithLogitsLoss(pos_weight=beta)``.
+    ``-(beta g log sigmoid(x) + (1 - g) log(1 - sigmoid(x)))``, equal to
+    ``torch.nn.BCEWithLogitsLoss(pos_weight=beta)``.
     ``pos_weight`` (beta, a float or one value per channel) > 1 weighs the lesion voxels more: fewer false
     negatives at the price of more false positives. For a lesion occupying a fraction f of the volume,
     beta = (1 - f) / f balances the two classes. Index labels are accepted with ``to_onehot_y=True``.
@@ -175,9 +184,12 @@ class WeightedBCELoss(LossBase):
         validate: bool = True,
     ) -> None:
         super().__init__(
-            to_onehot_y=to_onehot_y, reduction=reduction, ignore_index=ignore_index, distributed=distributed,
+            to_onehot_y=to_onehot_y,
+            reduction=reduction,
+            ignore_index=ignore_index,
+            distributed=distributed,
             validate=validate,
-        )  # fmt: skip
+        )
         self._register_class_vector("pos_weight", pos_weight)
 
     def from_prepared(self, prep: Prepared) -> torch.Tensor:
@@ -227,13 +239,18 @@ class _FocalTerms(torch.autograd.Function):
             b, c, n = x.shape
             dt = compute_dtype(x)
             p = _FocalParams(gamma, alpha, alpha_pos_only, weight, use_softmax, dt)
-            out = torch.empty(b, c, n, dtype=dt, device=x.device) if per_voxel else torch.zeros(b, c, dtype=dt, device=x.device)
+            out = (
+                torch.empty(b, c, n, dtype=dt, device=x.device)
+                if per_voxel
+                else torch.zeros(b, c, dtype=dt, device=x.device)
+            )
             keep_grad = ctx.needs_input_grad[0] and not per_voxel
             grad = torch.empty(b, c, n, dtype=dt, device=x.device) if keep_grad else None
             for bi in range(b):
                 for sl in _chunks(n):
-                    loss, g = _focal_chunk(x[bi, :, sl].to(dt), target[bi, :, sl], _vchunk(valid, bi, sl), p,
-                                           1.0 if keep_grad else None)  # fmt: skip
+                    loss, g = _focal_chunk(
+                        x[bi, :, sl].to(dt), target[bi, :, sl], _vchunk(valid, bi, sl), p, 1.0 if keep_grad else None
+                    )
                     if per_voxel:
                         out[bi, :, sl] = loss
                     else:
@@ -262,7 +279,9 @@ class _FocalTerms(torch.autograd.Function):
             for bi in range(b):
                 for sl in _chunks(n):
                     u = grad_out[bi, :, sl] if ctx.per_voxel else grad_out[bi].unsqueeze(1)
-                    gx[bi, :, sl] = _focal_chunk(x[bi, :, sl].to(p.dt), target[bi, :, sl], _vchunk(valid, bi, sl), p, u)[1]
+                    gx[bi, :, sl] = _focal_chunk(
+                        x[bi, :, sl].to(p.dt), target[bi, :, sl], _vchunk(valid, bi, sl), p, u
+                    )[1]
         return gx, *[None] * 8
 
 
@@ -339,7 +358,9 @@ def _focal_chunk(x, t, v, p: _FocalParams, u):
         if u is None:
             return loss, None
         # d/dz [s^gamma softplus(z)] = s^gamma (s + gamma (1 - s) softplus(z)); dz/dx = sgn
-        inner = torch.addcmul(s, 1 - s, sp, value=p.gamma_scalar) if p.gamma_scalar is not None else s + gam * (1 - s) * sp
+        inner = (
+            torch.addcmul(s, 1 - s, sp, value=p.gamma_scalar) if p.gamma_scalar is not None else s + gam * (1 - s) * sp
+        )
         d = torch.mul(mod, inner, out=inner)
         if not (isinstance(u, float) and u == 1.0):
             d = d * u
@@ -386,15 +407,27 @@ def _softmax_focal_index(x, t, v, p: _FocalParams, u):
     return loss, gx.scatter_add_(0, t, s)
 
 
-def focal_terms(prep: Prepared, gamma, alpha=None, alpha_pos_only=False, weight=None, use_softmax=False, per_voxel=False):
+def focal_terms(
+    prep: Prepared, gamma, alpha=None, alpha_pos_only=False, weight=None, use_softmax=False, per_voxel=False
+):
     """Focal terms per (sample, class) summed over voxels, or per voxel (B, C, N). gamma: float or (C,)."""
     x = prep.x
     c = x.shape[1]
     dev = x.device
     gamma_v = torch.as_tensor(gamma, dtype=torch.float64, device=dev).reshape(-1).expand(c).contiguous()
-    alpha_v = torch.as_tensor(alpha, dtype=torch.float64, device=dev).reshape(-1) if alpha is not None else torch.empty(0, device=dev)
-    weight_v = torch.as_tensor(weight, dtype=torch.float64, device=dev).reshape(-1).expand(c).contiguous() if weight is not None else torch.empty(0, device=dev)
-    return _FocalTerms.apply(x, prep.target, prep.valid, gamma_v, alpha_v, alpha_pos_only, weight_v, use_softmax, per_voxel)
+    alpha_v = (
+        torch.as_tensor(alpha, dtype=torch.float64, device=dev).reshape(-1)
+        if alpha is not None
+        else torch.empty(0, device=dev)
+    )
+    weight_v = (
+        torch.as_tensor(weight, dtype=torch.float64, device=dev).reshape(-1).expand(c).contiguous()
+        if weight is not None
+        else torch.empty(0, device=dev)
+    )
+    return _FocalTerms.apply(
+        x, prep.target, prep.valid, gamma_v, alpha_v, alpha_pos_only, weight_v, use_softmax, per_voxel
+    )
 
 
 class FocalLoss(LossBase):
@@ -424,9 +457,13 @@ class FocalLoss(LossBase):
         validate: bool = True,
     ) -> None:
         super().__init__(
-            include_background=include_background, to_onehot_y=to_onehot_y, reduction=reduction,
-            ignore_index=ignore_index, distributed=distributed, validate=validate,
-        )  # fmt: skip
+            include_background=include_background,
+            to_onehot_y=to_onehot_y,
+            reduction=reduction,
+            ignore_index=ignore_index,
+            distributed=distributed,
+            validate=validate,
+        )
         if gamma < 0:
             raise ValueError(f"gamma must be >= 0, got {gamma}.")
         self.gamma = float(gamma)
@@ -447,7 +484,9 @@ class FocalLoss(LossBase):
             if alpha.ndim == 0:
                 if self.use_softmax:
                     if first:
-                        warnings.warn("`include_background=False`, scalar `alpha` ignored when using softmax.", stacklevel=2)
+                        warnings.warn(
+                            "`include_background=False`, scalar `alpha` ignored when using softmax.", stacklevel=2
+                        )
                         alpha = None
                     else:
                         alpha = torch.cat([1 - alpha.reshape(1), alpha.reshape(1).expand(c - 1)])

@@ -29,7 +29,6 @@ __all__ = [
 ]
 
 
-
 class RegionLoss(LossBase):
     """Base of the overlap losses. A subclass names the sums it needs (``moments``) and maps them to a
     per-class loss in ``score``; input preparation, pooling, class weights and reduction live here."""
@@ -145,9 +144,21 @@ class DiceLoss(RegionLoss):
         validate: bool = True,
     ) -> None:
         super().__init__(
-            include_background, to_onehot_y, sigmoid, softmax, other_act, reduction, smooth_nr, smooth_dr,
-            batch, weight, soft_label, ignore_index, distributed, validate,
-        )  # fmt: skip
+            include_background,
+            to_onehot_y,
+            sigmoid,
+            softmax,
+            other_act,
+            reduction,
+            smooth_nr,
+            smooth_dr,
+            batch,
+            weight,
+            soft_label,
+            ignore_index,
+            distributed,
+            validate,
+        )
         self.squared_pred = squared_pred
         self.jaccard = jaccard
         self.moments = ("tp", "sp2", "sg2") if squared_pred else ("tp", "sp", "sg")
@@ -195,9 +206,21 @@ class TverskyLoss(RegionLoss):
         validate: bool = True,
     ) -> None:
         super().__init__(
-            include_background, to_onehot_y, sigmoid, softmax, other_act, reduction, smooth_nr, smooth_dr,
-            batch, weight, soft_label, ignore_index, distributed, validate,
-        )  # fmt: skip
+            include_background,
+            to_onehot_y,
+            sigmoid,
+            softmax,
+            other_act,
+            reduction,
+            smooth_nr,
+            smooth_dr,
+            batch,
+            weight,
+            soft_label,
+            ignore_index,
+            distributed,
+            validate,
+        )
         if alpha < 0 or beta < 0:
             raise ValueError(f"alpha and beta must be >= 0, got alpha={alpha}, beta={beta}.")
         self.alpha = float(alpha)
@@ -257,9 +280,21 @@ class GeneralizedDiceLoss(RegionLoss):
         validate: bool = True,
     ) -> None:
         super().__init__(
-            include_background, to_onehot_y, sigmoid, softmax, other_act, reduction, smooth_nr, smooth_dr,
-            batch, None, soft_label, ignore_index, distributed, validate,
-        )  # fmt: skip
+            include_background,
+            to_onehot_y,
+            sigmoid,
+            softmax,
+            other_act,
+            reduction,
+            smooth_nr,
+            smooth_dr,
+            batch,
+            None,
+            soft_label,
+            ignore_index,
+            distributed,
+            validate,
+        )
         w_type = str(getattr(w_type, "value", w_type))
         if w_type not in ("square", "simple", "uniform"):
             raise ValueError(f"w_type={w_type!r} is not supported: use 'square', 'simple' or 'uniform'.")

@@ -18,7 +18,7 @@ class Grid:
     origin: tuple[float, float, float]  # world position of voxel (0, 0, 0)
 
     @classmethod
-    def centred(cls, centre, shape, spacing) -> "Grid":
+    def centred(cls, centre, shape, spacing) -> Grid:
         shape = tuple(int(s) for s in shape)
         spacing = tuple(float(s) for s in spacing)
         origin = tuple(float(c - (n - 1) / 2.0 * s) for c, n, s in zip(centre, shape, spacing))

@@ -13,16 +13,25 @@ from ._site import SITE_DEFAULTS, resolve_site
 from ._subject import apply_artefacts, make_subject, synthesise_contrasts, synthesise_head
 from ._tumour import TUMOUR_DEFAULTS, insert_tumour
 
-__all__ = ["Case", "TASKS", "MODALITIES", "LABELS", "DEFAULT_SPACING", "DEFAULT_FOV_MM",
-           "output_grid", "generate_case", "task_options", "split_options"]
+__all__ = [
+    "Case",
+    "TASKS",
+    "MODALITIES",
+    "LABELS",
+    "DEFAULT_SPACING",
+    "DEFAULT_FOV_MM",
+    "output_grid",
+    "generate_case",
+    "task_options",
+    "split_options",
+]
 
 TASKS = ("lesion", "tumour")
 # Channel order; the tumour order is the one of MSD Task01_BrainTumour (FLAIR, T1, T1gd, T2).
 MODALITIES = {"lesion": ("FLAIR", "T1"), "tumour": ("FLAIR", "T1", "T1c", "T2")}
 LABELS = {
     "lesion": {"0": "background", "1": "lesion"},
-    "tumour": {"0": "background", "1": "necrotic tumour core", "2": "peritumoral oedema",
-               "3": "enhancing tumour"},
+    "tumour": {"0": "background", "1": "necrotic tumour core", "2": "peritumoral oedema", "3": "enhancing tumour"},
 }
 DEFAULT_SPACING = 2.0
 # Field of view (mm) around the template brain's centre: 176 x 208 x 176 mm holds the
@@ -55,8 +64,10 @@ def task_options(task: str, **opts) -> dict:
     defaults = _DEFAULTS[task]
     unknown = sorted(set(opts) - set(defaults))
     if unknown:
-        raise TypeError(f"unknown option(s) {unknown} for task {task!r}; known: {sorted(defaults)}"
-                        f" (acquisition-site options: {sorted(SITE_DEFAULTS)})")
+        raise TypeError(
+            f"unknown option(s) {unknown} for task {task!r}; known: {sorted(defaults)}"
+            f" (acquisition-site options: {sorted(SITE_DEFAULTS)})"
+        )
     return {**defaults, **opts}
 
 
@@ -89,8 +100,7 @@ def output_grid(spacing=DEFAULT_SPACING, shape=None) -> Grid:
     return Grid.centred(load_atlas().centre, shape, sp)
 
 
-def generate_case(task: str, seed: int = 0, index: int = 0, *, spacing=None, shape=None, site=None,
-                  **opts) -> Case:
+def generate_case(task: str, seed: int = 0, index: int = 0, *, spacing=None, shape=None, site=None, **opts) -> Case:
     """Generate case ``index`` of the synthetic ``task`` ("lesion" or "tumour").
 
     The random stream is ``SeedSequence([seed, index])`` spawned into five independent
@@ -119,26 +129,52 @@ def generate_case(task: str, seed: int = 0, index: int = 0, *, spacing=None, sha
     rng_head, rng_shape = (np.random.default_rng(s) for s in streams[4].spawn(2))
     channels = MODALITIES[task]
     subject = make_subject(rng_anat, grid)
-    image, means = synthesise_contrasts(rng_contrast, subject, channels, jitter=so["contrast_jitter"],
-                                        contrast=so["tissue_contrast"])
+    image, means = synthesise_contrasts(
+        rng_contrast, subject, channels, jitter=so["contrast_jitter"], contrast=so["tissue_contrast"]
+    )
     if task == "lesion":
-        label, path_info = insert_ms_lesions(rng_path, subject, image, means, channels, options,
-                                             shapes=so["lesion_shapes"], lesion_contrast=so["lesion_contrast"],
-                                             rng_shape=rng_shape)
+        label, path_info = insert_ms_lesions(
+            rng_path,
+            subject,
+            image,
+            means,
+            channels,
+            options,
+            shapes=so["lesion_shapes"],
+            lesion_contrast=so["lesion_contrast"],
+            rng_shape=rng_shape,
+        )
     else:
-        label, path_info = insert_tumour(rng_path, subject, image, means, channels, options,
-                                         lesion_contrast=so["lesion_contrast"])
-    head_info = None if so["skull_strip"] else synthesise_head(rng_head, image, subject, channels,
-                                                               jitter=so["contrast_jitter"])
-    art_info = apply_artefacts(rng_art, image, subject, means, bias=so["bias"], noise=so["noise"],
-                               blur=so["blur"], log_gain=so["log_gain"],
-                               slice_thickness_mm=so["slice_thickness_mm"], skull_strip=so["skull_strip"])
+        label, path_info = insert_tumour(
+            rng_path, subject, image, means, channels, options, lesion_contrast=so["lesion_contrast"]
+        )
+    head_info = (
+        None if so["skull_strip"] else synthesise_head(rng_head, image, subject, channels, jitter=so["contrast_jitter"])
+    )
+    art_info = apply_artefacts(
+        rng_art,
+        image,
+        subject,
+        means,
+        bias=so["bias"],
+        noise=so["noise"],
+        blur=so["blur"],
+        log_gain=so["log_gain"],
+        slice_thickness_mm=so["slice_thickness_mm"],
+        skull_strip=so["skull_strip"],
+    )
     info = {
-        "task": task, "seed": seed, "index": index, "channels": list(channels),
-        "shape": list(grid.shape), "spacing_mm": list(grid.spacing), "site": site.name,
+        "task": task,
+        "seed": seed,
+        "index": index,
+        "channels": list(channels),
+        "shape": list(grid.shape),
+        "spacing_mm": list(grid.spacing),
+        "site": site.name,
         "anatomy": subject.info,
         "tissue_means": {name: [round(float(v), 5) for v in means[name]] for name in channels},
-        "artefacts": art_info, **path_info,
+        "artefacts": art_info,
+        **path_info,
     }
     if head_info is not None:
         info["head"] = head_info

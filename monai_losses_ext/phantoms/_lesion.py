@@ -13,12 +13,12 @@ from ._subject import Subject
 __all__ = ["LESION_DEFAULTS", "insert_ms_lesions"]
 
 LESION_DEFAULTS = dict(
-    n_lesions=(1, 25),          # inclusive range of the lesion count of a non-empty case
-    empty_fraction=0.1,         # probability that a case has no lesion at all
-    volume_median_mm3=50.0,     # log-normal volume: median ...
-    volume_sigma=1.1,           # ... and sigma of log(volume)
+    n_lesions=(1, 25),  # inclusive range of the lesion count of a non-empty case
+    empty_fraction=0.1,  # probability that a case has no lesion at all
+    volume_median_mm3=50.0,  # log-normal volume: median ...
+    volume_sigma=1.1,  # ... and sigma of log(volume)
     volume_range_mm3=(5.0, 3000.0),
-    supersampling=4,            # sub-samples per voxel and axis for the occupancy
+    supersampling=4,  # sub-samples per voxel and axis for the occupancy
 )
 
 _STRUCT26 = np.ones((3, 3, 3), dtype=bool)
@@ -133,10 +133,18 @@ def _components(rng: np.random.Generator, shape: str, main_axes: np.ndarray) -> 
     return comps
 
 
-def insert_ms_lesions(rng: np.random.Generator, subject: Subject, image: np.ndarray, means: dict,
-                      channels, opts: dict, *, shapes=SITE_DEFAULTS["lesion_shapes"],
-                      lesion_contrast=SITE_DEFAULTS["lesion_contrast"],
-                      rng_shape: np.random.Generator | None = None) -> tuple[np.ndarray, dict]:
+def insert_ms_lesions(
+    rng: np.random.Generator,
+    subject: Subject,
+    image: np.ndarray,
+    means: dict,
+    channels,
+    opts: dict,
+    *,
+    shapes=SITE_DEFAULTS["lesion_shapes"],
+    lesion_contrast=SITE_DEFAULTS["lesion_contrast"],
+    rng_shape: np.random.Generator | None = None,
+) -> tuple[np.ndarray, dict]:
     """Place non-touching lesions; blend them into ``image`` in place; return (label, info).
 
     Centres are drawn with weight ``WM^2 * (3 exp(-d_vent / 8 mm) + 0.1)`` (periventricular
@@ -190,7 +198,7 @@ def insert_ms_lesions(rng: np.random.Generator, subject: Subject, image: np.ndar
         target = volume
         if shape == "confluent":
             target = min(volume * float(rng_shape.uniform(2.0, 4.0)), vmax)
-        for attempt in range(500):
+        for attempt in range(500):  # noqa: B007 (the count is reported after the loop)
             idx = np.unravel_index(int(np.searchsorted(cdf, rng.uniform(0.0, cdf[-1]), side="right")), grid.shape)
             centre = grid.world(np.asarray(idx) + rng.uniform(-0.5, 0.5, size=3))
             r = (3.0 * volume / (4.0 * np.pi)) ** (1.0 / 3.0)
@@ -204,8 +212,11 @@ def insert_ms_lesions(rng: np.random.Generator, subject: Subject, image: np.ndar
                 g = np.array([_diff(d_vent, idx, d) for d in range(3)]) / np.asarray(grid.spacing)
                 if np.linalg.norm(g) > 1e-6:
                     if shape == "elongated":  # always along the gradient, +-0.1 rad or so
-                        jitter = (0.4 * rng.normal(0.0, 0.25, size=3) if periventricular
-                                  else rng_shape.normal(0.0, 0.1, size=3))
+                        jitter = (
+                            0.4 * rng.normal(0.0, 0.25, size=3)
+                            if periventricular
+                            else rng_shape.normal(0.0, 0.1, size=3)
+                        )
                         direction = g / np.linalg.norm(g) + jitter
                     else:
                         direction = g / np.linalg.norm(g) + rng.normal(0.0, 0.25, size=3)
@@ -219,7 +230,7 @@ def insert_ms_lesions(rng: np.random.Generator, subject: Subject, image: np.ndar
             else:
                 comps = None
                 box, f = _ellipsoid_occupancy(grid, centre, axes_mm, rot, s)
-            if (f[[0, -1], :, :].any() or f[:, [0, -1], :].any() or f[:, :, [0, -1]].any()):
+            if f[[0, -1], :, :].any() or f[:, [0, -1], :].any() or f[:, :, [0, -1]].any():
                 continue  # clipped by the grid border
             support = f > 0
             if (occupied[box] & support).any():
@@ -243,19 +254,21 @@ def insert_ms_lesions(rng: np.random.Generator, subject: Subject, image: np.ndar
                 u = rng.uniform(lo, hi)
                 values[name] = float(wm_ref[name] * max(1.0 + lesion_contrast * (u - 1.0), 0.05))
             image[c][box] = (1.0 - f) * image[c][box] + f * values[name]
-        info["lesions"].append({
-            "shape": shape,
-            "components": 1 if comps is None else len(comps),
-            "elongation": round(float(elong), 3),
-            "centre_mm": np.round(centre, 2).tolist(),
-            "axes_mm": np.round(axes_mm, 3).tolist(),
-            "volume_mm3": round(4.0 / 3.0 * np.pi * float(np.prod(axes_mm)) if comps is None else target, 3),
-            "intensity_vs_wm": {name: round(values[name] / wm_ref[name], 4) for name in channels},
-            "label_volume_mm3": round(float(lab.sum()) * grid.voxel_volume, 3),
-            "partial_volume_mm3": round(float(f.sum()) * grid.voxel_volume, 3),
-            "periventricular": periventricular,
-            "attempts": attempt + 1,
-        })
+        info["lesions"].append(
+            {
+                "shape": shape,
+                "components": 1 if comps is None else len(comps),
+                "elongation": round(float(elong), 3),
+                "centre_mm": np.round(centre, 2).tolist(),
+                "axes_mm": np.round(axes_mm, 3).tolist(),
+                "volume_mm3": round(4.0 / 3.0 * np.pi * float(np.prod(axes_mm)) if comps is None else target, 3),
+                "intensity_vs_wm": {name: round(values[name] / wm_ref[name], 4) for name in channels},
+                "label_volume_mm3": round(float(lab.sum()) * grid.voxel_volume, 3),
+                "partial_volume_mm3": round(float(f.sum()) * grid.voxel_volume, 3),
+                "periventricular": periventricular,
+                "attempts": attempt + 1,
+            }
+        )
     info["n_lesions"] = len(info["lesions"])
     return label, info
 

@@ -16,15 +16,15 @@ __all__ = ["SITE_DEFAULTS", "SITES", "LESION_SHAPES", "Site", "resolve_site"]
 LESION_SHAPES = ("ovoid", "irregular", "confluent", "elongated")
 
 SITE_DEFAULTS = dict(
-    tissue_contrast=1.0,      # scale of the CSF/GM/WM mean differences around their mean, per channel
-    contrast_jitter=0.05,     # per-subject log-normal jitter (sigma) of each tissue mean
-    lesion_contrast=1.0,      # scale of the lesion's (tumour compartments') deviation from WM
-    noise=(0.01, 0.04),       # Rician sigma as a fraction of the brightest tissue (SNR 100 .. 25)
-    bias=0.15,                # maximum std of the log bias field (per channel U(0.3, 1) x bias)
-    blur=(0.3, 0.6),          # Gaussian PSF sigma in voxels, one value per case
-    log_gain=(-0.2, 0.2),     # gain = exp(U(lo, hi)) per channel
+    tissue_contrast=1.0,  # scale of the CSF/GM/WM mean differences around their mean, per channel
+    contrast_jitter=0.05,  # per-subject log-normal jitter (sigma) of each tissue mean
+    lesion_contrast=1.0,  # scale of the lesion's (tumour compartments') deviation from WM
+    noise=(0.01, 0.04),  # Rician sigma as a fraction of the brightest tissue (SNR 100 .. 25)
+    bias=0.15,  # maximum std of the log bias field (per channel U(0.3, 1) x bias)
+    blur=(0.3, 0.6),  # Gaussian PSF sigma in voxels, one value per case
+    log_gain=(-0.2, 0.2),  # gain = exp(U(lo, hi)) per channel
     slice_thickness_mm=None,  # FWHM of the slice profile along axis 2; None = the spacing
-    skull_strip=True,         # False: a skull and scalp around the brain, noise everywhere
+    skull_strip=True,  # False: a skull and scalp around the brain, noise everywhere
     lesion_shapes=("ovoid",),  # lesion task: shapes drawn uniformly per lesion (LESION_SHAPES)
 )
 
@@ -35,14 +35,25 @@ SITES = {
     # Another scanner, same population, skull-stripped: flatter contrast, lower SNR, stronger
     # bias, thick axial slices.
     "scanner": dict(
-        tissue_contrast=0.7, contrast_jitter=0.1, lesion_contrast=0.6, noise=(0.05, 0.10),
-        bias=0.35, log_gain=(-0.5, 0.5), spacing=(1.0, 1.0, 3.0), slice_thickness_mm=3.0,
+        tissue_contrast=0.7,
+        contrast_jitter=0.1,
+        lesion_contrast=0.6,
+        noise=(0.05, 0.10),
+        bias=0.35,
+        log_gain=(-0.5, 0.5),
+        spacing=(1.0, 1.0, 3.0),
+        slice_thickness_mm=3.0,
     ),
     # Another site and population, not skull-stripped: a head around the brain, irregular,
     # confluent and elongated (Dawson's fingers) lesions.
     "site_c": dict(
-        tissue_contrast=0.85, lesion_contrast=0.8, noise=(0.03, 0.07), bias=0.25, spacing=1.2,
-        skull_strip=False, lesion_shapes=("irregular", "confluent", "elongated"),
+        tissue_contrast=0.85,
+        lesion_contrast=0.8,
+        noise=(0.03, 0.07),
+        bias=0.25,
+        spacing=1.2,
+        skull_strip=False,
+        lesion_shapes=("irregular", "confluent", "elongated"),
     ),
 }
 
@@ -104,8 +115,9 @@ def _validate(opts: dict) -> dict:
         if isinstance(shapes, str):
             shapes = (shapes,)
         if not isinstance(shapes, Sequence) or not shapes:
-            raise ValueError(f"lesion_shapes must be a non-empty sequence of {LESION_SHAPES}, "
-                             f"got {opts['lesion_shapes']!r}")
+            raise ValueError(
+                f"lesion_shapes must be a non-empty sequence of {LESION_SHAPES}, got {opts['lesion_shapes']!r}"
+            )
         bad = [s for s in shapes if s not in LESION_SHAPES]
         if bad:
             raise ValueError(f"unknown lesion_shapes name(s) {bad}: use {LESION_SHAPES}")

@@ -12,8 +12,16 @@ from ._atlas import load_atlas, smoothed_maps
 from ._fields import FourierField, Grid
 from ._site import SITE_DEFAULTS
 
-__all__ = ["TISSUE_MEANS", "HEAD_MEANS", "HEAD_THICKNESS_MM", "Subject", "make_subject",
-           "synthesise_contrasts", "synthesise_head", "apply_artefacts"]
+__all__ = [
+    "TISSUE_MEANS",
+    "HEAD_MEANS",
+    "HEAD_THICKNESS_MM",
+    "Subject",
+    "make_subject",
+    "synthesise_contrasts",
+    "synthesise_head",
+    "apply_artefacts",
+]
 
 # Mean intensity of (CSF, GM, WM) per contrast, arbitrary units (WM on T1 = 1).
 TISSUE_MEANS = {
@@ -57,8 +65,16 @@ class Subject:
         return (self.gm + self.wm + self.csf) >= 0.5
 
 
-def make_subject(rng: np.random.Generator, grid: Grid, *, rotation_deg=6.0, scale=0.06,
-                 shift_mm=3.0, warp_mm=2.5, warp_lengthscale_mm=30.0) -> Subject:
+def make_subject(
+    rng: np.random.Generator,
+    grid: Grid,
+    *,
+    rotation_deg=6.0,
+    scale=0.06,
+    shift_mm=3.0,
+    warp_mm=2.5,
+    warp_lengthscale_mm=30.0,
+) -> Subject:
     """Warp the template into a new subject and resample it onto ``grid``.
 
     Output point y (world mm) reads the template at
@@ -104,8 +120,13 @@ def make_subject(rng: np.random.Generator, grid: Grid, *, rotation_deg=6.0, scal
     return Subject(grid, out[0], out[1], out[2], out[3], info)
 
 
-def synthesise_contrasts(rng: np.random.Generator, subject: Subject, channels,
-                         jitter=SITE_DEFAULTS["contrast_jitter"], contrast=SITE_DEFAULTS["tissue_contrast"]):
+def synthesise_contrasts(
+    rng: np.random.Generator,
+    subject: Subject,
+    channels,
+    jitter=SITE_DEFAULTS["contrast_jitter"],
+    contrast=SITE_DEFAULTS["tissue_contrast"],
+):
     """Partial-volume mixture of per-tissue means, jittered per subject.
 
     ``contrast`` scales the differences of the (CSF, GM, WM) table means around their mean per
@@ -124,8 +145,9 @@ def synthesise_contrasts(rng: np.random.Generator, subject: Subject, channels,
     return image, means
 
 
-def synthesise_head(rng: np.random.Generator, image: np.ndarray, subject: Subject, channels,
-                    jitter=SITE_DEFAULTS["contrast_jitter"]) -> dict:
+def synthesise_head(
+    rng: np.random.Generator, image: np.ndarray, subject: Subject, channels, jitter=SITE_DEFAULTS["contrast_jitter"]
+) -> dict:
     """In place: a dark skull shell and a bright scalp (fat) shell around the brain mask.
 
     ``d`` = distance (mm) outside the brain mask's surface (Euclidean distance transform minus
@@ -150,9 +172,11 @@ def synthesise_head(rng: np.random.Generator, image: np.ndarray, subject: Subjec
     f_in_scalp = np.clip(0.5 - (d - outer_scalp) / h, 0.0, 1.0)
     rest = np.clip(1.0 - (subject.csf + subject.gm + subject.wm), 0.0, 1.0)
     f_skull, f_scalp = rest * f_in_skull, rest * (f_in_scalp - f_in_skull)
-    info = {"skull_mm": [round(float(thick["skull"].min()), 2), round(float(thick["skull"].max()), 2)],
-            "scalp_mm": [round(float(thick["scalp"].min()), 2), round(float(thick["scalp"].max()), 2)],
-            "means": {}}
+    info = {
+        "skull_mm": [round(float(thick["skull"].min()), 2), round(float(thick["skull"].max()), 2)],
+        "scalp_mm": [round(float(thick["scalp"].min()), 2), round(float(thick["scalp"].max()), 2)],
+        "means": {},
+    }
     for c, name in enumerate(channels):
         mu = np.asarray(HEAD_MEANS[name]) * np.exp(rng.normal(0.0, jitter, size=2))
         image[c] += mu[0] * f_skull + mu[1] * f_scalp
@@ -160,11 +184,20 @@ def synthesise_head(rng: np.random.Generator, image: np.ndarray, subject: Subjec
     return info
 
 
-def apply_artefacts(rng: np.random.Generator, image: np.ndarray, subject: Subject, means: dict,
-                    *, bias=SITE_DEFAULTS["bias"], bias_lengthscale_mm=70.0, noise=SITE_DEFAULTS["noise"],
-                    blur=SITE_DEFAULTS["blur"], log_gain=SITE_DEFAULTS["log_gain"],
-                    slice_thickness_mm=SITE_DEFAULTS["slice_thickness_mm"],
-                    skull_strip=SITE_DEFAULTS["skull_strip"]) -> dict:
+def apply_artefacts(
+    rng: np.random.Generator,
+    image: np.ndarray,
+    subject: Subject,
+    means: dict,
+    *,
+    bias=SITE_DEFAULTS["bias"],
+    bias_lengthscale_mm=70.0,
+    noise=SITE_DEFAULTS["noise"],
+    blur=SITE_DEFAULTS["blur"],
+    log_gain=SITE_DEFAULTS["log_gain"],
+    slice_thickness_mm=SITE_DEFAULTS["slice_thickness_mm"],
+    skull_strip=SITE_DEFAULTS["skull_strip"],
+) -> dict:
     """In place: multiplicative bias field, blur (PSF and slice profile), Rician noise, skull
     strip, gain.
 

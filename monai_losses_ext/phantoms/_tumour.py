@@ -12,25 +12,32 @@ from ._subject import Subject
 __all__ = ["TUMOUR_DEFAULTS", "insert_tumour"]
 
 TUMOUR_DEFAULTS = dict(
-    core_radius_mm=(10.0, 22.0),   # mean radius of the tumour core (enhancing rim + necrosis)
+    core_radius_mm=(10.0, 22.0),  # mean radius of the tumour core (enhancing rim + necrosis)
     oedema_extent_mm=(6.0, 20.0),  # reach of the oedema beyond the core, before the WM bias
-    rim_mm=(2.5, 7.0),             # mean thickness of the enhancing rim around the necrosis
-    p_no_necrosis=0.15,            # probability of a core without necrosis
+    rim_mm=(2.5, 7.0),  # mean thickness of the enhancing rim around the necrosis
+    p_no_necrosis=0.15,  # probability of a core without necrosis
 )
 
 _STRUCT26 = np.ones((3, 3, 3), dtype=bool)
 # Intensity of each compartment relative to the subject's white matter, per channel.
 _COMPARTMENTS = {
     #            T1    T1c   T2    FLAIR
-    "oedema":    {"T1": 0.62, "T1c": 0.64, "T2": 2.00, "FLAIR": 1.90},
+    "oedema": {"T1": 0.62, "T1c": 0.64, "T2": 2.00, "FLAIR": 1.90},
     "enhancing": {"T1": 0.55, "T1c": 1.60, "T2": 1.70, "FLAIR": 1.55},
-    "necrosis":  {"T1": 0.30, "T1c": 0.32, "T2": 2.20, "FLAIR": 0.85},
+    "necrosis": {"T1": 0.30, "T1c": 0.32, "T2": 2.20, "FLAIR": 0.85},
 }
 
 
-def insert_tumour(rng: np.random.Generator, subject: Subject, image: np.ndarray, means: dict,
-                  channels, opts: dict, *, lesion_contrast=SITE_DEFAULTS["lesion_contrast"]
-                  ) -> tuple[np.ndarray, dict]:
+def insert_tumour(
+    rng: np.random.Generator,
+    subject: Subject,
+    image: np.ndarray,
+    means: dict,
+    channels,
+    opts: dict,
+    *,
+    lesion_contrast=SITE_DEFAULTS["lesion_contrast"],
+) -> tuple[np.ndarray, dict]:
     """Grow one tumour; blend it into ``image`` in place; return (label, info).
 
     ``lesion_contrast`` k scales each compartment's deviation from WM: a compartment at
@@ -56,7 +63,7 @@ def insert_tumour(rng: np.random.Generator, subject: Subject, image: np.ndarray,
     depth = ndi.distance_transform_edt(brain, sampling=grid.spacing)
     wm_ref = {name: means[name][2] for name in channels}
 
-    for attempt in range(50):
+    for attempt in range(50):  # noqa: B007 (the count is reported after the loop)
         r_core = rng.uniform(*opts["core_radius_mm"])
         extent = rng.uniform(*opts["oedema_extent_mm"])
         axes_mm = r_core * np.exp(rng.normal(0.0, 0.15, size=3))
@@ -120,11 +127,11 @@ def insert_tumour(rng: np.random.Generator, subject: Subject, image: np.ndarray,
     values = {}
     for c, name in enumerate(channels):
         anat = image[c][box]
-        comp_i = {k: wm_ref[name] * v[name] * float(np.exp(rng.normal(0.0, 0.08)))
-                  for k, v in _COMPARTMENTS.items()}
+        comp_i = {k: wm_ref[name] * v[name] * float(np.exp(rng.normal(0.0, 0.08))) for k, v in _COMPARTMENTS.items()}
         if lesion_contrast != 1.0:
-            comp_i = {k: wm_ref[name] * max(1.0 + lesion_contrast * (v / wm_ref[name] - 1.0), 0.05)
-                      for k, v in comp_i.items()}
+            comp_i = {
+                k: wm_ref[name] * max(1.0 + lesion_contrast * (v / wm_ref[name] - 1.0), 0.05) for k, v in comp_i.items()
+            }
         values[name] = {k: round(v, 4) for k, v in comp_i.items()}
         oedema = 0.3 * anat + 0.7 * comp_i["oedema"] * (1.0 + 0.08 * tex[0])
         enh = comp_i["enhancing"] * (1.0 + 0.12 * tex[1])

@@ -48,6 +48,7 @@ Pipeline rules
   :class:`BackendUnavailableError` when missing).
 """
 
+from ._common import voxel_spacing
 from .distance import (
     BackendUnavailableError,
     SignedDistanceMap,
@@ -58,7 +59,6 @@ from .distance import (
 from .instances import LesionInstances, LesionInstancesd
 from .intensity import ForegroundMask, ForegroundNormalize, ForegroundNormalized, otsu_threshold
 from .onehot import OneHot, OneHotd, RegionsToLabelsd
-from ._common import voxel_spacing
 from .validate import ValidateLabel, ValidateLabeld, ValidateSpacingd, check_spacing
 from .weightmap import UNetWeightMap, UNetWeightMapd, border_distances
 

@@ -43,8 +43,8 @@ transform's ``keys`` so they are cropped with the image and label. See :mod:`mon
 from __future__ import annotations
 
 import importlib
-from collections.abc import Hashable, Mapping, Sequence
-from typing import Any, Callable
+from collections.abc import Callable, Hashable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch

@@ -120,8 +120,14 @@ class ForegroundNormalize(Transform):
         ValueError: an image with no foreground, or with NaN/Inf values (naming its file).
     """
 
-    def __init__(self, method: str = "otsu", lower: float = 0.5, upper: float = 99.5, clip_sd: float = 10.0,
-                 outside: str = "zero") -> None:  # fmt: skip
+    def __init__(
+        self,
+        method: str = "otsu",
+        lower: float = 0.5,
+        upper: float = 99.5,
+        clip_sd: float = 10.0,
+        outside: str = "zero",
+    ) -> None:
         if outside not in ("zero", "keep"):
             raise ValueError(f"outside={outside!r}: use 'zero' (the foreground mean) or 'keep'")
         self.outside = outside
@@ -136,7 +142,9 @@ class ForegroundNormalize(Transform):
         arr = to_numpy(img).astype(np.float32, copy=True)
         name = getattr(img, "meta", {}).get("filename_or_obj", "<in-memory image>")
         if not np.isfinite(arr).all():
-            raise ValueError(f"image {name} holds {int((~np.isfinite(arr)).sum())} NaN/Inf voxels; fix or mask the file")
+            raise ValueError(
+                f"image {name} holds {int((~np.isfinite(arr)).sum())} NaN/Inf voxels; fix or mask the file"
+            )
         masks = self.mask.channel_masks(arr)
         if self.method == "otsu" and self.outside == "zero":  # beyond 2 voxels of the foreground: 0, its mean
             near = ndimage.binary_dilation(masks[0], iterations=2)
@@ -165,8 +173,16 @@ class ForegroundNormalize(Transform):
 class ForegroundNormalized(MapTransform):
     """Dictionary version of :class:`ForegroundNormalize`."""
 
-    def __init__(self, keys: KeysCollection, method: str = "otsu", lower: float = 0.5, upper: float = 99.5,
-                 clip_sd: float = 10.0, outside: str = "zero", allow_missing_keys: bool = False) -> None:  # fmt: skip
+    def __init__(
+        self,
+        keys: KeysCollection,
+        method: str = "otsu",
+        lower: float = 0.5,
+        upper: float = 99.5,
+        clip_sd: float = 10.0,
+        outside: str = "zero",
+        allow_missing_keys: bool = False,
+    ) -> None:
         super().__init__(keys, allow_missing_keys)
         self.norm = ForegroundNormalize(method, lower, upper, clip_sd, outside)
 

@@ -62,19 +62,25 @@ class OneHot(Transform):
         name = type(self).__name__
         if regions is None and num_classes is None:
             raise ValueError(f"{name}: give num_classes= (one-hot) or regions=[[...], ...] (region channels)")
-        if num_classes is not None and (isinstance(num_classes, bool) or int(num_classes) != num_classes or num_classes < 1):
+        if num_classes is not None and (
+            isinstance(num_classes, bool) or int(num_classes) != num_classes or num_classes < 1
+        ):
             raise ValueError(f"{name}: num_classes must be a positive int, got {num_classes!r}")
         self.num_classes = None if num_classes is None else int(num_classes)
         if regions is not None:
-            if isinstance(regions, (str, bytes)) or not len(regions) or any(
-                isinstance(r, (str, bytes)) or not len(r) for r in regions
+            if (
+                isinstance(regions, (str, bytes))
+                or not len(regions)
+                or any(isinstance(r, (str, bytes)) or not len(r) for r in regions)
             ):
                 raise ValueError(f"{name}: regions must be a list of non-empty lists of label values, got {regions!r}")
             regions = [sorted({int(v) for v in r}) for r in regions]
             if self.num_classes is not None:
                 out = sorted({v for r in regions for v in r if not 0 <= v < self.num_classes})
                 if out:
-                    raise ValueError(f"{name}: regions list values {out} outside 0..{self.num_classes - 1} (num_classes)")
+                    raise ValueError(
+                        f"{name}: regions list values {out} outside 0..{self.num_classes - 1} (num_classes)"
+                    )
                 self.allowed = list(range(self.num_classes))
             else:
                 self.allowed = sorted({0} | {v for r in regions for v in r})
@@ -146,7 +152,13 @@ class RegionsToLabelsd(MapTransform):
         order = sorted(range(len(regs)), key=lambda i: -len(regs[i]))
         self.paint: list[tuple[int, int]] = []
         for i in order:
-            smaller = set().union(*[set(regs[j]) for j in range(len(regs)) if j != i and len(regs[j]) < len(regs[i]) and set(regs[j]) <= set(regs[i])])
+            smaller = set().union(
+                *[
+                    set(regs[j])
+                    for j in range(len(regs))
+                    if j != i and len(regs[j]) < len(regs[i]) and set(regs[j]) <= set(regs[i])
+                ]
+            )
             own = [v for v in regs[i] if v not in smaller] or regs[i]
             self.paint.append((i, min(own)))
 

@@ -37,7 +37,9 @@ def allowed_values(num_classes: int | None, labels: Sequence[int] | None, owner:
         raise ValueError(f"{owner}: give num_classes= or labels=, not both (got {num_classes!r} and {labels!r})")
     if num_classes is not None:
         if isinstance(num_classes, bool) or not isinstance(num_classes, (int, np.integer)) or num_classes < 1:
-            raise ValueError(f"{owner}: num_classes must be a positive int (classes 0..num_classes-1), got {num_classes!r}")
+            raise ValueError(
+                f"{owner}: num_classes must be a positive int (classes 0..num_classes-1), got {num_classes!r}"
+            )
         return list(range(int(num_classes)))
     if labels is not None:
         vals = [float(v) for v in labels]
@@ -68,7 +70,9 @@ def _parse_remap(remap: Any) -> dict[int | float, int | float]:
     try:
         return {_number(k): _number(v) for k, v in remap.items()}
     except (TypeError, ValueError) as e:
-        raise ValueError(f"remap={remap!r}: keys and values must be numbers (or numeric strings), e.g. {{255: 1}}") from e
+        raise ValueError(
+            f"remap={remap!r}: keys and values must be numbers (or numeric strings), e.g. {{255: 1}}"
+        ) from e
 
 
 class ValidateLabel(Transform):
@@ -153,13 +157,17 @@ class ValidateLabeld(MapTransform):
         super().__init__(keys, allow_missing_keys)
         self.validator = ValidateLabel(num_classes=num_classes, labels=labels, remap=remap, dtype=dtype)
         self.image_key = image_key
-        self.affine_tolerance = None if affine_tolerance is None or affine_tolerance is False else float(affine_tolerance)
+        self.affine_tolerance = (
+            None if affine_tolerance is None or affine_tolerance is False else float(affine_tolerance)
+        )
 
     def _check_affine(self, label: Any, image: Any, name: str) -> None:
         la, ia = getattr(label, "affine", None), getattr(image, "affine", None)
         if self.affine_tolerance is None or la is None or ia is None:
             return
-        la, ia = (np.asarray(a.detach().cpu() if isinstance(a, torch.Tensor) else a, dtype=np.float64) for a in (la, ia))
+        la, ia = (
+            np.asarray(a.detach().cpu() if isinstance(a, torch.Tensor) else a, dtype=np.float64) for a in (la, ia)
+        )
         if la.shape != ia.shape:
             return  # different spatial dims: the shape check reports it
         diff = float(np.abs(la - ia).max())
@@ -206,7 +214,9 @@ class ValidateLabeld(MapTransform):
         return d
 
 
-def check_spacing(spacing: Sequence[float], name: str, spacing_range: Sequence[float] = SPACING_RANGE_MM) -> list[float]:
+def check_spacing(
+    spacing: Sequence[float], name: str, spacing_range: Sequence[float] = SPACING_RANGE_MM
+) -> list[float]:
     """``spacing`` as floats; a ``ValueError`` naming ``name`` when a value is not finite or lies outside
     ``spacing_range`` (mm)."""
     lo, hi = (float(v) for v in spacing_range)
@@ -230,12 +240,15 @@ class ValidateSpacingd(MapTransform):
         spacing_range: ``(lowest, highest)`` voxel size in mm.
     """
 
-    def __init__(self, keys: KeysCollection, spacing_range: Sequence[float] = SPACING_RANGE_MM,
-                 allow_missing_keys: bool = False) -> None:  # fmt: skip
+    def __init__(
+        self, keys: KeysCollection, spacing_range: Sequence[float] = SPACING_RANGE_MM, allow_missing_keys: bool = False
+    ) -> None:
         super().__init__(keys, allow_missing_keys)
         lo, hi = (float(v) for v in spacing_range)
         if not 0 < lo < hi:
-            raise ValueError(f"spacing_range must be (lowest, highest) with 0 < lowest < highest, got {spacing_range!r}")
+            raise ValueError(
+                f"spacing_range must be (lowest, highest) with 0 < lowest < highest, got {spacing_range!r}"
+            )
         self.spacing_range = (lo, hi)
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
