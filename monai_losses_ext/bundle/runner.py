@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
+from ..bundles import bundles_root as bundles_root_default
 from .handlers import EpochProgress
 
 REPO = Path(__file__).resolve().parents[2]
@@ -23,16 +24,16 @@ BUNDLES = {"lesion": "lesion_segmentation", "tumour": "tumour_segmentation"}
 
 
 def bundle_dir(task: str, bundles_root: str | Path | None = None) -> Path:
-    """The bundle of ``task`` (``lesion`` or ``tumour``) under ``bundles_root`` (default: the ``bundles/``
-    folder of this repository checkout)."""
+    """The bundle of ``task`` (``lesion`` or ``tumour``) under ``bundles_root`` (default: the shipped bundles, see
+    :func:`monai_losses_ext.bundles.bundles_root`: a clone's ``bundles/`` or the copy inside the wheel)."""
     if task not in BUNDLES:
         raise ValueError(f"task={task!r}: use 'lesion' or 'tumour'")
-    root = Path(bundles_root) if bundles_root else REPO / "bundles"
+    root = Path(bundles_root) if bundles_root else bundles_root_default()
     path = root / BUNDLES[task]
     if not (path / "configs" / "train.json").is_file():
         raise FileNotFoundError(
-            f"bundle '{BUNDLES[task]}' not found under '{root}'. The bundles ship with the repository, not the "
-            "wheel: run from a clone of monai-losses-ext or pass --bundles <clone>/bundles"
+            f"bundle '{BUNDLES[task]}' not found under '{root}': pass the folder that holds it (a clone's bundles/, "
+            "or a folder written by `python -m monai_losses_ext.bundles export`) with --bundles"
         )
     return path
 
