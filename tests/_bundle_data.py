@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
+import sys
 from pathlib import Path
 
 import nibabel as nib
@@ -97,6 +99,19 @@ def command(root: Path, data_dir: Path, configs=("train.json",), task="lesion", 
     """The ``python -m monai.bundle run`` command of a tiny run (3 cases: 2 train, 1 validation)."""
     args = {**TINY, "dataset_dir": str(data_dir), "bundle_root": str(root), "max_cases": 3, "num_val": 1, **overrides}
     return bu.bundle_command(BUNDLES[task], list(configs), args)
+
+
+def free_port() -> int:
+    """A TCP port free on localhost (for a torchrun rendezvous)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def torchrun(launcher: list[str], root: Path, data_dir: Path, task="lesion", **overrides) -> list[str]:
+    """``torchrun <launcher> -m monai.bundle run`` on train.json + multi_gpu_train.json (see :func:`command`)."""
+    cmd = command(root, data_dir, ("train.json", "multi_gpu_train.json"), task, **overrides)
+    return [sys.executable, "-m", "torch.distributed.run", *launcher, *cmd[1:]]
 
 
 def env(extra_path: Path | None = None, **kv) -> dict:

@@ -9,14 +9,14 @@ import json
 import os
 import re
 import subprocess
-import sys
+from pathlib import Path
 
 import ignite  # noqa: E402,F401  (a declared dependency: missing means a broken install, not a skip)
 import nibabel as nib  # noqa: E402
 import numpy as np
 import pytest
 import torch
-from _bundle_data import BUNDLES, EVAL_KEYS, SHAPE, TINY, write_dataset  # noqa: E402
+from _bundle_data import BUNDLES, EVAL_KEYS, SHAPE, TINY, env, free_port, torchrun, write_dataset  # noqa: E402
 from monai.bundle import ConfigWorkflow  # noqa: E402
 
 from monai_losses_ext import bundle as bu  # noqa: E402
@@ -161,55 +161,58 @@ def test_interrupted_run_resumes(data, tmp_path):
     assert w3.parser.get_parsed_content("train#trainer").state.iteration == 2
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("task", ["lesion", "tumour"])
-def test_multi_gpu_train_two_cpu_processes(task, data, tmp_path):
-    import socket
-
-    with socket.socket() as s:  # a free port for the rendezvous
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    bundle = BUNDLES[task]
-    args = {
-        **TINY,
-        "dataset_dir": str(data[task]),
-        "bundle_root": str(tmp_path),
-        "max_cases": 4,
-        "num_val": 1,
-        "epochs": 1,
-    }
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--nproc_per_node",
-        "2",
-        "--master_addr",
-        "127.0.0.1",
-        "--master_port",
-        str(port),
-        "-m",
-        "monai.bundle",
-        "run",
-        "--config_file",
-        str([str(bundle / "configs" / "train.json"), str(bundle / "configs" / "multi_gpu_train.json")]),
-        "--meta_file",
-        str(bundle / "configs" / "metadata.json"),
-        "--logging_file",
-        str(bundle / "configs" / "logging.conf"),
-    ]
-    for k, v in args.items():
-        cmd += [f"--{k}", json.dumps(v) if not isinstance(v, bool) else str(v)]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    res = subprocess.run(cmd, capture_output=True, text=True, timeout=240, env=env)
-    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
-    assert (tmp_path / "models" / "checkpoint_epoch=1.pt").exists()
-    hist, val = bu.read_history(str(tmp_path / "logs" / "history.jsonl"))
+def _check_two_rank_run(root: Path) -> None:
+    """A 1-epoch run of 3 training cases over 2 ranks: one checkpoint, rank 0's history, no DDP prefix."""
+    assert (root / "models" / "checkpoint_epoch=1.pt").exists()
+    hist, val = bu.read_history(str(root / "logs" / "history.jsonl"))
     # 3 training cases over 2 ranks (padded to 4 by the DistributedSampler), batch 1: 2 iterations per rank
     assert [(r["epoch"], r["iteration"]) for r in hist] == [(1, 2)]
     assert len(val) == 1  # only rank 0 writes
-    ckpt = torch.load(str(tmp_path / "models" / "model.pt"), map_location="cpu", weights_only=True)
+    ckpt = torch.load(str(root / "models" / "model.pt"), map_location="cpu", weights_only=True)
     assert not any(k.startswith("module.") for k in ckpt)  # DDP wrapper stripped
+
+
+TWO_RANKS = {"max_cases": 4, "num_val": 1, "epochs": 1}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("task", ["lesion", "tumour"])
+def test_multi_gpu_train_two_cpu_processes(task, data, tmp_path):
+    launcher = ["--nproc_per_node", "2", "--master_addr", "127.0.0.1", "--master_port", str(free_port())]
+    cmd = torchrun(launcher, tmp_path, data[task], task, **TWO_RANKS)
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=240, env=env(), cwd=str(BUNDLES[task]))
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    _check_two_rank_run(tmp_path)
+
+
+@pytest.mark.slow
+def test_two_nodes_through_the_rendezvous(data, tmp_path):
+    """``torchrun --nnodes 2`` as on a cluster: two launchers (one per "node", one process each) meet through the
+    c10d rendezvous on localhost and train as one 2-rank job; node ranks are assigned by the rendezvous."""
+    launcher = [
+        "--nnodes",
+        "2",
+        "--nproc_per_node",
+        "1",
+        "--rdzv_backend",
+        "c10d",
+        "--max_restarts",
+        "0",
+        "--rdzv_endpoint",
+        f"127.0.0.1:{free_port()}",
+        "--rdzv_id",
+        f"mle-{os.getpid()}",
+    ]
+    cmd = torchrun(launcher, tmp_path, data["lesion"], "lesion", **TWO_RANKS)
+    nodes = [
+        subprocess.Popen(
+            cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env(), cwd=str(BUNDLES["lesion"])
+        )
+        for _ in range(2)
+    ]
+    outs = [p.communicate(timeout=300)[0] for p in nodes]
+    assert [p.returncode for p in nodes] == [0, 0], "\n----\n".join(o[-3000:] for o in outs)
+    _check_two_rank_run(tmp_path)
 
 
 @pytest.mark.parametrize(
