@@ -25,7 +25,16 @@ __all__ = ["WeightedCELoss", "WeightedBCELoss", "FocalLoss", "TopKCELoss", "cros
 
 
 def masked_mean(num: torch.Tensor, den: torch.Tensor | float, distributed: bool) -> torch.Tensor:
-    """num / den where both are totals over this rank; pooled over ranks when distributed."""
+    """num / den where both are totals over this rank; pooled over ranks when distributed.
+
+    Args:
+        num: the numerator, a total over this rank's terms.
+        den: the normaliser, a total over this rank (a count or a sum of weights); clamped away from 0.
+        distributed: sum ``num`` and ``den`` over every rank of an initialised process group first.
+
+    Returns:
+        The 0-d ratio, in the dtype of ``num``.
+    """
     num = all_reduce_sum(num, distributed)
     if not isinstance(den, torch.Tensor):
         den = torch.tensor(float(den), device=num.device, dtype=num.dtype)
@@ -33,12 +42,23 @@ def masked_mean(num: torch.Tensor, den: torch.Tensor | float, distributed: bool)
     return num / den.clamp_min(torch.finfo(num.dtype).tiny)
 
 
-def cross_entropy_map(prep: Prepared, weight: torch.Tensor | None, label_smoothing: float) -> tuple:
+def cross_entropy_map(
+    prep: Prepared, weight: torch.Tensor | None, label_smoothing: float
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-voxel (B, N) cross-entropy and its per-voxel normaliser, as torch.nn.CrossEntropyLoss defines them.
 
     Index targets: loss_i weighted by weight[t_i], normaliser weight[t_i] (0 where ignored).
     Dense (probability) targets: normaliser 1 per valid voxel, as PyTorch's mean for probability targets.
     C == 1: binary cross-entropy with logits, ``weight`` as pos_weight, no label smoothing (as MONAI's DiceCELoss).
+
+    Args:
+        prep: the prepared input (logits) and target.
+        weight: one weight per class (the pos_weight for C == 1), or None.
+        label_smoothing: as ``torch.nn.CrossEntropyLoss``, in ``[0, 1]``; unused for C == 1.
+
+    Returns:
+        ``(loss, norm)``, both ``(B, N)``: the weighted per-voxel loss and the per-voxel normaliser of the mean,
+        0 at ignored voxels.
     """
     x = prep.x
     dt = compute_dtype(x)
@@ -125,6 +145,39 @@ class WeightedCELoss(LossBase):
     probabilities (B, C, ...). One output channel: binary cross-entropy with logits, ``weight`` as pos_weight.
     With ``distributed=True`` the weighted mean runs over every rank's voxels.
     Empty patch: the background voxels' CE; no special case is needed.
+
+    Shapes: ``input`` ``(B, C, *spatial)`` logits (the softmax is applied inside; there is no activation
+    argument); ``target`` ``(B, 1, *spatial)`` index labels (recognised from the shape) or ``(B, C, *spatial)``
+    class probabilities. ``reduction="none"`` returns the per-voxel loss ``(B, *spatial)``, 0 at ignored voxels.
+
+    Args:
+        weight: one weight ``>= 0`` per class, as ``torch.nn.CrossEntropyLoss``'s ``weight``; None: all 1. For a
+            single-channel input, the BCE ``pos_weight``.
+        ignore_index: label of the voxels to leave out of the loss and of the mean's normaliser; None: every
+            voxel counts. With index labels, the voxels holding it (it may lie outside ``[0, C)``, e.g. 255);
+            with a C-channel target, the voxels where channel ``ignore_index`` is nonzero or, if it is not a
+            channel index, the voxels whose target is zero in every channel.
+        label_smoothing: in ``[0, 1]``, as ``torch.nn.CrossEntropyLoss``: the target is mixed with the uniform
+            distribution over the C classes. Not used for a single-channel input.
+        reduction: ``"mean"``: the weighted mean over the valid voxels (normalised by ``sum_i w[t_i]`` for index
+            labels, by the number of valid voxels for probability targets); ``"sum"``: the sum of the weighted
+            per-voxel losses; ``"none"``: the per-voxel map.
+        distributed: for DDP (an initialised process group with more than one rank): the sum and the mean's
+            normaliser run over every rank's voxels. No effect in a single process.
+        validate: run the value checks on every call (NaN/Inf input, label range, target range), each a
+            reduction over the tensor and a host-device synchronisation. ``False`` skips them; the shape checks
+            always run.
+
+    Raises:
+        ValueError: at construction: ``reduction`` is not ``"mean"``, ``"sum"`` or ``"none"``; ``label_smoothing``
+            lies outside ``[0, 1]``; ``weight`` has more than one dimension, or holds negative or non-finite
+            values.
+        ValueError: at call time: the shapes do not match (``input`` ``(B, C, *spatial)``, ``target``
+            ``(B, 1, *spatial)`` or ``(B, C, *spatial)``); ``weight`` does not have one value per channel
+            (C > 1); with ``validate=True`` also NaN/Inf values, non-integer or out-of-range index labels (other
+            than ``ignore_index``), or a dense target outside ``[0, 1]``.
+        TypeError: ``ignore_index`` is not an int (construction); ``input`` or ``target`` is not a tensor, or
+            ``input`` is not floating point (call).
     """
 
     probabilities = False
@@ -147,6 +200,7 @@ class WeightedCELoss(LossBase):
         self._register_class_vector("class_weight", weight)
 
     def from_prepared(self, prep: Prepared) -> torch.Tensor:
+        """The weighted cross-entropy of an already prepared input (see the class for the reductions)."""
         w = self.class_weight
         if w is not None and w.ndim == 1 and prep.num_classes > 1 and w.numel() != prep.num_classes:
             raise ValueError(f"weight has {w.numel()} values but the input has {prep.num_classes} classes.")
@@ -170,6 +224,42 @@ class WeightedBCELoss(LossBase):
     negatives at the price of more false positives. For a lesion occupying a fraction f of the volume,
     beta = (1 - f) / f balances the two classes. Index labels are accepted with ``to_onehot_y=True``.
     Empty patch: the background term only.
+
+    Shapes: ``input`` ``(B, C, *spatial)`` logits (the sigmoid is applied inside); ``target`` ``(B, C, *spatial)``
+    in ``[0, 1]``, or ``(B, 1, *spatial)`` index labels with ``to_onehot_y=True`` (expanded to a one-hot outside
+    autograd, since every channel's target is needed). ``reduction="none"`` returns the per-voxel, per-channel
+    loss ``(B, C, *spatial)``, 0 at ignored voxels.
+
+    Args:
+        pos_weight: beta, the weight ``>= 0`` of the positive (lesion) voxels: a scalar, or one value per channel.
+            1 (the default) is the plain BCE.
+        to_onehot_y: ``True``: a ``(B, 1, *spatial)`` target holds index labels of a multi-channel input.
+            ``False``: the target has one channel per input channel.
+        reduction: ``"mean"``: the mean over every (sample, channel, valid voxel); ``"sum"``: their sum;
+            ``"none"``: the per-voxel map.
+        ignore_index: label of the voxels to leave out of the loss and of the mean's normaliser; None: every
+            voxel counts. With index labels, the voxels holding it (it may lie outside ``[0, C)``, e.g. 255);
+            with a C-channel target, the voxels where channel ``ignore_index`` is nonzero or, if it is not a
+            channel index, the voxels whose target is zero in every channel.
+        distributed: for DDP (an initialised process group with more than one rank): the sum and the mean's
+            count run over every rank's voxels. No effect in a single process.
+        validate: run the value checks on every call (NaN/Inf input, label range, target range), each a
+            reduction over the tensor and a host-device synchronisation. ``False`` skips them; the shape checks
+            always run.
+
+    Raises:
+        ValueError: at construction: ``reduction`` is not ``"mean"``, ``"sum"`` or ``"none"``; ``pos_weight`` is
+            not a scalar or 1-D, or holds negative or non-finite values.
+        ValueError: at call time: the shapes do not match (``input`` ``(B, C, *spatial)``, ``target``
+            ``(B, 1, *spatial)`` or ``(B, C, *spatial)``); a one-channel target for a multi-channel input
+            without ``to_onehot_y=True``, or a multi-channel target with it; a 1-D ``pos_weight`` without one
+            value per channel; with ``validate=True`` also NaN/Inf values, non-integer or out-of-range index
+            labels (other than ``ignore_index``), or a dense target outside ``[0, 1]``.
+        TypeError: ``ignore_index`` is not an int (construction); ``input`` or ``target`` is not a tensor, or
+            ``input`` is not floating point (call).
+
+    Warns:
+        UserWarning: ``to_onehot_y=True`` with a single-channel input (the flag is ignored).
     """
 
     probabilities = False
@@ -193,6 +283,7 @@ class WeightedBCELoss(LossBase):
         self._register_class_vector("pos_weight", pos_weight)
 
     def from_prepared(self, prep: Prepared) -> torch.Tensor:
+        """The weighted BCE of an already prepared input (see the class for the reductions)."""
         x = prep.x
         dt = compute_dtype(x)
         c = prep.num_classes
@@ -439,6 +530,58 @@ class FocalLoss(LossBase):
     ``use_softmax=True``: ``-(1 - p_c)^gamma g_c log p_c``; scalar alpha gives [1 - alpha, alpha, ...] per class.
     ``weight`` scales each class. The fused kernel keeps only logits and target for backward.
     Empty patch: background terms only, shrunk by the focal factor as the prediction becomes confident.
+
+    Shapes: ``input`` ``(B, C, *spatial)`` logits (the activation is applied inside); ``target``
+    ``(B, C, *spatial)`` in ``[0, 1]``, or ``(B, 1, *spatial)`` index labels with ``to_onehot_y=True``.
+    ``reduction="none"`` returns the per-voxel, per-class terms ``(B, C, *spatial)``; ``C`` counts the scored
+    classes (one less with ``include_background=False``).
+
+    Args:
+        include_background: whether channel 0 (background) is scored. With ``False`` and more than one channel,
+            channel 0 is dropped from input and target before the activation (as MONAI: with ``use_softmax`` the
+            softmax then runs over the remaining channels). Ignored, with a warning, for a single channel.
+        to_onehot_y: ``True``: a ``(B, 1, *spatial)`` target holds index labels of a multi-channel input.
+            ``False``: the target has one channel per input channel.
+        gamma: the focusing exponent, ``>= 0``; 0 gives the (alpha-weighted) cross-entropy, larger values
+            down-weight the voxels that are already well classified.
+        alpha: balance factor in ``[0, 1]``; None: none. A scalar: with sigmoid, ``alpha`` on the positives and
+            ``1 - alpha`` on the negatives; with softmax, ``1 - alpha`` for class 0 and ``alpha`` for the other
+            classes (ignored, with a warning, when ``include_background=False``). A sequence, one value per
+            scored class: with sigmoid, the factor of each class's positives (negatives keep 1); with softmax,
+            the factor of each class.
+        weight: factor of each scored class's terms: a scalar, or one value ``>= 0`` per scored class (a
+            sequence needs more than one channel); None: all 1.
+        reduction: ``"mean"``: the mean over every (sample, class, voxel) term; ``"sum"``: as MONAI, the sum
+            over (sample, class) of the spatial means; ``"none"``: the per-voxel terms.
+        use_softmax: ``False``: sigmoid focal loss per channel (binary or overlapping channels); ``True``:
+            softmax focal loss over the channels (mutually exclusive classes).
+        ignore_index: label of the voxels to leave out of the loss and of the spatial means; None: every
+            voxel counts. With index labels, the voxels holding it (it may lie outside ``[0, C)``, e.g. 255);
+            with a C-channel target, the voxels where channel ``ignore_index`` is nonzero or, if it is not a
+            channel index, the voxels whose target is zero in every channel.
+        distributed: for DDP (an initialised process group with more than one rank): the sum and the mean's
+            normaliser run over every rank's voxels. No effect in a single process.
+        validate: run the value checks on every call (NaN/Inf input, label range, target range), each a
+            reduction over the tensor and a host-device synchronisation. ``False`` skips them; the shape checks
+            always run.
+
+    Raises:
+        ValueError: at construction: ``reduction`` is not ``"mean"``, ``"sum"`` or ``"none"``; ``gamma < 0``;
+            ``alpha`` lies outside ``[0, 1]``; ``alpha`` or ``weight`` is not a scalar or 1-D, or holds negative
+            or non-finite values.
+        ValueError: at call time: the shapes do not match (``input`` ``(B, C, *spatial)``, ``target``
+            ``(B, 1, *spatial)`` or ``(B, C, *spatial)``); a one-channel target for a multi-channel input
+            without ``to_onehot_y=True``, or a multi-channel target with it; a sequence ``alpha`` or ``weight``
+            without one value per scored class, or a sequence ``weight`` with a single-channel input; with
+            ``validate=True`` also NaN/Inf values, non-integer or out-of-range index labels (other than
+            ``ignore_index``), or a dense target outside ``[0, 1]``.
+        TypeError: ``ignore_index`` is not an int (construction); ``input`` or ``target`` is not a tensor, or
+            ``input`` is not floating point (call).
+
+    Warns:
+        UserWarning: a single-channel input with ``include_background=False`` or ``to_onehot_y=True`` (the flag
+            is ignored); a scalar ``alpha`` with ``use_softmax=True`` and ``include_background=False`` (alpha is
+            ignored).
     """
 
     probabilities = False
@@ -474,6 +617,7 @@ class FocalLoss(LossBase):
         self._register_class_vector("class_weight", weight)
 
     def from_prepared(self, prep: Prepared) -> torch.Tensor:
+        """The focal loss of an already prepared input (see the class for the reductions)."""
         c = prep.num_classes
         first = self._first_kept(c)
         if first:
@@ -528,6 +672,40 @@ class TopKCELoss(LossBase):
     With ``distributed=True`` the k% are chosen over every rank's voxels (exact: the global threshold is found
     from each rank's candidates, ties split in rank order), so 2 ranks x batch 2 equals 1 process x batch 4.
     Empty patch: the hardest background voxels.
+
+    Shapes: ``input`` ``(B, C, *spatial)`` logits (softmax inside; a single channel is read as binary logits,
+    BCE); ``target`` ``(B, 1, *spatial)`` index labels (recognised from the shape) or ``(B, C, *spatial)``
+    class probabilities. There is no ``reduction``: the result is always a scalar, the sum of the chosen
+    voxels' (weighted) CE divided by their number ``k`` (not by their weights).
+
+    Args:
+        k: the percentage of the batch's valid voxels kept, in ``(0, 100]``: the ``ceil(k% of n)`` voxels with
+            the largest CE. 100 keeps every voxel: the mean CE (divided by the voxel count, even with ``weight``).
+        weight: one weight ``>= 0`` per class, as ``torch.nn.CrossEntropyLoss``'s ``weight``; None: all 1.
+            For a single-channel input, the BCE ``pos_weight``.
+        ignore_index: label of the voxels to leave out of the ranking (they are never chosen); None: every voxel
+            counts. With index labels, the voxels holding it (it may lie outside ``[0, C)``, e.g. 255);
+            with a C-channel target, the voxels where channel ``ignore_index`` is nonzero or, if it is not a
+            channel index, the voxels whose target is zero in every channel.
+        label_smoothing: in ``[0, 1]``, as ``torch.nn.CrossEntropyLoss``; not used for a single-channel input.
+            Not checked at construction: torch raises at call time.
+        distributed: for DDP (an initialised process group with more than one rank): the k% are chosen over
+            every rank's voxels, exactly. No effect in a single process.
+        validate: run the value checks on every call (NaN/Inf input, label range, target range), each a
+            reduction over the tensor and a host-device synchronisation. ``False`` skips them; the shape checks
+            always run.
+
+    Raises:
+        ValueError: at construction: ``k`` lies outside ``(0, 100]``; ``weight`` has more than one dimension, or
+            holds negative or non-finite values.
+        ValueError: at call time: the shapes do not match (``input`` ``(B, C, *spatial)``, ``target``
+            ``(B, 1, *spatial)`` or ``(B, C, *spatial)``); with ``validate=True`` also NaN/Inf values,
+            non-integer or out-of-range index labels (other than ``ignore_index``), or a dense target outside
+            ``[0, 1]``.
+        TypeError: ``ignore_index`` is not an int (construction); ``input`` or ``target`` is not a tensor, or
+            ``input`` is not floating point (call).
+        RuntimeError: at call time, from ``torch.nn.functional.cross_entropy`` (C > 1): ``label_smoothing``
+            outside ``[0, 1]``, or ``weight`` without one value per class.
     """
 
     probabilities = False
@@ -549,6 +727,7 @@ class TopKCELoss(LossBase):
         self._register_class_vector("class_weight", weight)
 
     def from_prepared(self, prep: Prepared) -> torch.Tensor:
+        """The mean cross-entropy of the hardest k% voxels of an already prepared input, a 0-d tensor."""
         # rank every voxel without a graph, then recompute the cross-entropy with autograd on the chosen ones
         # only: the graph (and the backward work) is k% of the volume, not all of it
         with torch.no_grad():

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from abc import abstractmethod
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 
@@ -31,7 +32,67 @@ __all__ = [
 
 class RegionLoss(LossBase):
     """Base of the overlap losses. A subclass names the sums it needs (``moments``) and maps them to a
-    per-class loss in ``score``; input preparation, pooling, class weights and reduction live here."""
+    per-class loss in ``score``; input preparation, pooling, class weights and reduction live here.
+
+    ``reduction="none"`` returns the per-(sample, class) losses ``(B, C)`` (``(C,)`` with ``batch=True``),
+    reshaped to ``(B, C, 1, ..., 1)`` (one 1 per spatial dimension) when the class attribute
+    ``none_keeps_spatial`` is True, as MONAI's Dice does. ``C`` counts the scored classes.
+
+    Args:
+        include_background: whether channel 0 (background) is scored. With ``False`` and more than one
+            channel, channel 0 is dropped after the activation: it takes no weight and does not enter the mean.
+            Ignored, with a warning, for a single-channel input.
+        to_onehot_y: ``True``: the target is ``(B, 1, *spatial)`` index labels (read as they are, never
+            expanded to a float one-hot). ``False``: the target already has one channel per input channel.
+        sigmoid: apply a sigmoid to the input: independent channels (binary tasks, overlapping regions such
+            as BraTS TC/WT/ET).
+        softmax: apply a softmax over the channels: mutually exclusive classes. Ignored, with a warning, for
+            a single channel.
+        other_act: any other activation, called on the input first (e.g. ``torch.tanh``). At most one of
+            ``sigmoid``, ``softmax`` and ``other_act``; with none of them the input is read as probabilities in
+            ``[0, 1]``.
+        reduction: ``"mean"`` averages the per-(sample, class) losses, ``"sum"`` adds them, ``"none"``
+            returns them (shapes above).
+        smooth_nr: added to the numerator of the score.
+        smooth_dr: added to the denominator of the score. With ``smooth_nr == smooth_dr`` (the defaults,
+            1e-5) a class empty in target and prediction scores a perfect match.
+        batch: ``False``: one score per sample and class, then reduced. ``True``: the sums are pooled over the
+            batch first (over every rank with ``distributed``), one score per class; steadier when a class is
+            small or absent in some patches.
+        weight: factor of each scored class's loss (after ``include_background``): a scalar or one value per
+            scored class, each ``>= 0``; None: all 1. Ignored when a single class is scored. The mean is not
+            renormalised by the weights.
+        soft_label: the target holds soft values in ``[0, 1]`` (label smoothing, averaged annotations):
+            ``TP = sum min(p, g)`` as in MONAI, and the sum-to-one check of softmax targets is skipped.
+        ignore_index: label of the voxels to leave out of every sum; None: every voxel counts. With index
+            labels, the voxels holding it (it may lie outside ``[0, C)``, e.g. 255); with a C-channel target, the
+            voxels where channel ``ignore_index`` is nonzero or, if it is not a channel index, the voxels whose
+            target is zero in every channel.
+        distributed: for DDP (an initialised process group with more than one rank): with ``batch=True``
+            the sums are pooled over every rank (an all-reduce that keeps autograd); otherwise the mean/sum runs
+            over every rank's samples. No effect in a single process.
+        validate: run the value checks on every call (NaN/Inf, probability range, label range, one-hot
+            sums), each a reduction over the tensor and a host-device synchronisation. ``False`` skips them;
+            the shape checks always run.
+
+    Raises:
+        ValueError: at construction: ``reduction`` is not ``"mean"``, ``"sum"`` or ``"none"``; more than one of
+            ``sigmoid``, ``softmax``, ``other_act`` is set; ``weight`` is not a scalar or 1-D, or holds negative
+            or non-finite values.
+        ValueError: at call time: the shapes do not match (``input`` ``(B, C, *spatial)``, ``target``
+            ``(B, 1, *spatial)`` or ``(B, C, *spatial)``); a one-channel target for a multi-channel input without
+            ``to_onehot_y=True``, or a multi-channel target with it; a 1-D ``weight`` without one value per
+            scored class; with ``validate=True`` also NaN/Inf values, input outside ``[0, 1]`` when no activation
+            is chosen, non-integer or out-of-range index labels (other than ``ignore_index``), a dense target
+            outside ``[0, 1]``, or, with ``softmax=True`` and ``soft_label=False``, a one-hot target that does
+            not sum to 1 over the channels.
+        TypeError: ``other_act`` is not callable or ``ignore_index`` is not an int (construction); ``input`` or
+            ``target`` is not a tensor, or ``input`` is not floating point (call).
+
+    Warns:
+        UserWarning: a single-channel input with ``include_background=False``, ``softmax=True`` or
+            ``to_onehot_y=True`` (the flag is ignored).
+    """
 
     moments: tuple[str, ...] = ("tp", "sp", "sg")
     none_keeps_spatial = True  # MONAI's Dice returns (B, C, 1, ..., 1) for reduction="none"; Tversky (B, C)
@@ -93,7 +154,9 @@ class RegionLoss(LossBase):
         """Per-class loss from the pooled sums; each overlap loss defines its formula here."""
 
 
-def dice_score(s, squared: bool, jaccard: bool, smooth_nr: float, smooth_dr: float) -> torch.Tensor:
+def dice_score(
+    s: dict[str, torch.Tensor], squared: bool, jaccard: bool, smooth_nr: float, smooth_dr: float
+) -> torch.Tensor:
     tp = s["tp"]
     union = s["sp2"] + s["sg2"] if squared else s["sp"] + s["sg"]
     if jaccard:  # written as MONAI does, so the smoothing terms weigh the same: 2 TP / 2 (TP + FP + FN)
@@ -101,7 +164,9 @@ def dice_score(s, squared: bool, jaccard: bool, smooth_nr: float, smooth_dr: flo
     return (2 * tp + smooth_nr) / (union + smooth_dr)
 
 
-def tversky_index(s, alpha: float, beta: float, smooth_nr: float, smooth_dr: float) -> torch.Tensor:
+def tversky_index(
+    s: dict[str, torch.Tensor], alpha: float, beta: float, smooth_nr: float, smooth_dr: float
+) -> torch.Tensor:
     tp = s["tp"]
     fp, fn = s["sp"] - tp, s["sg"] - tp
     return (tp + smooth_nr) / (tp + alpha * fp + beta * fn + smooth_dr)
@@ -122,6 +187,68 @@ class DiceLoss(RegionLoss):
     Empty patch: with smooth_nr == smooth_dr, a class absent from target and prediction scores 0; a class
     absent from the target but predicted scores close to 1 (per-sample Dice punishes every false positive
     in an empty patch; ``batch=True`` pools such patches with the rest of the batch).
+
+    Shapes: ``input`` ``(B, C, *spatial)``; ``target`` ``(B, 1, *spatial)`` index labels or ``(B, C, *spatial)``.
+    ``reduction="none"`` returns ``(B, C, 1, ..., 1)`` (``(C, 1, ..., 1)`` with ``batch=True``), one 1 per
+    spatial dimension, as MONAI does; ``C`` counts the scored classes.
+
+    Args:
+        include_background: whether channel 0 (background) is scored. With ``False`` and more than one
+            channel, channel 0 is dropped after the activation: it takes no weight and does not enter the mean.
+            Ignored, with a warning, for a single-channel input.
+        to_onehot_y: ``True``: the target is ``(B, 1, *spatial)`` index labels (read as they are, never
+            expanded to a float one-hot). ``False``: the target already has one channel per input channel.
+        sigmoid: apply a sigmoid to the input: independent channels (binary tasks, overlapping regions such
+            as BraTS TC/WT/ET).
+        softmax: apply a softmax over the channels: mutually exclusive classes. Ignored, with a warning, for
+            a single channel.
+        other_act: any other activation, called on the input first (e.g. ``torch.tanh``). At most one of
+            ``sigmoid``, ``softmax`` and ``other_act``; with none of them the input is read as probabilities in
+            ``[0, 1]``.
+        squared_pred: use the V-Net denominator ``sum p^2 + sum g^2`` instead of ``sum p + sum g``.
+        jaccard: compute the soft Jaccard (IoU) loss instead of Dice (see above).
+        reduction: ``"mean"`` averages the per-(sample, class) losses, ``"sum"`` adds them, ``"none"``
+            returns them (shapes above).
+        smooth_nr: added to the numerator of the score.
+        smooth_dr: added to the denominator of the score. With ``smooth_nr == smooth_dr`` (the defaults,
+            1e-5) a class empty in target and prediction scores a perfect match.
+        batch: ``False``: one score per sample and class, then reduced. ``True``: the sums are pooled over the
+            batch first (over every rank with ``distributed``), one score per class; steadier when a class is
+            small or absent in some patches.
+        weight: factor of each scored class's loss (after ``include_background``): a scalar or one value per
+            scored class, each ``>= 0``; None: all 1. Ignored when a single class is scored. The mean is not
+            renormalised by the weights.
+        soft_label: the target holds soft values in ``[0, 1]`` (label smoothing, averaged annotations):
+            ``TP = sum min(p, g)`` as in MONAI (with ``squared_pred`` TP stays ``sum p g``), and the sum-to-one
+            check of softmax targets is skipped.
+        ignore_index: label of the voxels to leave out of every sum; None: every voxel counts. With index
+            labels, the voxels holding it (it may lie outside ``[0, C)``, e.g. 255); with a C-channel target, the
+            voxels where channel ``ignore_index`` is nonzero or, if it is not a channel index, the voxels whose
+            target is zero in every channel.
+        distributed: for DDP (an initialised process group with more than one rank): with ``batch=True``
+            the sums are pooled over every rank (an all-reduce that keeps autograd); otherwise the mean/sum runs
+            over every rank's samples. No effect in a single process.
+        validate: run the value checks on every call (NaN/Inf, probability range, label range, one-hot
+            sums), each a reduction over the tensor and a host-device synchronisation. ``False`` skips them;
+            the shape checks always run.
+
+    Raises:
+        ValueError: at construction: ``reduction`` is not ``"mean"``, ``"sum"`` or ``"none"``; more than one of
+            ``sigmoid``, ``softmax``, ``other_act`` is set; ``weight`` is not a scalar or 1-D, or holds negative
+            or non-finite values.
+        ValueError: at call time: the shapes do not match (``input`` ``(B, C, *spatial)``, ``target``
+            ``(B, 1, *spatial)`` or ``(B, C, *spatial)``); a one-channel target for a multi-channel input without
+            ``to_onehot_y=True``, or a multi-channel target with it; a 1-D ``weight`` without one value per
+            scored class; with ``validate=True`` also NaN/Inf values, input outside ``[0, 1]`` when no activation
+            is chosen, non-integer or out-of-range index labels (other than ``ignore_index``), a dense target
+            outside ``[0, 1]``, or, with ``softmax=True`` and ``soft_label=False``, a one-hot target that does
+            not sum to 1 over the channels.
+        TypeError: ``other_act`` is not callable or ``ignore_index`` is not an int (construction); ``input`` or
+            ``target`` is not a tensor, or ``input`` is not floating point (call).
+
+    Warns:
+        UserWarning: a single-channel input with ``include_background=False``, ``softmax=True`` or
+            ``to_onehot_y=True`` (the flag is ignored).
     """
 
     def __init__(
@@ -163,15 +290,44 @@ class DiceLoss(RegionLoss):
         self.jaccard = jaccard
         self.moments = ("tp", "sp2", "sg2") if squared_pred else ("tp", "sp", "sg")
 
-    def score(self, s):
+    def score(self, s: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The Dice (with ``jaccard``: Jaccard) loss per class from the pooled sums: ``(B, C)``, ``(C,)`` with
+        ``batch``."""
         return 1 - dice_score(s, self.squared_pred, self.jaccard, self.smooth_nr, self.smooth_dr)
 
 
 class JaccardLoss(DiceLoss):
     """Soft Jaccard (IoU) loss: ``DiceLoss(jaccard=True)``, ``1 - (2 TP + smooth_nr) / (2 (TP + FP + FN) + smooth_dr)``
-    (MONAI's form of the smoothing)."""
+    (MONAI's form of the smoothing).
 
-    def __init__(self, *args, **kwargs) -> None:
+    Shapes and ``reduction="none"`` as ``DiceLoss``: ``(B, C, 1, ..., 1)``, ``(C, 1, ..., 1)`` with ``batch=True``.
+    Empty patch: as ``DiceLoss``.
+
+    Args:
+        *args: the positional arguments of ``DiceLoss``, in its order (``include_background``, ``to_onehot_y``,
+            ``sigmoid``, ``softmax``, ``other_act``, ``squared_pred``); ``jaccard`` must not be among them.
+        **kwargs: the keyword arguments of ``DiceLoss``; ``jaccard`` is always set to True.
+
+    Raises:
+        ValueError: at construction: ``reduction`` is not ``"mean"``, ``"sum"`` or ``"none"``; more than one of
+            ``sigmoid``, ``softmax``, ``other_act`` is set; ``weight`` is not a scalar or 1-D, or holds negative
+            or non-finite values.
+        ValueError: at call time: the shapes do not match (``input`` ``(B, C, *spatial)``, ``target``
+            ``(B, 1, *spatial)`` or ``(B, C, *spatial)``); a one-channel target for a multi-channel input without
+            ``to_onehot_y=True``, or a multi-channel target with it; a 1-D ``weight`` without one value per
+            scored class; with ``validate=True`` also NaN/Inf values, input outside ``[0, 1]`` when no activation
+            is chosen, non-integer or out-of-range index labels (other than ``ignore_index``), a dense target
+            outside ``[0, 1]``, or, with ``softmax=True`` and ``soft_label=False``, a one-hot target that does
+            not sum to 1 over the channels.
+        TypeError: ``other_act`` is not callable or ``ignore_index`` is not an int (construction); ``input`` or
+            ``target`` is not a tensor, or ``input`` is not floating point (call).
+
+    Warns:
+        UserWarning: a single-channel input with ``include_background=False``, ``softmax=True`` or
+            ``to_onehot_y=True`` (the flag is ignored).
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
         kwargs["jaccard"] = True
         super().__init__(*args, **kwargs)
 
@@ -182,6 +338,66 @@ class TverskyLoss(RegionLoss):
     ``1 - (TP + smooth_nr) / (TP + alpha FP + beta FN + smooth_dr)``: ``alpha`` weighs false positives,
     ``beta`` false negatives (beta > alpha favours recall, as for small lesions). alpha = beta = 0.5 is Dice.
     ``reduction="none"`` gives (B, C) as MONAI's does. Empty patch: as ``DiceLoss``.
+
+    Shapes: ``input`` ``(B, C, *spatial)``; ``target`` ``(B, 1, *spatial)`` index labels or ``(B, C, *spatial)``.
+    ``reduction="none"``: ``(B, C)``, or ``(C,)`` with ``batch=True``; ``C`` counts the scored classes.
+
+    Args:
+        include_background: whether channel 0 (background) is scored. With ``False`` and more than one
+            channel, channel 0 is dropped after the activation: it takes no weight and does not enter the mean.
+            Ignored, with a warning, for a single-channel input.
+        to_onehot_y: ``True``: the target is ``(B, 1, *spatial)`` index labels (read as they are, never
+            expanded to a float one-hot). ``False``: the target already has one channel per input channel.
+        sigmoid: apply a sigmoid to the input: independent channels (binary tasks, overlapping regions such
+            as BraTS TC/WT/ET).
+        softmax: apply a softmax over the channels: mutually exclusive classes. Ignored, with a warning, for
+            a single channel.
+        other_act: any other activation, called on the input first (e.g. ``torch.tanh``). At most one of
+            ``sigmoid``, ``softmax`` and ``other_act``; with none of them the input is read as probabilities in
+            ``[0, 1]``.
+        alpha: weight of the false positives, ``>= 0``.
+        beta: weight of the false negatives, ``>= 0``.
+        reduction: ``"mean"`` averages the per-(sample, class) losses, ``"sum"`` adds them, ``"none"``
+            returns them (shapes above).
+        smooth_nr: added to the numerator of the score.
+        smooth_dr: added to the denominator of the score. With ``smooth_nr == smooth_dr`` (the defaults,
+            1e-5) a class empty in target and prediction scores a perfect match.
+        batch: ``False``: one score per sample and class, then reduced. ``True``: the sums are pooled over the
+            batch first (over every rank with ``distributed``), one score per class; steadier when a class is
+            small or absent in some patches.
+        soft_label: the target holds soft values in ``[0, 1]`` (label smoothing, averaged annotations):
+            ``TP = sum min(p, g)`` as in MONAI, and the sum-to-one check of softmax targets is skipped.
+        ignore_index: label of the voxels to leave out of every sum; None: every voxel counts. With index
+            labels, the voxels holding it (it may lie outside ``[0, C)``, e.g. 255); with a C-channel target, the
+            voxels where channel ``ignore_index`` is nonzero or, if it is not a channel index, the voxels whose
+            target is zero in every channel.
+        weight: factor of each scored class's loss (after ``include_background``): a scalar or one value per
+            scored class, each ``>= 0``; None: all 1. Ignored when a single class is scored. The mean is not
+            renormalised by the weights.
+        distributed: for DDP (an initialised process group with more than one rank): with ``batch=True``
+            the sums are pooled over every rank (an all-reduce that keeps autograd); otherwise the mean/sum runs
+            over every rank's samples. No effect in a single process.
+        validate: run the value checks on every call (NaN/Inf, probability range, label range, one-hot
+            sums), each a reduction over the tensor and a host-device synchronisation. ``False`` skips them;
+            the shape checks always run.
+
+    Raises:
+        ValueError: at construction: ``reduction`` is not ``"mean"``, ``"sum"`` or ``"none"``; more than one of
+            ``sigmoid``, ``softmax``, ``other_act`` is set; ``weight`` is not a scalar or 1-D, or holds negative
+            or non-finite values; ``alpha`` or ``beta`` is negative.
+        ValueError: at call time: the shapes do not match (``input`` ``(B, C, *spatial)``, ``target``
+            ``(B, 1, *spatial)`` or ``(B, C, *spatial)``); a one-channel target for a multi-channel input without
+            ``to_onehot_y=True``, or a multi-channel target with it; a 1-D ``weight`` without one value per
+            scored class; with ``validate=True`` also NaN/Inf values, input outside ``[0, 1]`` when no activation
+            is chosen, non-integer or out-of-range index labels (other than ``ignore_index``), a dense target
+            outside ``[0, 1]``, or, with ``softmax=True`` and ``soft_label=False``, a one-hot target that does
+            not sum to 1 over the channels.
+        TypeError: ``other_act`` is not callable or ``ignore_index`` is not an int (construction); ``input`` or
+            ``target`` is not a tensor, or ``input`` is not floating point (call).
+
+    Warns:
+        UserWarning: a single-channel input with ``include_background=False``, ``softmax=True`` or
+            ``to_onehot_y=True`` (the flag is ignored).
     """
 
     none_keeps_spatial = False
@@ -226,7 +442,8 @@ class TverskyLoss(RegionLoss):
         self.alpha = float(alpha)
         self.beta = float(beta)
 
-    def score(self, s):
+    def score(self, s: dict[str, torch.Tensor]) -> torch.Tensor:
+        """``1 - TI`` per class from the pooled sums: ``(B, C)``, ``(C,)`` with ``batch``."""
         return 1 - tversky_index(s, self.alpha, self.beta, self.smooth_nr, self.smooth_dr)
 
 
@@ -238,15 +455,45 @@ class FocalTverskyLoss(TverskyLoss):
     here (the defaults). gamma < 1 keeps the gradient large near a good match, where small lesions live.
     At a perfect match the value is 0 and the gradient is taken as 0 (``safe_pow``), never infinite.
     Empty patch: as ``DiceLoss`` (0 for an empty class predicted empty).
+
+    Shapes and ``reduction="none"`` as ``TverskyLoss``: ``(B, C)``, ``(C,)`` with ``batch=True``.
+
+    Args:
+        *args: positional arguments of ``TverskyLoss``; only its first five (``include_background``,
+            ``to_onehot_y``, ``sigmoid``, ``softmax``, ``other_act``) may be given by position.
+        alpha: weight of the false positives in the Tversky index, ``>= 0``.
+        beta: weight of the false negatives in the Tversky index, ``>= 0``.
+        gamma: exponent applied to ``1 - TI``, ``> 0``; 1 gives ``TverskyLoss``.
+        **kwargs: the other keyword arguments of ``TverskyLoss`` (``reduction``, ``smooth_nr``, ``batch``,
+            ``weight``, ...).
+
+    Raises:
+        ValueError: at construction: ``reduction`` is not ``"mean"``, ``"sum"`` or ``"none"``; more than one of
+            ``sigmoid``, ``softmax``, ``other_act`` is set; ``weight`` is not a scalar or 1-D, or holds negative
+            or non-finite values; ``alpha`` or ``beta`` is negative, or ``gamma <= 0``.
+        ValueError: at call time: the shapes do not match (``input`` ``(B, C, *spatial)``, ``target``
+            ``(B, 1, *spatial)`` or ``(B, C, *spatial)``); a one-channel target for a multi-channel input without
+            ``to_onehot_y=True``, or a multi-channel target with it; a 1-D ``weight`` without one value per
+            scored class; with ``validate=True`` also NaN/Inf values, input outside ``[0, 1]`` when no activation
+            is chosen, non-integer or out-of-range index labels (other than ``ignore_index``), a dense target
+            outside ``[0, 1]``, or, with ``softmax=True`` and ``soft_label=False``, a one-hot target that does
+            not sum to 1 over the channels.
+        TypeError: ``other_act`` is not callable or ``ignore_index`` is not an int (construction); ``input`` or
+            ``target`` is not a tensor, or ``input`` is not floating point (call).
+
+    Warns:
+        UserWarning: a single-channel input with ``include_background=False``, ``softmax=True`` or
+            ``to_onehot_y=True`` (the flag is ignored).
     """
 
-    def __init__(self, *args, alpha: float = 0.3, beta: float = 0.7, gamma: float = 0.75, **kwargs) -> None:
+    def __init__(self, *args: Any, alpha: float = 0.3, beta: float = 0.7, gamma: float = 0.75, **kwargs: Any) -> None:
         super().__init__(*args, alpha=alpha, beta=beta, **kwargs)
         if gamma <= 0:
             raise ValueError(f"gamma must be > 0, got {gamma}.")
         self.gamma = float(gamma)
 
-    def score(self, s):
+    def score(self, s: dict[str, torch.Tensor]) -> torch.Tensor:
+        """``(1 - TI)^gamma`` per class from the pooled sums: ``(B, C)``, ``(C,)`` with ``batch``."""
         return safe_pow(super().score(s), self.gamma)
 
 
@@ -260,6 +507,62 @@ class GeneralizedDiceLoss(RegionLoss):
     Returns one value per sample: ``reduction="none"`` gives (B, 1, 1, ..., 1).
     Empty patch (all classes empty, e.g. include_background=False on a lesion-free patch): every weight is
     infinite, so all become 0 and the loss is 1 - smooth_nr / smooth_dr = 0 with the defaults.
+
+    Shapes: ``input`` ``(B, C, *spatial)``; ``target`` ``(B, 1, *spatial)`` index labels or ``(B, C, *spatial)``.
+    ``reduction="none"``: ``(B, 1, 1, ..., 1)`` (one 1 per spatial dimension), ``(1, 1, ..., 1)`` with
+    ``batch=True``; ``"mean"`` averages over the samples.
+
+    Args:
+        include_background: whether channel 0 (background) is scored. With ``False`` and more than one
+            channel, channel 0 is dropped after the activation and takes no part in the weights or the sums.
+            Ignored, with a warning, for a single-channel input.
+        to_onehot_y: ``True``: the target is ``(B, 1, *spatial)`` index labels (read as they are, never
+            expanded to a float one-hot). ``False``: the target already has one channel per input channel.
+        sigmoid: apply a sigmoid to the input: independent channels (binary tasks, overlapping regions such
+            as BraTS TC/WT/ET).
+        softmax: apply a softmax over the channels: mutually exclusive classes. Ignored, with a warning, for
+            a single channel.
+        other_act: any other activation, called on the input first (e.g. ``torch.tanh``). At most one of
+            ``sigmoid``, ``softmax`` and ``other_act``; with none of them the input is read as probabilities in
+            ``[0, 1]``.
+        w_type: class weights from the reference volume V of each class: ``"square"`` 1/V^2, ``"simple"`` 1/V,
+            ``"uniform"`` 1 (a ``Weight`` enum is accepted too).
+        reduction: ``"mean"`` averages the per-sample losses, ``"sum"`` adds them, ``"none"`` returns
+            them (shapes above).
+        smooth_nr: added to the numerator of the score.
+        smooth_dr: added to the denominator of the score. With ``smooth_nr == smooth_dr`` (the defaults,
+            1e-5) a class empty in target and prediction scores a perfect match.
+        batch: ``False``: one loss per sample. ``True``: the sums (and the class volumes of the weights) are
+            pooled over the batch first (over every rank with ``distributed``), one loss for the batch.
+        soft_label: the target holds soft values in ``[0, 1]``: ``TP = sum min(p, g)`` as in MONAI, and the
+            sum-to-one check of softmax targets is skipped.
+        ignore_index: label of the voxels to leave out of every sum; None: every voxel counts. With index
+            labels, the voxels holding it (it may lie outside ``[0, C)``, e.g. 255); with a C-channel target, the
+            voxels where channel ``ignore_index`` is nonzero or, if it is not a channel index, the voxels whose
+            target is zero in every channel.
+        distributed: for DDP (an initialised process group with more than one rank): with ``batch=True``
+            the sums are pooled over every rank (an all-reduce that keeps autograd); otherwise the mean/sum runs
+            over every rank's samples. No effect in a single process.
+        validate: run the value checks on every call (NaN/Inf, probability range, label range, one-hot
+            sums), each a reduction over the tensor and a host-device synchronisation. ``False`` skips them;
+            the shape checks always run.
+
+    Raises:
+        ValueError: at construction: ``reduction`` is not ``"mean"``, ``"sum"`` or ``"none"``; more than one of
+            ``sigmoid``, ``softmax``, ``other_act`` is set; ``w_type`` is not ``"square"``, ``"simple"`` or
+            ``"uniform"``.
+        ValueError: at call time: the shapes do not match (``input`` ``(B, C, *spatial)``, ``target``
+            ``(B, 1, *spatial)`` or ``(B, C, *spatial)``); a one-channel target for a multi-channel input without
+            ``to_onehot_y=True``, or a multi-channel target with it; with ``validate=True`` also NaN/Inf values,
+            input outside ``[0, 1]`` when no activation is chosen, non-integer or out-of-range index labels
+            (other than ``ignore_index``), a dense target outside ``[0, 1]``, or, with ``softmax=True`` and
+            ``soft_label=False``, a one-hot target that does not sum to 1 over the channels.
+        TypeError: ``other_act`` is not callable or ``ignore_index`` is not an int (construction); ``input`` or
+            ``target`` is not a tensor, or ``input`` is not floating point (call).
+
+    Warns:
+        UserWarning: a single-channel input with ``include_background=False``, ``softmax=True`` or
+            ``to_onehot_y=True`` (the flag is ignored).
     """
 
     def __init__(
@@ -300,7 +603,8 @@ class GeneralizedDiceLoss(RegionLoss):
             raise ValueError(f"w_type={w_type!r} is not supported: use 'square', 'simple' or 'uniform'.")
         self.w_type = w_type
 
-    def score(self, s):
+    def score(self, s: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The generalised Dice loss from the pooled sums, one value per sample: ``(B, 1)``, ``(1,)`` with ``batch``."""
         tp, sg = s["tp"], s["sg"]
         vol = sg.detach()
         if self.w_type == "square":
@@ -321,9 +625,71 @@ class GeneralizedDiceLoss(RegionLoss):
 class LogCoshDiceLoss(DiceLoss):
     """Log-cosh Dice loss (Jadon, 2020): ``log(cosh(dice_loss))`` per sample and class, a smoothed Dice loss
     whose gradient is small near the optimum. Same arguments as ``DiceLoss``; range [0, log cosh 1 = 0.434].
-    Empty patch: as ``DiceLoss``."""
+    Empty patch: as ``DiceLoss``.
 
-    def score(self, s):
+    Shapes and ``reduction="none"`` as ``DiceLoss``: ``(B, C, 1, ..., 1)``, ``(C, 1, ..., 1)`` with ``batch=True``.
+
+    Args:
+        include_background: whether channel 0 (background) is scored. With ``False`` and more than one
+            channel, channel 0 is dropped after the activation: it takes no weight and does not enter the mean.
+            Ignored, with a warning, for a single-channel input.
+        to_onehot_y: ``True``: the target is ``(B, 1, *spatial)`` index labels (read as they are, never
+            expanded to a float one-hot). ``False``: the target already has one channel per input channel.
+        sigmoid: apply a sigmoid to the input: independent channels (binary tasks, overlapping regions such
+            as BraTS TC/WT/ET).
+        softmax: apply a softmax over the channels: mutually exclusive classes. Ignored, with a warning, for
+            a single channel.
+        other_act: any other activation, called on the input first (e.g. ``torch.tanh``). At most one of
+            ``sigmoid``, ``softmax`` and ``other_act``; with none of them the input is read as probabilities in
+            ``[0, 1]``.
+        squared_pred: use the V-Net denominator ``sum p^2 + sum g^2`` instead of ``sum p + sum g``.
+        jaccard: take the log-cosh of the soft Jaccard (IoU) loss of ``DiceLoss`` instead of Dice.
+        reduction: ``"mean"`` averages the per-(sample, class) losses, ``"sum"`` adds them, ``"none"``
+            returns them (shapes above).
+        smooth_nr: added to the numerator of the score.
+        smooth_dr: added to the denominator of the score. With ``smooth_nr == smooth_dr`` (the defaults,
+            1e-5) a class empty in target and prediction scores a perfect match.
+        batch: ``False``: one score per sample and class, then reduced. ``True``: the sums are pooled over the
+            batch first (over every rank with ``distributed``), one score per class; steadier when a class is
+            small or absent in some patches.
+        weight: factor of each scored class's loss (after ``include_background``): a scalar or one value per
+            scored class, each ``>= 0``; None: all 1. Ignored when a single class is scored. The mean is not
+            renormalised by the weights.
+        soft_label: the target holds soft values in ``[0, 1]`` (label smoothing, averaged annotations):
+            ``TP = sum min(p, g)`` as in MONAI (with ``squared_pred`` TP stays ``sum p g``), and the sum-to-one
+            check of softmax targets is skipped.
+        ignore_index: label of the voxels to leave out of every sum; None: every voxel counts. With index
+            labels, the voxels holding it (it may lie outside ``[0, C)``, e.g. 255); with a C-channel target, the
+            voxels where channel ``ignore_index`` is nonzero or, if it is not a channel index, the voxels whose
+            target is zero in every channel.
+        distributed: for DDP (an initialised process group with more than one rank): with ``batch=True``
+            the sums are pooled over every rank (an all-reduce that keeps autograd); otherwise the mean/sum runs
+            over every rank's samples. No effect in a single process.
+        validate: run the value checks on every call (NaN/Inf, probability range, label range, one-hot
+            sums), each a reduction over the tensor and a host-device synchronisation. ``False`` skips them;
+            the shape checks always run.
+
+    Raises:
+        ValueError: at construction: ``reduction`` is not ``"mean"``, ``"sum"`` or ``"none"``; more than one of
+            ``sigmoid``, ``softmax``, ``other_act`` is set; ``weight`` is not a scalar or 1-D, or holds negative
+            or non-finite values.
+        ValueError: at call time: the shapes do not match (``input`` ``(B, C, *spatial)``, ``target``
+            ``(B, 1, *spatial)`` or ``(B, C, *spatial)``); a one-channel target for a multi-channel input without
+            ``to_onehot_y=True``, or a multi-channel target with it; a 1-D ``weight`` without one value per
+            scored class; with ``validate=True`` also NaN/Inf values, input outside ``[0, 1]`` when no activation
+            is chosen, non-integer or out-of-range index labels (other than ``ignore_index``), a dense target
+            outside ``[0, 1]``, or, with ``softmax=True`` and ``soft_label=False``, a one-hot target that does
+            not sum to 1 over the channels.
+        TypeError: ``other_act`` is not callable or ``ignore_index`` is not an int (construction); ``input`` or
+            ``target`` is not a tensor, or ``input`` is not floating point (call).
+
+    Warns:
+        UserWarning: a single-channel input with ``include_background=False``, ``softmax=True`` or
+            ``to_onehot_y=True`` (the flag is ignored).
+    """
+
+    def score(self, s: dict[str, torch.Tensor]) -> torch.Tensor:
+        """``log(cosh(dice_loss))`` per class from the pooled sums: ``(B, C)``, ``(C,)`` with ``batch``."""
         d = super().score(s)
         # log(cosh(d)) = d + log1p(exp(-2d)) - log 2, stable for any d
         return d + torch.nn.functional.softplus(-2 * d) - torch.log(torch.tensor(2.0, dtype=d.dtype))
@@ -337,18 +703,48 @@ class SensitivitySpecificityLoss(RegionLoss):
     (sensitivity), the second on the background (specificity); ``r`` trades them (paper: r = 0.05). Targets
     are read as binary (soft targets give the expansion ``sum g - 2 sum pg + sum p^2 g``).
     Empty patch: the sensitivity term is 0, the loss is the specificity error of the prediction.
+
+    Shapes: ``input`` ``(B, C, *spatial)``; ``target`` ``(B, 1, *spatial)`` index labels or ``(B, C, *spatial)``.
+    ``reduction="none"``: ``(B, C)``, or ``(C,)`` with ``batch=True``; ``C`` counts the scored classes.
+
+    Args:
+        *args: the positional arguments of ``RegionLoss``, in its order: ``include_background``,
+            ``to_onehot_y``, ``sigmoid``, ``softmax``, ``other_act``, ``reduction``, ``smooth_nr``, ``smooth_dr``,
+            ``batch``, ``weight``, ``soft_label``, ``ignore_index``, ``distributed``, ``validate`` (the same
+            meaning as for ``DiceLoss``; ``smooth_nr`` is not used by this loss).
+        r: weight of the sensitivity term, in ``[0, 1]``; ``1 - r`` weighs the specificity term.
+        **kwargs: the same arguments of ``RegionLoss`` by keyword.
+
+    Raises:
+        ValueError: at construction: ``reduction`` is not ``"mean"``, ``"sum"`` or ``"none"``; more than one of
+            ``sigmoid``, ``softmax``, ``other_act`` is set; ``weight`` is not a scalar or 1-D, or holds negative
+            or non-finite values; ``r`` lies outside ``[0, 1]``.
+        ValueError: at call time: the shapes do not match (``input`` ``(B, C, *spatial)``, ``target``
+            ``(B, 1, *spatial)`` or ``(B, C, *spatial)``); a one-channel target for a multi-channel input without
+            ``to_onehot_y=True``, or a multi-channel target with it; a 1-D ``weight`` without one value per
+            scored class; with ``validate=True`` also NaN/Inf values, input outside ``[0, 1]`` when no activation
+            is chosen, non-integer or out-of-range index labels (other than ``ignore_index``), a dense target
+            outside ``[0, 1]``, or, with ``softmax=True`` and ``soft_label=False``, a one-hot target that does
+            not sum to 1 over the channels.
+        TypeError: ``other_act`` is not callable or ``ignore_index`` is not an int (construction); ``input`` or
+            ``target`` is not a tensor, or ``input`` is not floating point (call).
+
+    Warns:
+        UserWarning: a single-channel input with ``include_background=False``, ``softmax=True`` or
+            ``to_onehot_y=True`` (the flag is ignored).
     """
 
     moments = ("tp", "sg", "sp2", "p2g", "n")
     none_keeps_spatial = False
 
-    def __init__(self, *args, r: float = 0.05, **kwargs) -> None:
+    def __init__(self, *args: Any, r: float = 0.05, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         if not 0 <= r <= 1:
             raise ValueError(f"r must lie in [0, 1], got {r}.")
         self.r = float(r)
 
-    def score(self, s):
+    def score(self, s: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The sensitivity-specificity loss per class from the pooled sums: ``(B, C)``, ``(C,)`` with ``batch``."""
         sens = (s["sg"] - 2 * s["tp"] + s["p2g"]) / (s["sg"] + self.smooth_dr)
         spec = (s["sp2"] - s["p2g"]) / (s["n"] - s["sg"] + self.smooth_dr)
         return self.r * sens + (1 - self.r) * spec
