@@ -23,7 +23,7 @@ it can be a validation metric in a bundle config next to ``MeanDice``.
 from __future__ import annotations
 
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -71,19 +71,49 @@ def _pair(pred: Any, truth: Any) -> tuple[np.ndarray, np.ndarray]:
     return p, t
 
 
-def dice_score(pred: Any, truth: Any) -> float:
-    """Voxel Dice ``2|P∩T| / (|P| + |T|)`` of two binary masks; 1.0 when both are empty."""
+def dice_score(pred: np.ndarray | torch.Tensor, truth: np.ndarray | torch.Tensor) -> float:
+    """Voxel Dice ``2|P∩T| / (|P| + |T|)`` of two binary masks; 1.0 when both are empty.
+
+    Args:
+        pred: the predicted mask of one class or region, bool or 0/1, any shape (no batch or channel dim).
+        truth: the ground-truth mask, same shape.
+
+    Returns:
+        The Dice score in ``[0, 1]``.
+
+    Raises:
+        ValueError: a mask holds values other than 0/1 (or bool), or the two masks differ in shape.
+    """
     p, t = _pair(pred, truth)
     denom = int(p.sum()) + int(t.sum())
     return 1.0 if denom == 0 else 2.0 * int(np.logical_and(p, t).sum()) / denom
 
 
-def hd95(pred: Any, truth: Any, spacing: float | Sequence[float] | None = None, percentile: float = 95.0) -> float:
+def hd95(
+    pred: np.ndarray | torch.Tensor,
+    truth: np.ndarray | torch.Tensor,
+    spacing: float | Sequence[float] | None = None,
+    percentile: float = 95.0,
+) -> float:
     """95th-percentile symmetric Hausdorff distance between two binary masks, in the units of ``spacing``.
 
     Computed by ``monai.metrics.compute_hausdorff_distance(percentile=95)`` (surface voxels, Euclidean
     distance transform). Both masks empty: 0.0; exactly one empty: NaN (undefined, MONAI gives inf/nan
     with a warning); ``summarize`` skips NaN values and counts them.
+
+    Args:
+        pred: the predicted mask of one class or region, bool or 0/1, 2D or 3D (no batch or channel dim).
+        truth: the ground-truth mask, same shape.
+        spacing: voxel size per axis, or one number for all; ``None`` measures in voxels.
+        percentile: the percentile of the surface distances, in ``[0, 100]``; 100 gives the maximum (the
+            classic Hausdorff distance).
+
+    Returns:
+        The distance, in the units of ``spacing`` (voxels without it); 0.0 or NaN for empty masks (see above).
+
+    Raises:
+        ValueError: a mask holds values other than 0/1 (or bool), or the two masks differ in shape.
+            Also a ``spacing`` with neither one value nor one per axis.
     """
     p, t = _pair(pred, truth)
     if not p.any() and not t.any():
@@ -110,7 +140,12 @@ def _structure(ndim: int, connectivity: int | None) -> np.ndarray:
     return ndimage.generate_binary_structure(ndim, conn)
 
 
-def lesion_details(pred: Any, truth: Any, connectivity: int | None = None, min_size: int = 0) -> dict[str, np.ndarray]:
+def lesion_details(
+    pred: np.ndarray | torch.Tensor,
+    truth: np.ndarray | torch.Tensor,
+    connectivity: int | None = None,
+    min_size: int = 0,
+) -> dict[str, np.ndarray]:
     """Per-lesion view of one case (see module doc for the counting rules).
 
     Returns ``truth_sizes`` (voxels of each truth lesion), ``truth_detected`` (bool per truth lesion: at least
@@ -118,6 +153,22 @@ def lesion_details(pred: Any, truth: Any, connectivity: int | None = None, min_s
     (bool per predicted component: it touches no truth voxel, a false-positive lesion). ``min_size``:
     predicted components with fewer voxels are dropped first (a common post-processing; truth lesions are
     never dropped).
+
+    Args:
+        pred: the predicted mask of one class or region, bool or 0/1 (no batch or channel dim).
+        truth: the ground-truth mask, same shape.
+        connectivity: neighbourhood of the connected components, 1 = faces .. ndim = all neighbours (26 in 3D);
+            ``None`` = ndim.
+        min_size: predicted components with fewer voxels are dropped before counting; 0 or 1 keeps all.
+
+    Returns:
+        ``{"truth_sizes", "truth_detected", "pred_sizes", "pred_false"}``: 1-D arrays, one entry per truth lesion
+        (the first two) or per predicted component (the last two), in the order ``scipy.ndimage.label`` numbers
+        them.
+
+    Raises:
+        ValueError: a mask holds values other than 0/1 (or bool), or the two masks differ in shape.
+            Also a ``connectivity`` outside ``1 .. ndim``.
     """
     p, t = _pair(pred, truth)
     st = _structure(p.ndim, connectivity)
@@ -141,9 +192,29 @@ def lesion_details(pred: Any, truth: Any, connectivity: int | None = None, min_s
     }
 
 
-def lesion_counts(pred: Any, truth: Any, connectivity: int | None = None, min_size: int = 0) -> dict[str, int]:
+def lesion_counts(
+    pred: np.ndarray | torch.Tensor,
+    truth: np.ndarray | torch.Tensor,
+    connectivity: int | None = None,
+    min_size: int = 0,
+) -> dict[str, int]:
     """Lesion-wise counts of one case: ``tp``, ``fp``, ``fn``, ``n_truth``, ``n_pred`` (see module doc and
-    :func:`lesion_details`)."""
+    :func:`lesion_details`).
+
+    Args:
+        pred: the predicted mask of one class or region, bool or 0/1 (no batch or channel dim).
+        truth: the ground-truth mask, same shape.
+        connectivity: 1 = faces .. ndim = all neighbours; ``None`` = ndim.
+        min_size: predicted components with fewer voxels are dropped before counting.
+
+    Returns:
+        ``{"tp", "fp", "fn", "n_truth", "n_pred"}``: detected truth lesions, false-positive predicted
+        components, missed truth lesions, and the numbers of truth lesions and predicted components.
+
+    Raises:
+        ValueError: a mask holds values other than 0/1 (or bool), or the two masks differ in shape.
+            Also a ``connectivity`` outside ``1 .. ndim``.
+    """
     return _counts(lesion_details(pred, truth, connectivity, min_size))
 
 
@@ -159,7 +230,18 @@ def _counts(d: Mapping[str, np.ndarray]) -> dict[str, int]:
 
 
 def size_group_labels(edges: Sequence[int] = (10, 50)) -> list[str]:
-    """Names of the lesion-size groups cut at ``edges`` (voxels): ``(10, 50)`` gives ``<10``, ``10-50``, ``>50``."""
+    """Names of the lesion-size groups cut at ``edges`` (voxels): ``(10, 50)`` gives ``<10``, ``10-50``, ``>50``.
+
+    Args:
+        edges: increasing positive lesion sizes in voxels; ``k`` edges make ``k + 1`` groups.
+
+    Returns:
+        The group names, smallest lesions first, e.g. ``["<10", "10-50", "51-100", ">100"]`` for
+        ``(10, 50, 100)``.
+
+    Raises:
+        ValueError: ``edges`` is empty, not strictly increasing, or starts below 1.
+    """
     e = [int(v) for v in edges]
     if not e or any(b <= a for a, b in zip(e, e[1:])) or e[0] < 1:
         raise ValueError(f"size edges {list(edges)} must be increasing positive voxel counts, e.g. (10, 50)")
@@ -169,7 +251,18 @@ def size_group_labels(edges: Sequence[int] = (10, 50)) -> list[str]:
 def size_group_index(sizes: np.ndarray, edges: Sequence[int] = (10, 50)) -> np.ndarray:
     """Group of each lesion size (voxels) in the groups of :func:`size_group_labels`: below ``edges[0]`` is
     group 0; ``edges[0]..edges[1]`` (both included) group 1; ``edges[k-1]+1..edges[k]`` group k; above the
-    last edge the last group."""
+    last edge the last group.
+
+    Args:
+        sizes: lesion sizes in voxels, any shape (e.g. ``truth_sizes`` of :func:`lesion_details`).
+        edges: the group edges, as for :func:`size_group_labels`.
+
+    Returns:
+        Integer group indices ``0 .. len(edges)``, the shape of ``sizes``.
+
+    Raises:
+        ValueError: invalid ``edges`` (see :func:`size_group_labels`).
+    """
     size_group_labels(edges)  # validates
     e = np.asarray([int(edges[0])] + [int(v) + 1 for v in edges[1:]])
     return np.searchsorted(e, np.asarray(sizes), side="right")
@@ -177,7 +270,19 @@ def size_group_index(sizes: np.ndarray, edges: Sequence[int] = (10, 50)) -> np.n
 
 def size_group_counts(details: Mapping[str, np.ndarray], edges: Sequence[int] = (10, 50)) -> dict[str, dict[str, int]]:
     """Per size group of :func:`size_group_labels`: ``n_truth`` (truth lesions of that size), ``detected``
-    (of those, detected) and ``false_positive`` (false-positive predicted lesions of that size)."""
+    (of those, detected) and ``false_positive`` (false-positive predicted lesions of that size).
+
+    Args:
+        details: the per-lesion view of one case from :func:`lesion_details`.
+        edges: the group edges in voxels, as for :func:`size_group_labels`.
+
+    Returns:
+        ``{group name: {"n_truth": ..., "detected": ..., "false_positive": ...}}``, every group present (with
+        zeros when it has no lesion); a predicted component is grouped by its own size.
+
+    Raises:
+        ValueError: invalid ``edges`` (see :func:`size_group_labels`).
+    """
     labels = size_group_labels(edges)
     tg = size_group_index(details["truth_sizes"], edges)
     pg = size_group_index(details["pred_sizes"], edges)
@@ -195,7 +300,18 @@ def size_group_counts(details: Mapping[str, np.ndarray], edges: Sequence[int] = 
 
 def lesion_wise_scores(counts: Mapping[str, int]) -> dict[str, float]:
     """``sensitivity`` (NaN without truth lesions), ``precision`` (NaN without predicted lesions) and ``f1``
-    (1.0 when there is neither a truth nor a predicted lesion) from :func:`lesion_counts`."""
+    (1.0 when there is neither a truth nor a predicted lesion) from :func:`lesion_counts`.
+
+    Args:
+        counts: the counts of :func:`lesion_counts` (or summed over cases for a pooled score); needs ``tp``,
+            ``fp``, ``fn`` and ``n_pred``.
+
+    Returns:
+        ``{"sensitivity": TP / (TP + FN), "precision": (n_pred - FP) / n_pred, "f1": 2 TP / (2 TP + FP + FN)}``.
+
+    Raises:
+        KeyError: ``counts`` lacks one of ``tp``, ``fp``, ``fn``, ``n_pred``.
+    """
     tp, fp, fn = counts["tp"], counts["fp"], counts["fn"]
     sens = tp / (tp + fn) if tp + fn else float("nan")
     prec = (counts["n_pred"] - fp) / counts["n_pred"] if counts["n_pred"] else float("nan")
@@ -204,8 +320,8 @@ def lesion_wise_scores(counts: Mapping[str, int]) -> dict[str, float]:
 
 
 def score_case(
-    pred: Any,
-    truth: Any,
+    pred: np.ndarray | torch.Tensor,
+    truth: np.ndarray | torch.Tensor,
     structures: Mapping[str, Sequence[int]],
     spacing: float | Sequence[float] | None = None,
     size_edges: Sequence[int] = (10, 50),
@@ -217,7 +333,24 @@ def score_case(
     ``hd95_s`` (mm with ``spacing``), lesion-wise ``f1_s``, ``sensitivity_s`` and ``precision_s``,
     ``fp_lesions_s`` (predicted lesions touching no truth voxel), ``n_truth_s``, ``n_pred_s``, and per
     lesion-size group ``g`` of :func:`size_group_labels` (truth-lesion size in voxels) ``truth_s_g`` /
-    ``detected_s_g`` / ``fp_s_g``."""
+    ``detected_s_g`` / ``fp_s_g``.
+
+    Args:
+        pred: the predicted label map of one case (integer class values, any shape, no channel dim).
+        truth: the ground-truth label map, same shape.
+        structures: name -> the label values that make the structure (their union is scored).
+        spacing: voxel size per axis (or one number) for ``hd95``; ``None`` measures in voxels.
+        size_edges: the lesion-size group edges in voxels, as for :func:`size_group_labels`.
+        connectivity: neighbourhood of the lesions, 1 = faces .. ndim = all neighbours; ``None`` = ndim.
+
+    Returns:
+        One flat row ``{column: value}`` with the columns above for every structure, in the order of
+        ``structures``; counts are ints, scores floats (NaN where undefined).
+
+    Raises:
+        ValueError: ``pred`` and ``truth`` differ in shape, invalid ``size_edges``, a ``connectivity`` outside
+            ``1 .. ndim``, or a ``spacing`` with neither one value nor one per axis.
+    """
     p_all, t_all = (x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x) for x in (pred, truth))
     if p_all.shape != t_all.shape:
         raise ValueError(f"prediction {p_all.shape} and label {t_all.shape} are not on the same grid")
@@ -246,7 +379,19 @@ def pooled_size_sensitivity(
     rows: Sequence[Mapping[str, Any]], structures: Sequence[str], size_edges: Sequence[int] = (10, 50)
 ) -> dict[str, float]:
     """Lesion sensitivity per size group pooled over the cases of :func:`score_case` rows:
-    ``{"sensitivity_<s>_<g>": detected / truth lesions of that group, NaN without any}``."""
+    ``{"sensitivity_<s>_<g>": detected / truth lesions of that group, NaN without any}``.
+
+    Args:
+        rows: the rows of :func:`score_case`, one per case; a missing count column counts as 0.
+        structures: the structure names to pool, e.g. ``["lesion"]`` or ``["TC", "WT", "ET"]``.
+        size_edges: the group edges used for the rows, as for :func:`size_group_labels`.
+
+    Returns:
+        ``{"sensitivity_<s>_<g>": pooled sensitivity}`` for every structure and size group.
+
+    Raises:
+        ValueError: invalid ``size_edges`` (see :func:`size_group_labels`).
+    """
     out = {}
     for s in structures:
         for g in size_group_labels(size_edges):
@@ -258,7 +403,16 @@ def pooled_size_sensitivity(
 
 def summarize(rows: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, float]]:
     """Per column of numeric values: ``mean``, ``std`` (population), ``median``, ``n`` (values used) and
-    ``n_nan`` (undefined values skipped, e.g. HD95 when one mask is empty)."""
+    ``n_nan`` (undefined values skipped, e.g. HD95 when one mask is empty).
+
+    Args:
+        rows: one mapping per case, e.g. from :func:`score_case`; the columns are the keys of the first row
+            whose value is an int or a float in every row (other columns are left out).
+
+    Returns:
+        ``{column: {"mean", "std", "median", "n", "n_nan"}}``, NaN statistics for a column without finite
+        values (infinite values are skipped like NaN); ``{}`` for no rows.
+    """
     out: dict[str, dict[str, float]] = {}
     keys = [k for k in (rows[0] if rows else {}) if all(isinstance(r.get(k), (int, float)) for r in rows)]
     for k in keys:
@@ -288,6 +442,13 @@ class LesionWiseF1Metric(CumulativeIterationMetric):
         reduction: ``"mean"`` (mean over cases and channels of the per-case score, empty-empty cases
             scoring F1 = 1 and NaN sensitivities skipped), ``"mean_channel"`` (one value per channel),
             or ``"pooled"`` (scores from the counts summed over all cases: micro average).
+
+    A one-channel input is scored whatever ``include_background`` says.
+
+    Raises:
+        ValueError: at construction, an unknown ``score`` or ``reduction``; at call time, ``y_pred`` and ``y``
+            of different shapes or with fewer than 3 dims.
+        RuntimeError: ``aggregate()`` or ``counts()`` before any batch was given.
     """
 
     def __init__(
@@ -332,13 +493,31 @@ class LesionWiseF1Metric(CumulativeIterationMetric):
         return {"sensitivity": sens, "precision": prec, "f1": f1}
 
     def counts(self) -> torch.Tensor:
-        """Buffered counts ``(cases, channels, 5)``: tp, fp, fn, n_truth, n_pred."""
+        """Buffered counts ``(cases, channels, 5)``: tp, fp, fn, n_truth, n_pred.
+
+        Returns:
+            A float64 tensor, one row per case and scored channel (channel 0 left out without
+            ``include_background``).
+
+        Raises:
+            RuntimeError: nothing was buffered yet.
+        """
         data = self.get_buffer()
         if not isinstance(data, torch.Tensor):
             raise RuntimeError("LesionWiseF1Metric: nothing buffered yet (call it on (y_pred, y) batches first)")
         return data
 
     def aggregate(self) -> torch.Tensor:  # type: ignore[override]
+        """The score over everything buffered since the last ``reset()``.
+
+        Returns:
+            A float64 tensor: a scalar for ``reduction="mean"`` and ``"pooled"`` (the pooled per-channel scores
+            averaged over channels), ``(channels,)`` for ``"mean_channel"``; NaN where the score is undefined
+            for every case (e.g. sensitivity without any truth lesion).
+
+        Raises:
+            RuntimeError: nothing was buffered yet.
+        """
         c = self.counts()
         if self.reduction == "pooled":
             return self._scores(c.sum(0))[self.score].nanmean()
@@ -347,10 +526,25 @@ class LesionWiseF1Metric(CumulativeIterationMetric):
 
 
 class LesionF1(IgniteMetricHandler):
-    """Ignite metric (``monai.handlers`` style) for :class:`LesionWiseF1Metric`, for bundle configs::
+    """Ignite metric (``monai.handlers`` style) for :class:`LesionWiseF1Metric`, for bundle configs:
 
+    ```json
     "val_lesion_f1": {"_target_": "monai_losses_ext.metrics.LesionF1", "include_background": false,
                       "output_transform": "$monai.handlers.from_engine(['pred', 'label'])"}
+    ```
+
+    Args:
+        include_background: score channel 0 too (``False`` for one-hot classes, ``True`` for region channels).
+        connectivity: 1 = faces .. ndim = all neighbours; ``None`` = ndim (see :func:`lesion_counts`).
+        score: ``"f1"``, ``"sensitivity"`` or ``"precision"``.
+        reduction: ``"mean"``, ``"mean_channel"`` or ``"pooled"``, as in :class:`LesionWiseF1Metric`.
+        output_transform: maps the engine's output to ``(y_pred, y)``, binarised one-hot ``(B, C, *spatial)``;
+            the default passes it through.
+        save_details: also store the buffered counts ``(cases, channels, 5)`` in
+            ``engine.state.metric_details[name]``.
+
+    Raises:
+        ValueError: an unknown ``score`` or ``reduction``.
     """
 
     def __init__(
@@ -359,7 +553,7 @@ class LesionF1(IgniteMetricHandler):
         connectivity: int | None = None,
         score: str = "f1",
         reduction: str = "mean",
-        output_transform=lambda x: x,
+        output_transform: Callable[[Any], Any] = lambda x: x,
         save_details: bool = True,
     ) -> None:
         metric_fn = LesionWiseF1Metric(include_background, connectivity, score, reduction)

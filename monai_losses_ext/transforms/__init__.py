@@ -6,18 +6,16 @@ Each transform has an array version (``monai.transforms.Transform``, input one c
 affine and applied operations; a tensor gives a tensor, an ndarray an ndarray. All constructor
 arguments are plain values, so the transforms can be written in MONAI bundle configs.
 
-=========================  ==================================================================
-``ValidateLabel(d)``       check values (``num_classes=`` / ``labels=``), integer values, shape vs
-                           image (``image_key=``); explicit ``remap={255: 1}``
-``OneHot(d)``              index labels -> one-hot ``(C, *spatial)``, or region channels
-``SignedDistanceMap(d)``   per-class signed (boundary loss) or unsigned (Hausdorff-DT loss)
-                           distance maps ``(C, *spatial)``, physical units
-``UNetWeightMap(d)``       U-Net border + class-balance weight map ``(1, *spatial)``
-``LesionInstances(d)``     connected-component lesion ids ``(1, *spatial)``
-``ValidateSpacingd``       voxel spacing of an image within a sane range (header units, broken affines)
-``ForegroundMask``         the head / brain foreground found from the image (Otsu), skull-stripped or not
-``ForegroundNormalize(d)`` per-channel percentile clipping + z-score over that foreground
-=========================  ==================================================================
+| Transform | What it does |
+| --- | --- |
+| ``ValidateLabel(d)`` | check values (``num_classes=`` / ``labels=``, integers), shape vs image; ``remap={255: 1}`` |
+| ``OneHot(d)`` | index labels -> one-hot ``(C, *spatial)``, or region channels |
+| ``SignedDistanceMap(d)`` | per-class signed (boundary) or unsigned (HD-DT) maps ``(C, *spatial)``, physical units |
+| ``UNetWeightMap(d)`` | U-Net border + class-balance weight map ``(1, *spatial)`` |
+| ``LesionInstances(d)`` | connected-component lesion ids ``(1, *spatial)`` |
+| ``ValidateSpacingd`` | voxel spacing of an image within a sane range (header units, broken affines) |
+| ``ForegroundMask`` | the head / brain foreground found from the image (Otsu), skull-stripped or not |
+| ``ForegroundNormalize(d)`` | per-channel percentile clipping + z-score over that foreground |
 
 Pipeline rules
 --------------

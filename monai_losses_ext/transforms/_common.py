@@ -69,9 +69,21 @@ def torch_dtype(dtype: Any) -> torch.dtype:
         raise TypeError(f"dtype={dtype!r} is not a torch/NumPy dtype; use e.g. torch.float32 or 'float32'") from e
 
 
-def voxel_spacing(affine: Any, ndim: int | None = None) -> list[float]:
+def voxel_spacing(affine: np.ndarray | torch.Tensor, ndim: int | None = None) -> list[float]:
     """Voxel size along each array axis: the column norms of the affine's ``(nd, nd)`` block (world units;
-    exact also for rotated / oblique affines). ``nd`` is ``ndim`` or the affine's size minus one."""
+    exact also for rotated / oblique affines). ``nd`` is ``ndim`` or the affine's size minus one.
+
+    Args:
+        affine: the voxel-to-world matrix, ``(nd + 1, nd + 1)`` (e.g. ``MetaTensor.affine``, 4x4 for a 3D
+            image), as a tensor or an array.
+        ndim: how many spatial axes to measure; ``None`` takes the affine's size minus one.
+
+    Returns:
+        One voxel size per spatial axis, in the affine's world units (mm for images loaded by ``LoadImage``).
+
+    Raises:
+        TypeError: ``affine`` is neither a ``torch.Tensor`` nor a ``numpy.ndarray`` (e.g. a nested list).
+    """
     a = to_numpy(affine).astype(np.float64)
     nd = a.shape[0] - 1 if ndim is None else int(ndim)
     return [float(v) for v in np.linalg.norm(a[:nd, :nd], axis=0)]
@@ -105,7 +117,7 @@ def spacing_of(label: Any, spacing: float | Sequence[float] | None, ndim: int) -
 
 
 def check_channel_first(label: Any, what: str, name: str) -> None:
-    """Labels are (C, *spatial) with 1 or 2 or 3 spatial dims."""
+    """Labels are (C, *spatial) with 2 or 3 spatial dims."""
     shape = tuple(label.shape)
     if len(shape) not in (3, 4):
         raise ValueError(

@@ -88,6 +88,17 @@ def resolve_backend(backend: str, on_cuda: bool) -> str:
     ``"auto"``: cupy when a GPU EDT (cuCIM or CuPy) is importable and the label is on CUDA, else scipy.
     ``"cupy"``: raises :class:`BackendUnavailableError` when no GPU EDT is installed (a CPU label is then
     copied to the current GPU).
+
+    Args:
+        backend: the requested backend, ``"auto"``, ``"scipy"`` or ``"cupy"``.
+        on_cuda: whether the label lies on a CUDA device (only ``"auto"`` looks at it).
+
+    Returns:
+        ``"scipy"`` or ``"cupy"``, the backend to pass to :func:`distance_to_boundary`.
+
+    Raises:
+        ValueError: ``backend`` is not one of ``"auto"``, ``"scipy"``, ``"cupy"``.
+        BackendUnavailableError: ``backend="cupy"`` and neither cuCIM nor CuPy's EDT can be imported.
     """
     if backend not in _BACKENDS:
         raise ValueError(f"backend={backend!r}; choose one of {_BACKENDS}")
@@ -106,7 +117,14 @@ def resolve_backend(backend: str, on_cuda: bool) -> str:
 
 
 def inner_boundary(fg: torch.Tensor) -> torch.Tensor:
-    """Foreground voxels with at least one face neighbour outside ``fg`` (array edges do not count)."""
+    """Foreground voxels with at least one face neighbour outside ``fg`` (array edges do not count).
+
+    Args:
+        fg: a boolean mask ``(*spatial)``.
+
+    Returns:
+        The boundary voxels, a boolean mask of the same shape and device.
+    """
     interior = fg.clone()
     for ax in range(fg.ndim):
         lo = [slice(None)] * fg.ndim
@@ -136,6 +154,21 @@ def distance_to_boundary(
     """The map of one binary mask (*spatial) as defined in the module docstring (float32).
 
     ``backend`` must already be resolved ("scipy" or "cupy"), see :func:`resolve_backend`.
+
+    Args:
+        fg: the mask ``(*spatial)`` of one class (non-zero = foreground), any number of spatial dims.
+        spacing: voxel size per axis (one value per dim of ``fg``, physical units); ``None`` = 1 (voxels).
+        signed: ``True`` for the signed map (negative inside), ``False`` for the unsigned distance to the
+            boundary.
+        backend: ``"scipy"`` or ``"cupy"``; any value other than ``"cupy"`` runs SciPy.
+
+    Returns:
+        The float32 map ``(*spatial)`` on ``fg``'s device, in the units of ``spacing``; all zeros when the mask
+        has no boundary voxel (empty, or filling the array).
+
+    Raises:
+        RuntimeError: ``spacing`` does not have one value per dim of ``fg`` (raised by SciPy's EDT, when the mask
+            has a boundary).
     """
     fg = fg.bool()
     spacing = tuple(spacing) if spacing is not None else (1.0,) * fg.ndim
@@ -158,6 +191,15 @@ class SignedDistanceMap(Transform):
         spacing: voxel size per axis (or one number); wins over the MetaTensor affine.
         normalize: divide each class map by its max ``|phi|`` (so it lies in [-1, 1]); all-zero maps stay 0.
         backend: ``"auto"`` | ``"scipy"`` | ``"cupy"`` for the EDT (see :func:`resolve_backend`).
+
+    Raises:
+        ValueError: at construction, a ``mode`` other than ``"signed"`` / ``"unsigned"`` or an unknown
+            ``backend``. At call time, a label that is not channel-first ``(C, H, W)`` / ``(C, H, W, D)``; index
+            labels ``(1, *spatial)`` without ``num_classes``, or holding fractional values or values outside
+            ``0 .. num_classes-1`` (``{0, 1}`` for ``num_classes=1``); one-hot labels whose channel count is not
+            ``num_classes``; or a ``spacing`` that is not one positive number or one per spatial axis.
+        BackendUnavailableError: at construction, ``backend="cupy"`` while neither cuCIM nor CuPy's EDT can be
+            imported (it is also a ``ValueError`` and an ``ImportError``).
     """
 
     def __init__(
@@ -180,7 +222,20 @@ class SignedDistanceMap(Transform):
         self.normalize = bool(normalize)
         self.backend = backend
 
-    def __call__(self, label: Any, name: str | None = None) -> Any:
+    def __call__(self, label: np.ndarray | torch.Tensor, name: str | None = None) -> np.ndarray | torch.Tensor:
+        """Distance maps of one case's label.
+
+        Args:
+            label: index labels ``(1, *spatial)`` (needs ``num_classes``) or one-hot / multi-label channels
+                ``(C, *spatial)`` (binarised at 0.5), with 2 or 3 spatial dims.
+            name: how error messages name the label; ``None`` uses the MetaTensor's ``meta["filename_or_obj"]``,
+                else ``"<in-memory label>"``.
+
+        Returns:
+            float32 maps ``(C, *spatial)``, one per class (``C = num_classes`` for index labels, else the input's
+            channels), in physical units (or in ``[-1, 1]`` with ``normalize=True``); the same container type as
+            ``label`` (a MetaTensor keeps its meta and affine, a tensor its device).
+        """
         name = name or describe(label)
         masks = class_masks(label, self.num_classes, name, type(self).__name__)
         spacing = spacing_of(label, self.spacing, masks.ndim - 1)
@@ -199,9 +254,21 @@ class SignedDistanceMapd(MapTransform):
 
     Args:
         keys: label keys.
+        num_classes: the number of classes C (background included), needed for index labels ``(1, *spatial)``;
+            ``1`` treats a one-channel label as a binary mask; one-hot labels need none.
+        mode: ``"signed"`` (boundary loss, negative inside) or ``"unsigned"`` (Hausdorff-DT loss).
+        spacing: voxel size per axis (or one number); wins over the MetaTensor affine.
+        normalize: divide each class map by its max ``|phi|`` (so it lies in [-1, 1]).
+        backend: ``"auto"`` | ``"scipy"`` | ``"cupy"`` for the EDT (as in ``SignedDistanceMap``).
         output_keys: one per key; default ``f"{key}_sdf"`` (signed) or ``f"{key}_dt"`` (unsigned).
-        num_classes, mode, spacing, normalize, backend: see :class:`SignedDistanceMap`.
         allow_missing_keys: skip missing keys instead of raising.
+
+    Raises:
+        ValueError: at construction, empty ``keys``, ``output_keys`` not giving one key per key, a bad ``mode``
+            or ``backend``; at call time, the label errors of ``SignedDistanceMap`` (shape, values, channels,
+            spacing), naming the key and the file.
+        BackendUnavailableError: at construction, ``backend="cupy"`` without cuCIM or CuPy.
+        KeyError: a key in ``keys`` is missing from the data and ``allow_missing_keys`` is ``False``.
     """
 
     def __init__(
@@ -221,6 +288,15 @@ class SignedDistanceMapd(MapTransform):
         self.output_keys = output_keys_for(self.keys, output_keys, postfix, type(self).__name__)
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        """Compute the distance maps of one case.
+
+        Args:
+            data: one case, each key a label ``(1, *spatial)`` or ``(C, *spatial)``.
+
+        Returns:
+            A shallow copy of ``data`` with the float32 ``(C, *spatial)`` maps under the output keys (new keys by
+            default, so the labels stay); the other entries are the same objects.
+        """
         d = dict(data)
         for key, out_key in self.key_iterator(d, self.output_keys):
             d[out_key] = self.transform(d[key], name=describe(d[key], d, key))

@@ -34,6 +34,13 @@ class LesionInstances(Transform):
         classes: label values that count as lesion (default: every value != 0).
         min_size: components with fewer voxels are dropped (set to 0) before numbering.
         dtype: output dtype, default ``torch.int64``.
+
+    Raises:
+        ValueError: at construction, ``min_size`` not a whole number >= 0 or ``connectivity`` not a whole number
+            >= 1. At call time, a label that is not channel-first ``(C, H, W)`` / ``(C, H, W, D)``, index labels
+            holding fractional, non-finite or negative values, or a ``connectivity`` above the number of spatial
+            dims.
+        TypeError: ``dtype`` is not a torch / NumPy dtype or dtype name.
     """
 
     def __init__(
@@ -42,7 +49,7 @@ class LesionInstances(Transform):
         per_class: bool = False,
         classes: Sequence[int] | None = None,
         min_size: int = 0,
-        dtype: Any = torch.int64,
+        dtype: str | torch.dtype | np.dtype | type = torch.int64,
     ) -> None:
         if isinstance(min_size, bool) or int(min_size) != min_size or min_size < 0:
             raise ValueError(f"{type(self).__name__}: min_size must be a whole number of voxels >= 0, got {min_size!r}")
@@ -69,7 +76,19 @@ class LesionInstances(Transform):
             ids, n = relabel[ids], int(keep.sum())
         return ids, n
 
-    def __call__(self, label: Any, name: str | None = None) -> Any:
+    def __call__(self, label: np.ndarray | torch.Tensor, name: str | None = None) -> np.ndarray | torch.Tensor:
+        """Number the lesions of one case.
+
+        Args:
+            label: index labels ``(1, *spatial)`` (whole numbers >= 0) or one-hot channels ``(C, *spatial)``
+                (argmax taken), with 2 or 3 spatial dims.
+            name: how error messages name the label; ``None`` uses the MetaTensor's ``meta["filename_or_obj"]``,
+                else ``"<in-memory label>"``.
+
+        Returns:
+            Instance ids ``(1, *spatial)`` in ``dtype`` (int64 by default): 0 background, 1..K one per lesion; the
+            same container type as ``label`` (a MetaTensor keeps its meta and affine, a tensor its device).
+        """
         name = name or describe(label)
         cls = class_index(label, name)
         st = structure_for(cls.ndim, self.connectivity, type(self).__name__)
@@ -87,7 +106,25 @@ class LesionInstances(Transform):
 
 
 class LesionInstancesd(MapTransform):
-    """Dictionary version of :class:`LesionInstances`; writes ids under ``f"{key}_instances"`` by default."""
+    """Dictionary version of :class:`LesionInstances`; writes ids under ``f"{key}_instances"`` by default.
+
+    Args:
+        keys: label keys.
+        connectivity: 1 = face neighbours (6 in 3D) .. ndim = all neighbours (26 in 3D); ``None`` = ndim.
+        per_class: ``False``: components of the foreground union; ``True``: components of each class separately.
+        classes: label values that count as lesion (default: every value != 0).
+        min_size: components with fewer voxels are dropped before numbering.
+        dtype: output dtype, default ``torch.int64``.
+        output_keys: one per key; default ``f"{key}_instances"``.
+        allow_missing_keys: skip missing keys instead of raising.
+
+    Raises:
+        ValueError: at construction, empty ``keys``, ``output_keys`` not giving one key per key, or a bad
+            ``min_size`` / ``connectivity``; at call time, the label errors of ``LesionInstances``, naming the key
+            and the file.
+        TypeError: ``dtype`` is not a torch / NumPy dtype or dtype name.
+        KeyError: a key in ``keys`` is missing from the data and ``allow_missing_keys`` is ``False``.
+    """
 
     def __init__(
         self,
@@ -96,7 +133,7 @@ class LesionInstancesd(MapTransform):
         per_class: bool = False,
         classes: Sequence[int] | None = None,
         min_size: int = 0,
-        dtype: Any = torch.int64,
+        dtype: str | torch.dtype | np.dtype | type = torch.int64,
         output_keys: KeysCollection | None = None,
         allow_missing_keys: bool = False,
     ) -> None:
@@ -105,6 +142,15 @@ class LesionInstancesd(MapTransform):
         self.output_keys = output_keys_for(self.keys, output_keys, "_instances", type(self).__name__)
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        """Number the lesions of one case.
+
+        Args:
+            data: one case, each key a label ``(1, *spatial)`` or ``(C, *spatial)``.
+
+        Returns:
+            A shallow copy of ``data`` with the ``(1, *spatial)`` instance ids under the output keys (new keys by
+            default, so the labels stay); the other entries are the same objects.
+        """
         d = dict(data)
         for key, out_key in self.key_iterator(d, self.output_keys):
             d[out_key] = self.transform(d[key], name=describe(d[key], d, key))

@@ -25,10 +25,11 @@ channel_wise=True)`` value for value (no winsorising; zeros stay zero).
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Mapping
+from collections.abc import Hashable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
+import torch
 from monai.config import KeysCollection
 from monai.transforms import MapTransform, Transform
 from scipy import ndimage
@@ -42,7 +43,18 @@ METHODS = ("otsu", "nonzero")
 
 def otsu_threshold(values: np.ndarray, bins: int = 256) -> float:
     """Otsu's threshold of ``values`` (1-D): the bin edge that maximises the between-class variance
-    ``w0 w1 (mu0 - mu1)^2`` of a ``bins``-bin histogram. A constant input returns its value."""
+    ``w0 w1 (mu0 - mu1)^2`` of a ``bins``-bin histogram. A constant input returns its value.
+
+    Args:
+        values: the intensities, any shape (flattened), e.g. one channel of an image.
+        bins: number of histogram bins between the minimum and the maximum of ``values``.
+
+    Returns:
+        The threshold: voxels ``> threshold`` are the bright class. NaN when ``values`` holds a NaN.
+
+    Raises:
+        ValueError: ``values`` is empty.
+    """
     v = np.asarray(values, dtype=np.float64).ravel()
     lo, hi = float(v.min()), float(v.max())
     if not hi > lo:
@@ -72,15 +84,29 @@ class ForegroundMask(Transform):
         method: ``"otsu"`` (image-derived, with or without skull stripping) or ``"nonzero"``.
         min_fraction: components below this fraction of the largest one are dropped (``"otsu"`` only).
         clip_percentiles: the range a channel is clipped to before its histogram (``"otsu"`` only).
+
+    Raises:
+        ValueError: at construction, a ``method`` other than ``"otsu"`` / ``"nonzero"``; at call time
+            (``"otsu"``), ``clip_percentiles`` that are not two percentiles within ``[0, 100]``.
+        TypeError: the image is not a ``torch.Tensor``, MetaTensor or ``numpy.ndarray``.
     """
 
-    def __init__(self, method: str = "otsu", min_fraction: float = 0.01, clip_percentiles=(0.5, 99.5)) -> None:
+    def __init__(
+        self, method: str = "otsu", min_fraction: float = 0.01, clip_percentiles: Sequence[float] = (0.5, 99.5)
+    ) -> None:
         self.method = _check_method(method)
         self.min_fraction = float(min_fraction)
         self.clip_percentiles = tuple(float(p) for p in clip_percentiles)
 
     def channel_masks(self, img: np.ndarray) -> np.ndarray:
-        """Per-channel masks ``(C, *spatial)``: ``!= 0`` for ``"nonzero"``; the shared head mask otherwise."""
+        """Per-channel masks ``(C, *spatial)``: ``!= 0`` for ``"nonzero"``; the shared head mask otherwise.
+
+        Args:
+            img: the image ``(C, *spatial)``.
+
+        Returns:
+            Boolean masks ``(C, *spatial)``; for ``"otsu"`` a read-only broadcast view of one mask.
+        """
         if self.method == "nonzero":
             return img != 0
         return np.broadcast_to(self._otsu(img), img.shape)
@@ -99,7 +125,16 @@ class ForegroundMask(Transform):
             fg = np.isin(lab, 1 + np.flatnonzero(sizes >= self.min_fraction * sizes.max()))
         return ndimage.binary_fill_holes(fg)
 
-    def __call__(self, img: Any) -> Any:
+    def __call__(self, img: np.ndarray | torch.Tensor) -> np.ndarray | torch.Tensor:
+        """The foreground of one image.
+
+        Args:
+            img: one channel-first image ``(C, *spatial)`` (all channels of a case, e.g. the MR sequences).
+
+        Returns:
+            A boolean mask ``(1, *spatial)``, the union over channels, in the container type of ``img`` (a
+            MetaTensor keeps its meta and affine, a tensor its device).
+        """
         arr = to_numpy(img).astype(np.float32, copy=False)
         return wrap_like(self.channel_masks(arr).any(0, keepdims=True), img)
 
@@ -110,14 +145,21 @@ class ForegroundNormalize(Transform):
 
     Args:
         method: ``"otsu"`` or ``"nonzero"`` (then exactly ``NormalizeIntensity(nonzero=True, channel_wise=True)``).
-        lower, upper: percentiles at which each channel's foreground values are winsorised for the mean and
-            standard deviation (``"otsu"``); the image itself is not cut there (lesions are the bright tail).
+        lower: lower percentile at which each channel's foreground values are winsorised for the mean and
+            standard deviation (``"otsu"``); also the lower end of the histogram range of the foreground search.
+        upper: upper percentile of the same winsorising (and histogram range); the image itself is not cut
+            there (lesions are the bright tail).
         clip_sd: the normalised image is clipped to +- this many standard deviations (``"otsu"``).
         outside: ``"zero"`` (default) sets voxels more than 2 voxels outside the foreground to 0, the foreground
             mean, as nnU-Net does outside its normalisation mask (so air, or the zeros of a skull-stripped image,
             look the same whatever their raw value); ``"keep"`` z-scores them like the rest (``"otsu"``).
+
     Raises:
-        ValueError: an image with no foreground, or with NaN/Inf values (naming its file).
+        ValueError: an image with no foreground, or with NaN/Inf values (naming its file). At construction: an
+            unknown ``method`` or ``outside``, percentiles not satisfying ``0 <= lower < upper <= 100``, or
+            ``clip_sd <= 0``. An empty ``"otsu"`` foreground (e.g. a constant image) is an error; with
+            ``"nonzero"`` an all-zero channel is left as it is.
+        TypeError: the image is not a ``torch.Tensor``, MetaTensor or ``numpy.ndarray``.
     """
 
     def __init__(
@@ -138,7 +180,16 @@ class ForegroundNormalize(Transform):
         self.mask = ForegroundMask(method, clip_percentiles=(lower, upper))
         self.method, self.lower, self.upper, self.clip_sd = method, float(lower), float(upper), float(clip_sd)
 
-    def __call__(self, img: Any) -> Any:
+    def __call__(self, img: np.ndarray | torch.Tensor) -> np.ndarray | torch.Tensor:
+        """Normalise one image.
+
+        Args:
+            img: one channel-first image ``(C, *spatial)``; all channels share one ``"otsu"`` foreground.
+
+        Returns:
+            The normalised float32 image, same shape ``(C, *spatial)`` and container type as ``img`` (a
+            MetaTensor keeps its meta and affine, a tensor its device); the input is not modified.
+        """
         arr = to_numpy(img).astype(np.float32, copy=True)
         name = getattr(img, "meta", {}).get("filename_or_obj", "<in-memory image>")
         if not np.isfinite(arr).all():
@@ -171,7 +222,25 @@ class ForegroundNormalize(Transform):
 
 
 class ForegroundNormalized(MapTransform):
-    """Dictionary version of :class:`ForegroundNormalize`."""
+    """Dictionary version of :class:`ForegroundNormalize`.
+
+    Args:
+        keys: image keys, each normalised in place of the original.
+        method: ``"otsu"`` (image-derived foreground) or ``"nonzero"`` (exactly
+            ``NormalizeIntensity(nonzero=True, channel_wise=True)``).
+        lower: lower winsorising percentile of the foreground statistics (``"otsu"``).
+        upper: upper winsorising percentile of the foreground statistics (``"otsu"``).
+        clip_sd: the normalised image is clipped to +- this many standard deviations (``"otsu"``).
+        outside: ``"zero"`` or ``"keep"``, what happens beyond 2 voxels of the foreground (as in
+            ``ForegroundNormalize``, ``"otsu"``).
+        allow_missing_keys: skip missing keys instead of raising.
+
+    Raises:
+        ValueError: at construction, empty ``keys`` or the invalid arguments of ``ForegroundNormalize``; at call
+            time, an image with NaN/Inf values or a channel without foreground (naming its file).
+        TypeError: an image is not a ``torch.Tensor``, MetaTensor or ``numpy.ndarray``.
+        KeyError: a key in ``keys`` is missing from the data and ``allow_missing_keys`` is ``False``.
+    """
 
     def __init__(
         self,
@@ -187,6 +256,15 @@ class ForegroundNormalized(MapTransform):
         self.norm = ForegroundNormalize(method, lower, upper, clip_sd, outside)
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        """Normalise the images of one case.
+
+        Args:
+            data: one case, each key an image ``(C, *spatial)``.
+
+        Returns:
+            A shallow copy of ``data`` with each image replaced by its normalised float32 version; the other
+            entries are the same objects.
+        """
         d = dict(data)
         for key in self.key_iterator(d):
             d[key] = self.norm(d[key])

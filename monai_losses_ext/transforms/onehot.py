@@ -51,13 +51,21 @@ class OneHot(Transform):
 
     Raises ``ValueError`` naming the file and the values when labels are out of range or fractional,
     and when the input already has several channels.
+
+    Raises:
+        ValueError: at construction, neither ``num_classes`` nor ``regions`` given, ``num_classes`` not a
+            positive int, ``regions`` empty or a string or holding an empty region or a string, or a region
+            value outside ``0 .. num_classes-1``. At call time, a label that is not channel-first
+            ``(C, H, W)`` / ``(C, H, W, D)``, has more than one channel, or holds fractional values or values
+            outside the allowed ones.
+        TypeError: ``dtype`` is not a torch / NumPy dtype or dtype name.
     """
 
     def __init__(
         self,
         num_classes: int | None = None,
         regions: Sequence[Sequence[int]] | None = None,
-        dtype: Any = torch.float32,
+        dtype: str | torch.dtype | np.dtype | type = torch.float32,
     ) -> None:
         name = type(self).__name__
         if regions is None and num_classes is None:
@@ -89,7 +97,19 @@ class OneHot(Transform):
         self.regions = regions
         self.dtype = torch_dtype(dtype)
 
-    def __call__(self, label: Any, name: str | None = None) -> Any:
+    def __call__(self, label: np.ndarray | torch.Tensor, name: str | None = None) -> np.ndarray | torch.Tensor:
+        """One-hot (or region) channels of one case's index label.
+
+        Args:
+            label: index labels ``(1, *spatial)`` with 2 or 3 spatial dims (whole numbers, any dtype).
+            name: how error messages name the label; ``None`` uses the MetaTensor's ``meta["filename_or_obj"]``,
+                else ``"<in-memory label>"``.
+
+        Returns:
+            ``(C, *spatial)`` in ``dtype`` (float32 by default; 0/1 values), ``C = num_classes`` for plain one-hot
+            or ``len(regions)`` for region channels; the same container type as ``label`` (a MetaTensor keeps
+            its meta and affine, a tensor its device).
+        """
         name = name or describe(label)
         check_channel_first(label, "label", name)
         if label.shape[0] != 1:
@@ -113,9 +133,19 @@ class OneHotd(MapTransform):
 
     Args:
         keys: index-label keys.
-        num_classes, regions, dtype: see :class:`OneHot`.
+        num_classes: C for plain one-hot, channel k = (label == k), background included; with ``regions``,
+            optional: the allowed label values ``0 .. num_classes-1`` (as in ``OneHot``).
+        regions: region channels instead, channel i = label in ``regions[i]``, e.g. ``[[1, 2, 3], [1, 3], [3]]``.
+        dtype: output dtype (torch dtype or name), default ``torch.float32``.
         output_keys: where to write the channels (one per key); default ``None`` replaces the label.
         allow_missing_keys: skip missing keys instead of raising.
+
+    Raises:
+        ValueError: at construction, empty ``keys``, ``output_keys`` not giving one key per key, or the invalid
+            arguments listed in ``OneHot``; at call time, the label errors of ``OneHot`` (shape, values), naming
+            the key and the file.
+        TypeError: ``dtype`` is not a torch / NumPy dtype or dtype name.
+        KeyError: a key in ``keys`` is missing from the data and ``allow_missing_keys`` is ``False``.
     """
 
     def __init__(
@@ -123,7 +153,7 @@ class OneHotd(MapTransform):
         keys: KeysCollection,
         num_classes: int | None = None,
         regions: Sequence[Sequence[int]] | None = None,
-        dtype: Any = torch.float32,
+        dtype: str | torch.dtype | np.dtype | type = torch.float32,
         output_keys: KeysCollection | None = None,
         allow_missing_keys: bool = False,
     ) -> None:
@@ -132,6 +162,15 @@ class OneHotd(MapTransform):
         self.output_keys = output_keys_for(self.keys, output_keys, None, type(self).__name__)
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        """One-hot encode the labels of one case.
+
+        Args:
+            data: one case, each key an index label ``(1, *spatial)``.
+
+        Returns:
+            A shallow copy of ``data`` with the ``(C, *spatial)`` channels of ``OneHot`` under the output keys
+            (replacing the labels by default); the other entries are the same objects.
+        """
         d = dict(data)
         for key, out_key in self.key_iterator(d, self.output_keys):
             d[out_key] = self.transform(d[key], name=describe(d[key], d, key))
@@ -144,9 +183,23 @@ class RegionsToLabelsd(MapTransform):
     Each region is painted with its *own* label: its values that no smaller nested region holds
     (TC [1, 3], WT [1, 2, 3], ET [3] -> WT paints 2, TC paints 1, ET paints 3), largest region first, so the
     nested structure is kept and a voxel gets the label of the smallest region containing it.
+
+    Args:
+        keys: keys of the region channels ``(R, *spatial)`` (probabilities or 0/1; a channel counts where it is
+            above 0.5), e.g. the binarised sigmoid output of a BraTS model.
+        regions: the label values of each channel, in channel order, as given to ``OneHotd(regions=...)``,
+            e.g. ``[[1, 2, 3], [1, 3], [3]]``.
+        allow_missing_keys: skip missing keys instead of raising.
+
+    Raises:
+        ValueError: at construction, empty ``keys``, or a region value that is a non-numeric string.
+        KeyError: a key in ``keys`` is missing from the data and ``allow_missing_keys`` is ``False``.
+        IndexError: an input has fewer channels than ``regions`` has entries.
     """
 
-    def __init__(self, keys: KeysCollection, regions: Sequence[Sequence[int]], allow_missing_keys: bool = False):
+    def __init__(
+        self, keys: KeysCollection, regions: Sequence[Sequence[int]], allow_missing_keys: bool = False
+    ) -> None:
         super().__init__(keys, allow_missing_keys)
         regs = [sorted({int(v) for v in r}) for r in regions]
         order = sorted(range(len(regs)), key=lambda i: -len(regs[i]))
@@ -163,6 +216,17 @@ class RegionsToLabelsd(MapTransform):
             self.paint.append((i, min(own)))
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        """Paint the region channels of one case into label maps.
+
+        Args:
+            data: one case, each key holding region channels ``(R, *spatial)`` (tensor, MetaTensor or ndarray,
+                no batch dim).
+
+        Returns:
+            A shallow copy of ``data`` with each key replaced by a label map ``(1, *spatial)`` of the input's
+            container type and dtype (0 background, otherwise the painted label value); the other entries are
+            the same objects.
+        """
         d = dict(data)
         for key in self.key_iterator(d):
             x = d[key]

@@ -32,7 +32,20 @@ SPACING_RANGE_MM = (0.1, 10.0)
 
 
 def allowed_values(num_classes: int | None, labels: Sequence[int] | None, owner: str) -> list[int] | None:
-    """The declared label values: ``range(num_classes)`` or ``labels``; None when neither is given."""
+    """The declared label values: ``range(num_classes)`` or ``labels``; None when neither is given.
+
+    Args:
+        num_classes: the number of classes; the allowed values are then ``0 .. num_classes-1``.
+        labels: the allowed values themselves (whole numbers, in any order, repeats allowed).
+        owner: the name of the calling transform, for error messages.
+
+    Returns:
+        The sorted allowed values, or ``None`` when neither ``num_classes`` nor ``labels`` is given.
+
+    Raises:
+        ValueError: both are given, ``num_classes`` is not a positive int, or ``labels`` is empty or holds a
+            value that is not a whole number.
+    """
     if num_classes is not None and labels is not None:
         raise ValueError(f"{owner}: give num_classes= or labels=, not both (got {num_classes!r} and {labels!r})")
     if num_classes is not None:
@@ -91,6 +104,14 @@ class ValidateLabel(Transform):
     Raises ``ValueError`` naming the file (MetaTensor ``meta["filename_or_obj"]``, else
     ``"<in-memory label>"``), the sorted distinct values found (first 10), the allowed values and the
     fix, e.g. ``use ValidateLabeld(keys, num_classes=2, remap={255: 1})``.
+
+    Raises:
+        ValueError: at construction, ``num_classes`` and ``labels`` both given, ``num_classes`` not a positive
+            int, ``labels`` empty or not whole numbers, or ``remap`` keys / values that are not numbers. At call
+            time, a label holding fractional or non-finite values, or (with ``num_classes`` / ``labels``) values
+            outside the allowed ones, checked after ``remap``.
+        TypeError: at construction, ``remap`` is not a mapping or ``dtype`` is not a dtype; at call time, the
+            label is not a ``torch.Tensor``, MetaTensor or ``numpy.ndarray``.
     """
 
     def __init__(
@@ -98,14 +119,26 @@ class ValidateLabel(Transform):
         num_classes: int | None = None,
         labels: Sequence[int] | None = None,
         remap: Mapping[float, float] | None = None,
-        dtype: Any = None,
+        dtype: str | torch.dtype | np.dtype | type | None = None,
     ) -> None:
         self.allowed = allowed_values(num_classes, labels, type(self).__name__)
         self.remap = _parse_remap(remap) if remap else None
         self.dtype = torch_dtype(dtype) if dtype is not None else None
 
-    def __call__(self, label: Any, name: str | None = None) -> Any:
-        """Validate ``label``; ``name`` overrides the source description used in messages."""
+    def __call__(self, label: np.ndarray | torch.Tensor, name: str | None = None) -> np.ndarray | torch.Tensor:
+        """Validate ``label``; ``name`` overrides the source description used in messages.
+
+        Args:
+            label: one case's label map, channel-first ``(C, *spatial)`` (any shape is accepted: only the
+                values are checked).
+            name: how error messages name the label (e.g. ``"label 'seg' from /data/case1.nii.gz"``); ``None``
+                uses the MetaTensor's ``meta["filename_or_obj"]``, else ``"<in-memory label>"``.
+
+        Returns:
+            The label itself when neither ``remap`` nor a ``dtype`` cast changed it; otherwise a new label of the
+            same shape and container type (MetaTensor with the input's meta and affine, tensor on the input's
+            device, or ndarray), remapped and cast to ``dtype``.
+        """
         if not isinstance(label, (torch.Tensor, np.ndarray)):
             raise TypeError(
                 f"{type(self).__name__} expects a torch.Tensor, MetaTensor or numpy.ndarray label, got "
@@ -132,7 +165,11 @@ class ValidateLabeld(MapTransform):
 
     Args:
         keys: label keys to check.
-        num_classes, labels, remap, dtype: see :class:`ValidateLabel`.
+        num_classes: allowed values are ``0 .. num_classes-1`` (as in ``ValidateLabel``).
+        labels: explicit allowed values instead, e.g. ``[0, 1, 2, 4]``; with neither, only "whole numbers" is
+            checked.
+        remap: ``{old: new}`` applied before the check, e.g. ``{255: 1}`` (numeric-string keys accepted).
+        dtype: cast each (remapped) label to this dtype (torch dtype or name); ``None`` keeps the dtype.
         image_key: when given, each label must have the same number of dims and the same spatial shape
             (all dims after the channel) as ``data[image_key]``, and, when both carry an affine (MetaTensors
             from ``LoadImaged``), the same affine within ``affine_tolerance``.
@@ -141,6 +178,16 @@ class ValidateLabeld(MapTransform):
             ``None`` (or ``False``, which a command line can pass) skips the affine check, for labels known to
             share the image grid despite their headers.
         allow_missing_keys: skip missing label keys instead of raising.
+
+    Raises:
+        ValueError: at construction, empty ``keys``, the invalid arguments listed in ``ValidateLabel``, or a string
+            ``affine_tolerance`` that is not a number. At call time, ``image_key`` is not in the data; a label
+            whose number of dims or spatial shape differs from the image's, or whose affine differs from it by
+            more than ``affine_tolerance``; or the value errors of ``ValidateLabel``. Each message names the key
+            and the file.
+        TypeError: the ``ValidateLabel`` type errors (``remap`` not a mapping, ``dtype`` not a dtype, a label that
+            is not a tensor or an array).
+        KeyError: a key in ``keys`` is missing from the data and ``allow_missing_keys`` is ``False``.
     """
 
     def __init__(
@@ -149,7 +196,7 @@ class ValidateLabeld(MapTransform):
         num_classes: int | None = None,
         labels: Sequence[int] | None = None,
         remap: Mapping[float, float] | None = None,
-        dtype: Any = None,
+        dtype: str | torch.dtype | np.dtype | type | None = None,
         image_key: Hashable | None = None,
         affine_tolerance: float | bool | None = 1e-3,
         allow_missing_keys: bool = False,
@@ -199,6 +246,16 @@ class ValidateLabeld(MapTransform):
             )
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        """Check (and remap / cast) the labels of one case.
+
+        Args:
+            data: one case, e.g. ``{"image": MetaTensor, "label": MetaTensor}`` after ``LoadImaged`` and
+                ``EnsureChannelFirstd``.
+
+        Returns:
+            A shallow copy of ``data`` in which each label is replaced by the result of ``ValidateLabel`` (the
+            same object when nothing was remapped or cast); the other entries are the same objects.
+        """
         d = dict(data)
         if self.image_key is not None and self.image_key not in d:
             raise ValueError(
@@ -218,7 +275,20 @@ def check_spacing(
     spacing: Sequence[float], name: str, spacing_range: Sequence[float] = SPACING_RANGE_MM
 ) -> list[float]:
     """``spacing`` as floats; a ``ValueError`` naming ``name`` when a value is not finite or lies outside
-    ``spacing_range`` (mm)."""
+    ``spacing_range`` (mm).
+
+    Args:
+        spacing: voxel size per axis, e.g. from :func:`voxel_spacing`.
+        name: what the error message calls the image, e.g. ``"image 'image' from /data/case1.nii.gz"``.
+        spacing_range: ``(lowest, highest)`` voxel size allowed, both included, in mm; default ``(0.1, 10.0)``.
+
+    Returns:
+        ``spacing`` as a list of floats.
+
+    Raises:
+        ValueError: a voxel size is NaN, infinite or outside ``spacing_range``; the message names the image,
+            its spacing and the fixes.
+    """
     lo, hi = (float(v) for v in spacing_range)
     sp = [float(v) for v in spacing]
     bad = [v for v in sp if not (np.isfinite(v) and lo <= v <= hi)]
@@ -237,7 +307,14 @@ class ValidateSpacingd(MapTransform):
 
     Args:
         keys: image keys (MetaTensors from ``LoadImaged``; a plain tensor has no spacing and is skipped).
-        spacing_range: ``(lowest, highest)`` voxel size in mm.
+        spacing_range: ``(lowest, highest)`` voxel size in mm, both included; default ``(0.1, 10.0)``.
+        allow_missing_keys: skip missing image keys instead of raising.
+
+    Raises:
+        ValueError: at construction, empty ``keys`` or a ``spacing_range`` that is not two numbers with
+            ``0 < lowest < highest``; at call time, an image whose voxel size along some axis (column norms of its
+            affine) is not finite or lies outside ``spacing_range`` (the message names the file).
+        KeyError: a key in ``keys`` is missing from the data and ``allow_missing_keys`` is ``False``.
     """
 
     def __init__(
@@ -252,6 +329,15 @@ class ValidateSpacingd(MapTransform):
         self.spacing_range = (lo, hi)
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        """Check the voxel spacing of the images of one case.
+
+        Args:
+            data: one case, the images as MetaTensors (``LoadImaged``); entries without an ``affine`` are
+                not checked.
+
+        Returns:
+            A shallow copy of ``data``; no value is changed.
+        """
         d = dict(data)
         for key in self.key_iterator(d):
             affine = getattr(d[key], "affine", None)

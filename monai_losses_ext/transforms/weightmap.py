@@ -41,6 +41,7 @@ from collections.abc import Hashable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
+import torch
 from monai.config import KeysCollection
 from monai.transforms import MapTransform, Transform
 from scipy import ndimage
@@ -69,6 +70,15 @@ def border_distances(
     ``objects`` (*spatial) holds 0 for background and an id > 0 per object. Distances larger than
     ``reach`` may be reported as ``inf`` (each object's EDT is computed in its bounding box grown by
     ``reach``); with ``reach=inf`` both are exact everywhere. Voxels inside an object get distance 0 to it.
+
+    Args:
+        objects: integer instance map ``(*spatial)``, 0 background and ids 1..K (ids without voxels are skipped).
+        spacing: voxel size per axis (one value per dim of ``objects``), physical units.
+        reach: the distance, in the units of ``spacing``, up to which distances must be exact; default: all.
+
+    Returns:
+        ``(d1, d2)``, float64 arrays of ``objects``' shape, ``inf`` where there is no (second) object within
+        reach.
     """
     d1 = np.full(objects.shape, np.inf)
     d2 = np.full(objects.shape, np.inf)
@@ -94,6 +104,15 @@ class UNetWeightMap(Transform):
         connectivity: neighbourhood for the connected components that define objects: 1 = faces ..
             ndim = all neighbours (26 in 3D); ``None`` = ndim. Ignored when instances are given.
         spacing: voxel size per axis (or one number); wins over the MetaTensor affine.
+
+    Raises:
+        ValueError: at construction, ``w0`` negative or not finite, ``sigma`` not a finite number > 0, or
+            ``class_weights`` a string other than ``"balanced"``. At call time, a label that is not channel-first
+            ``(C, H, W)`` / ``(C, H, W, D)``; index labels holding fractional, non-finite or negative values; a
+            ``class_weights`` sequence with no weight for a class present in the label; and, when ``w0 > 0``,
+            ``instances`` whose shape is not ``(1, *spatial)`` of the label, a ``connectivity`` outside
+            ``1 .. ndim`` (objects from connected components) or a ``spacing`` that is not one positive number or
+            one per spatial axis.
     """
 
     def __init__(
@@ -133,8 +152,26 @@ class UNetWeightMap(Transform):
                 )
         return table[cls]
 
-    def __call__(self, label: Any, instances: Any = None, name: str | None = None) -> Any:
-        """Weight map of ``label``; ``instances`` (1, *spatial) optional object ids (0 = background)."""
+    def __call__(
+        self,
+        label: np.ndarray | torch.Tensor,
+        instances: np.ndarray | torch.Tensor | None = None,
+        name: str | None = None,
+    ) -> np.ndarray | torch.Tensor:
+        """Weight map of ``label``; ``instances`` (1, *spatial) optional object ids (0 = background).
+
+        Args:
+            label: index labels ``(1, *spatial)`` (whole numbers >= 0) or one-hot channels ``(C, *spatial)``
+                (argmax taken), with 2 or 3 spatial dims.
+            instances: object ids ``(1, *spatial)`` on the label's grid (e.g. from ``LesionInstances``), 0 for
+                background; ``None`` takes the connected components of the foreground. Unused when ``w0 == 0``.
+            name: how error messages name the label; ``None`` uses the MetaTensor's ``meta["filename_or_obj"]``,
+                else ``"<in-memory label>"``.
+
+        Returns:
+            The float32 weight map ``(1, *spatial)``, in the same container type as ``label`` (a MetaTensor keeps
+            its meta and affine, a tensor its device).
+        """
         name = name or describe(label)
         cls = class_index(label, name)
         w = self._class_term(cls, name)
@@ -163,11 +200,23 @@ class UNetWeightMapd(MapTransform):
 
     Args:
         keys: label keys.
-        w0, sigma, class_weights, connectivity, spacing: see :class:`UNetWeightMap`.
+        w0: border weight (paper: 10); 0 gives the class-balance term alone.
+        sigma: border width, in physical units (paper: 5 pixels).
+        class_weights: ``"balanced"`` (per case ``N / (K N_k)``), ``None`` (all 1) or one weight per class.
+        connectivity: neighbourhood of the connected components that define objects, 1 = faces .. ndim = all
+            neighbours; ``None`` = ndim. Ignored with ``instance_key``.
+        spacing: voxel size per axis (or one number); wins over the MetaTensor affine.
         instance_key: optional key of instance ids (e.g. ``"label_instances"`` from LesionInstancesd) that
             define the objects; default: connected components of the foreground.
         output_keys: one per key; default ``f"{key}_weight"``.
         allow_missing_keys: skip missing keys instead of raising.
+
+    Raises:
+        ValueError: at construction, empty ``keys``, ``output_keys`` not giving one key per key, or the invalid
+            ``w0`` / ``sigma`` / ``class_weights`` of ``UNetWeightMap``; at call time, ``instance_key`` missing
+            from the data, or the errors of ``UNetWeightMap`` (label, class weights, instances, connectivity,
+            spacing), naming the key and the file.
+        KeyError: a key in ``keys`` is missing from the data and ``allow_missing_keys`` is ``False``.
     """
 
     def __init__(
@@ -188,6 +237,16 @@ class UNetWeightMapd(MapTransform):
         self.output_keys = output_keys_for(self.keys, output_keys, "_weight", type(self).__name__)
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        """Compute the weight maps of one case.
+
+        Args:
+            data: one case, each key a label ``(1, *spatial)`` or ``(C, *spatial)`` (and ``instance_key``'s ids
+                when set).
+
+        Returns:
+            A shallow copy of ``data`` with the float32 ``(1, *spatial)`` weight maps under the output keys (new
+            keys by default, so the labels stay); the other entries are the same objects.
+        """
         d = dict(data)
         if self.instance_key is not None and self.instance_key not in d:
             raise ValueError(
