@@ -1,23 +1,19 @@
 """What the MONAI bundles in ``bundles/`` call, one job per module. The bundle configs import only this
 package (``"$monai_losses_ext.bundle.msd_datalist(...)"``, ``{"_target_": "monai_losses_ext.bundle.Checkpointer"}``).
 
-==================  ===================================================================================
-:mod:`.data`        MSD-style ``dataset.json`` lists and splits, tumour regions from label names, the
-                    modality check, the device, ``CaseDataset`` (names the case and file of a failure)
-:mod:`.loss`        the loss by registry name or dotted path, the label maps its ``forward`` reads, the
-                    transforms that compute them, ``LossWithMaps`` for ``SupervisedTrainer``
-:mod:`.handlers`    stop on divergence, validate after the last epoch, one console line per epoch, the
-                    rank-aware TensorBoard writer
-:mod:`.rundir`      the run folder: lock, writability, fresh run vs resume, the previous run moved aside
-:mod:`.checkpoint`  atomic checkpoints, resume from the newest loadable one, the best model across resumes
-:mod:`.history`     ``history.jsonl``, one record per epoch and validation, cut back on resume
-:mod:`.recipe`      the target spacing (training median, stored with the model) and the augmentation presets
-:mod:`.evaluation`  scoring predictions against the label files on their own grids (evaluate and benchmark),
-                    per-channel metric selection
-:mod:`.metadata`    the required fields of ``metadata.json``
-:mod:`.runner`      ``python -m monai.bundle run`` in a child process (demo, benchmark, tests)
-==================  ===================================================================================
-"""
+| Module | What it holds |
+| --- | --- |
+| `data` | MSD-style ``dataset.json`` lists and splits, tumour regions from label names, the modality check, the device, ``CaseDataset`` (names the case and file of a failure) |
+| `loss` | the loss by registry name or dotted path, the label maps its ``forward`` reads, the transforms that compute them, ``LossWithMaps`` for ``SupervisedTrainer`` |
+| `handlers` | stop on divergence, validate after the last epoch, one console line per epoch, the rank-aware TensorBoard writer |
+| `rundir` | the run folder: lock, writability, fresh run vs resume, the previous run moved aside |
+| `checkpoint` | atomic checkpoints, resume from the newest loadable one, the best model across resumes |
+| `history` | ``history.jsonl``, one record per epoch and validation, cut back on resume |
+| `recipe` | the target spacing (training median, stored with the model) and the augmentation presets |
+| `evaluation` | scoring predictions against the label files on their own grids (evaluate and benchmark), per-channel metric selection |
+| `metadata` | the required fields of ``metadata.json`` |
+| `runner` | ``python -m monai.bundle run`` in a child process (demo, benchmark, tests) |
+"""  # noqa: E501 - a Markdown table row is one line
 
 from .checkpoint import (
     BestModelSaver,

@@ -21,12 +21,17 @@ import os
 import re
 import tempfile
 import warnings
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import IO, TYPE_CHECKING, Any
 
 import torch
 
 from .handlers import is_rank_zero
+
+if TYPE_CHECKING:
+    from ignite.engine import Engine
+
+    from .rundir import RunDir
 
 __all__ = [
     "CHECKPOINT_PATTERN",
@@ -61,9 +66,22 @@ def _fsync_dir(folder: str) -> None:
             os.close(fd)
 
 
-def atomic_write(path: str, write) -> None:
+def atomic_write(path: str, write: Callable[[IO[bytes]], Any]) -> None:
     """Write ``path`` through ``write(binary file)`` so that it holds either its old content or the complete
-    new one: a temporary file in the same folder, flushed and fsynced, renamed over ``path``."""
+    new one: a temporary file in the same folder, flushed and fsynced, renamed over ``path``.
+
+    The new file gets the usual permissions of a new file (``0666`` minus the umask); a symbolic link at
+    ``path`` is replaced by the file, never written through. If ``write`` fails the temporary file is removed
+    and ``path`` is left as it was.
+
+    Args:
+        path: the file to write; its folder must exist.
+        write: called once with the temporary file, opened for binary writing; it writes the whole content.
+
+    Raises:
+        OSError: the folder cannot be written (permissions, full disk). Whatever ``write`` raises is raised
+            as it is.
+    """
     folder = os.path.dirname(os.path.abspath(path))
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=os.path.splitext(path)[1], dir=folder)
     umask = os.umask(0)
@@ -83,31 +101,72 @@ def atomic_write(path: str, write) -> None:
 
 
 def atomic_save(obj: Any, path: str) -> None:
-    """``torch.save(obj, path)`` that leaves either the old file or the complete new one, never a part."""
+    """``torch.save(obj, path)`` that leaves either the old file or the complete new one, never a part.
+
+    Args:
+        obj: what to save (a state dict, a checkpoint dict).
+        path: the file to write (see :func:`atomic_write`).
+    """
     atomic_write(str(path), lambda f: torch.save(obj, f))
 
 
 def atomic_write_json(obj: Any, path: str, indent: int = 2) -> None:
-    """``json.dump`` with the same guarantee as :func:`atomic_save`."""
+    """``json.dump`` with the same guarantee as :func:`atomic_save`.
+
+    Args:
+        obj: a JSON-serialisable value.
+        path: the file to write (see :func:`atomic_write`).
+        indent: spaces per indentation level of the JSON text.
+
+    Raises:
+        TypeError: ``obj`` holds a value JSON cannot represent (nothing is written then).
+    """
     atomic_write(str(path), lambda f: f.write(json.dumps(obj, indent=indent).encode()))
 
 
 def checkpoint_epoch(path: str) -> int:
-    """The epoch in a ``checkpoint_epoch=N.pt`` file name (-1 for another name)."""
+    """The epoch in a ``checkpoint_epoch=N.pt`` file name (-1 for another name).
+
+    Args:
+        path: a file name or path; only its last component is read.
+
+    Returns:
+        ``N`` of ``checkpoint_epoch=N.pt``, or -1 when the name has another form.
+    """
     m = re.fullmatch(r"checkpoint_epoch=(\d+)\.pt", os.path.basename(str(path)))
     return int(m.group(1)) if m else -1
 
 
 def list_checkpoints(ckpt_dir: str) -> list[str]:
-    """The epoch checkpoints of ``ckpt_dir``, newest epoch first."""
+    """The epoch checkpoints of ``ckpt_dir``, newest epoch first.
+
+    Args:
+        ckpt_dir: the folder of the checkpoints (``models/`` of a run).
+
+    Returns:
+        The paths of its ``checkpoint_epoch=N.pt`` files, highest ``N`` first; empty when there is none (or no
+        such folder). The files are only listed, not opened: see :func:`load_checkpoint`.
+    """
     files = [f for f in glob.glob(os.path.join(str(ckpt_dir), CHECKPOINT_PATTERN)) if checkpoint_epoch(f) >= 0]
     return sorted(files, key=checkpoint_epoch, reverse=True)
 
 
-def load_checkpoint(path: str) -> dict:
+def load_checkpoint(path: str) -> dict[str, Any]:
     """A checkpoint written by :class:`Checkpointer`, read with ``weights_only=True`` (tensors and plain
     values only); a :class:`CheckpointError` naming the file when it is a symbolic link, empty, truncated,
-    or not such a checkpoint."""
+    or not such a checkpoint.
+
+    Args:
+        path: a ``checkpoint_epoch=N.pt`` file.
+
+    Returns:
+        The checkpoint, its tensors on the CPU: ``format``, ``epoch``, ``iteration``, ``network`` (the state
+        dict), ``best``, ``args``, ``objects`` and, when the run had them, ``optimizer`` and ``lr_scheduler``.
+
+    Raises:
+        CheckpointError: ``path`` is a symbolic link, cannot be read (missing, empty, cut short, not a
+            ``weights_only`` file), or is not a checkpoint of this format.
+    """
     path = str(path)
     if os.path.islink(path):
         raise CheckpointError(f"{path} is a symbolic link, not a checkpoint written by this bundle; not followed")
@@ -171,11 +230,26 @@ class Checkpointer:
 
     After every epoch (rank 0 only) it writes ``checkpoint_epoch=N.pt`` atomically, then removes the older
     ones beyond ``n_saved``. List it after the validation and history handlers of the epoch.
+
+    Args:
+        run_dir: the run folder, opened (``RunDir.open()``): it says which checkpoint to resume from, where to
+            write them (``run_dir.ckpt_dir``) and holds the best-metric state (``run_dir.best``) that travels
+            with each checkpoint.
+        network: the trained network (a ``DistributedDataParallel`` wrapper is removed: the checkpoint holds
+            the plain module's state dict).
+        optimizer: its optimizer; None saves and restores no optimizer state.
+        lr_scheduler: the learning-rate scheduler stepped by the run (anything with ``state_dict``,
+            ``load_state_dict`` and ``step``, e.g. a ``torch.optim.lr_scheduler`` object); None: none.
+        objects: other run state to save and restore, ``{name: object with state_dict / load_state_dict}``
+            (the bundles pass the boundary-loss alpha schedule). An object the checkpoint lacks keeps its state.
+        args: the run's arguments (``--learning_rate``, ``--epochs``, the target spacing, ...), stored in every
+            checkpoint and compared with the checkpoint's on resume.
+        n_saved: how many epoch checkpoints to keep (at least 1; values below count as 1).
     """
 
     def __init__(
         self,
-        run_dir,
+        run_dir: RunDir,
         network: torch.nn.Module,
         optimizer: torch.optim.Optimizer | None = None,
         lr_scheduler: Any = None,
@@ -188,14 +262,29 @@ class Checkpointer:
         self.args = dict(args or {})
         self.n_saved = max(1, int(n_saved))
 
-    def attach(self, engine) -> None:
+    def attach(self, engine: Engine) -> None:
+        """Register :meth:`restore` at ``STARTED`` and :meth:`save` at ``EPOCH_COMPLETED`` of the trainer.
+
+        Args:
+            engine: the trainer (MONAI's ``SupervisedTrainer`` or any ignite ``Engine``).
+        """
         from ignite.engine import Events
 
         engine.add_event_handler(Events.STARTED, self.restore)
         engine.add_event_handler(Events.EPOCH_COMPLETED, self.save)
 
     # ------------------------------------------------------------------------------------------- save
-    def state(self, engine) -> dict:
+    def state(self, engine: Engine) -> dict[str, Any]:
+        """The checkpoint of the trainer's current epoch, as :meth:`save` writes it.
+
+        Args:
+            engine: the trainer; its ``state.epoch`` and ``state.iteration`` are recorded.
+
+        Returns:
+            ``{"format", "epoch", "iteration", "network", "best", "args", "objects"}``, plus ``"optimizer"``
+            and ``"lr_scheduler"`` when the handler has them: the state dicts as the objects return them (not
+            copied).
+        """
         out = {
             "format": FORMAT,
             "epoch": int(engine.state.epoch),
@@ -211,7 +300,16 @@ class Checkpointer:
         out["objects"] = {k: o.state_dict() for k, o in self.objects.items()}
         return out
 
-    def save(self, engine) -> None:
+    def save(self, engine: Engine) -> None:
+        """Write ``<ckpt_dir>/checkpoint_epoch=N.pt`` for the trainer's epoch ``N`` atomically, then remove
+        the older epoch checkpoints beyond ``n_saved``. Does nothing on ranks other than 0.
+
+        Args:
+            engine: the trainer, at ``EPOCH_COMPLETED``.
+
+        Raises:
+            OSError: the checkpoint cannot be written (permissions, full disk); the previous ones are kept.
+        """
         if not is_rank_zero():
             return
         path = os.path.join(self.run_dir.ckpt_dir, f"checkpoint_epoch={engine.state.epoch}.pt")
@@ -222,7 +320,22 @@ class Checkpointer:
         engine.logger.info(f"saved {path}")
 
     # ---------------------------------------------------------------------------------------- restore
-    def restore(self, engine) -> None:
+    def restore(self, engine: Engine) -> None:
+        """Restore the checkpoint ``run_dir`` chose to resume from (nothing for a fresh run) into the network,
+        the optimizer, the LR scheduler, ``objects``, the trainer's epoch and iteration and ``run_dir.best``.
+
+        When a ``model.json`` beside the checkpoints records a later and better epoch than the checkpoint
+        (the run was killed between saving the best model and that epoch's checkpoint), that epoch stays the
+        best to beat. Arguments that changed since the checkpoint are logged as warnings.
+
+        Args:
+            engine: the trainer, at ``STARTED``.
+
+        Raises:
+            CheckpointError: the checkpoint reached more epochs than the trainer's ``max_epochs``; its network
+                weights do not fit ``network`` (the message lists the missing, unexpected and resized entries
+                and the changed arguments); or the optimizer, scheduler or object state does not fit.
+        """
         ckpt, path = self.run_dir.resume_state, self.run_dir.resume_path
         if ckpt is None:
             return
@@ -308,11 +421,26 @@ class BestModelSaver:
     weights atomically to ``<ckpt_dir>/model.pt`` (a plain state_dict, DDP wrapper removed, as MONAI's
     ``CheckpointLoader`` reads it) and ``model.json`` (``{"metric", "value", "epoch", "args"}``: ``args`` are the
     run arguments the model was trained with, among them the target spacing evaluation and inference resample
-    to). Rank 0 only."""
+    to). Rank 0 only.
+
+    The comparison is "higher is better" (Dice-like metrics); a tie keeps the earlier model. Every rank
+    updates ``run_dir.best``, only rank 0 writes the files.
+
+    Args:
+        run_dir: the run folder: ``model.pt`` goes to ``run_dir.ckpt_dir`` and ``run_dir.best``
+            (``{"metric", "value", "epoch"}``, empty before the first validation) is the best to beat.
+        network: the network whose weights are saved.
+        metric: the name of the validation metric to compare; None: the evaluator's key metric
+            (``key_val_metric``).
+        filename: the file name of the best model in ``run_dir.ckpt_dir``; its record has the same name with
+            ``.json`` (``model.json``).
+        args: the run's arguments, recorded in the ``.json`` file (a value JSON cannot hold is written as its
+            ``repr``).
+    """
 
     def __init__(
         self,
-        run_dir,
+        run_dir: RunDir,
         network: torch.nn.Module,
         metric: str | None = None,
         filename: str = "model.pt",
@@ -321,12 +449,26 @@ class BestModelSaver:
         self.run_dir, self.network, self.metric, self.filename = run_dir, network, metric, filename
         self.args = dict(args or {})
 
-    def attach(self, engine) -> None:
+    def attach(self, engine: Engine) -> None:
+        """Run this handler at the evaluator's ``COMPLETED`` (after each validation).
+
+        Args:
+            engine: the evaluator (MONAI's ``SupervisedEvaluator`` or any ignite ``Engine`` with metrics).
+        """
         from ignite.engine import Events
 
         engine.add_event_handler(Events.COMPLETED, self)
 
-    def __call__(self, engine) -> None:
+    def __call__(self, engine: Engine) -> None:
+        """Compare this validation's metric with the best so far; when it is higher, record it in
+        ``run_dir.best`` and (rank 0) save the weights and the ``.json`` record atomically.
+
+        Args:
+            engine: the evaluator after a validation run; its ``state.epoch`` is the trainer's epoch.
+
+        Raises:
+            KeyError: the metric (``metric``, or the key metric) is not among the evaluator's metrics.
+        """
         name = self.metric or getattr(engine.state, "key_metric_name", None)
         if name not in engine.state.metrics:
             raise KeyError(

@@ -31,7 +31,15 @@ __all__ = [
 
 
 def resolve_device(distributed: bool = False) -> torch.device:
-    """CUDA when available (``cuda:LOCAL_RANK`` under torchrun with ``distributed``), CPU otherwise."""
+    """CUDA when available (``cuda:LOCAL_RANK`` under torchrun with ``distributed``), CPU otherwise.
+
+    Args:
+        distributed: the run is one process of a torchrun job: use the GPU of its ``LOCAL_RANK`` (0 when the
+            variable is unset) instead of the current CUDA device.
+
+    Returns:
+        ``cuda:LOCAL_RANK``, ``cuda`` or ``cpu``.
+    """
     if torch.cuda.is_available():
         if distributed:
             return torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}")
@@ -98,6 +106,29 @@ def msd_datalist(
     file raises :class:`DatasetNotFoundError` whose message says how to generate the phantoms. With
     ``in_channels``, the ``modality`` entries of ``dataset.json`` are checked against it and against the
     expected ``modalities`` order (:func:`check_modalities`).
+
+    Args:
+        dataset_dir: the task folder holding ``dataset.json`` (``~`` is expanded); relative paths of
+            ``dataset.json`` are resolved against it.
+        split: ``"train"``, ``"validation"``, ``"all"`` or ``"test"`` (see above).
+        val_fraction: the fraction of the labelled cases held out for validation, when ``num_val`` is None.
+        num_val: the number of validation cases; None: ``max(1, round(val_fraction * n))``.
+        max_cases: keep only the first N labelled cases (None or 0: all of them).
+        task: ``"lesion"`` or ``"tumour"``, only used for the phantom command in error messages.
+        in_channels: the number of input channels of the network; None skips the modality check.
+        modalities: the modality names the bundle expects, one per channel (``--modalities``); None: only
+            their number is checked.
+
+    Returns:
+        The cases of ``split``: ``[{"image": path, "label": path}, ...]`` with normalised paths, in the order of
+        ``dataset.json``; ``[{"image": path}, ...]`` for ``"test"``.
+
+    Raises:
+        DatasetNotFoundError: ``dataset_dir`` or its ``dataset.json`` does not exist, the split needs more
+            labelled cases than there are (at least ``num_val + 1`` for the train / validation split), or a
+            listed file is missing.
+        ValueError: ``split`` is not one of the four names, ``dataset.json`` is not valid JSON, a ``training``
+            entry lacks ``image`` or ``label``, or the modalities do not fit (:func:`check_modalities`).
     """
     if split not in ("train", "validation", "all", "test"):
         raise ValueError(f"split={split!r}: use 'train', 'validation', 'all' or 'test'")
@@ -148,6 +179,19 @@ def tumour_regions(dataset_dir: str, order: Sequence[str] = ("TC", "WT", "ET")) 
     core, 2 oedema, 3 enhancing -> TC [1, 3], WT [1, 2, 3], ET [3]) and for MSD Task01_BrainTumour
     (1 edema, 2 non-enhancing tumour, 3 enhancing tumour -> TC [2, 3], WT [1, 2, 3], ET [3]). Without
     recognisable names the BraTS numbering is assumed.
+
+    Args:
+        dataset_dir: the task folder holding ``dataset.json``.
+        order: the regions to return, by name (``"TC"``, ``"WT"``, ``"ET"``), in the order of the output
+            channels.
+
+    Returns:
+        One list of label values per region of ``order``, e.g. ``[[1, 3], [1, 2, 3], [3]]`` for the phantoms.
+
+    Raises:
+        DatasetNotFoundError: ``dataset_dir`` or its ``dataset.json`` does not exist.
+        ValueError: ``dataset.json`` is not valid JSON.
+        KeyError: a name of ``order`` is not one of ``TC``, ``WT``, ``ET``.
     """
     meta = _load_dataset_json(os.path.expanduser(str(dataset_dir)), "tumour")
     labels = {int(k): str(v).lower() for k, v in (meta.get("labels") or {}).items() if str(k).lstrip("-").isdigit()}
@@ -162,7 +206,21 @@ def tumour_regions(dataset_dir: str, order: Sequence[str] = ("TC", "WT", "ET")) 
 
 def structures_of(dataset_dir: str, task: str) -> dict[str, list[int]]:
     """What is scored, as label values read from ``dataset.json``: for ``tumour`` the BraTS regions TC, WT, ET
-    (:func:`tumour_regions`); otherwise each foreground label (``{"lesion": [1]}`` for a binary task)."""
+    (:func:`tumour_regions`); otherwise each foreground label (``{"lesion": [1]}`` for a binary task).
+
+    Args:
+        dataset_dir: the task folder holding ``dataset.json``.
+        task: ``"tumour"`` for the BraTS regions; any other value scores each foreground label.
+
+    Returns:
+        ``{structure name: label values}``. Outside ``tumour`` the names are the ``labels`` names of
+        ``dataset.json`` in lower case with non-word characters replaced by ``_`` (``"Lesion core"`` ->
+        ``lesion_core``); without named foreground labels, ``{"lesion": [1]}``.
+
+    Raises:
+        DatasetNotFoundError: ``dataset_dir`` or its ``dataset.json`` does not exist.
+        ValueError: ``dataset.json`` is not valid JSON.
+    """
     if task == "tumour":
         return dict(zip(("TC", "WT", "ET"), tumour_regions(dataset_dir)))
     meta = _load_dataset_json(os.path.expanduser(str(dataset_dir)), task)
@@ -202,7 +260,24 @@ def check_modalities(
       is a ``ValueError`` (the channels would be fed to the wrong inputs of the network); other names are
       logged as a warning (a new dataset: pass ``--modalities`` to record them).
 
-    A dataset without ``modality`` entries passes (nothing to check)."""
+    A dataset without ``modality`` entries passes (nothing to check). Names are compared case-insensitively,
+    with the usual spellings merged (T1w = T1, T1gd = T1ce = T1c, T2-FLAIR = FLAIR). The nnU-Net v2 key
+    ``channel_names`` is read when there is no ``modality``.
+
+    Args:
+        meta: the parsed ``dataset.json``.
+        in_channels: the number of input channels the network is built for.
+        source: how the messages name the dataset (the path of its ``dataset.json``).
+        expected: the modality names the bundle expects, in channel order; None (or a list of another
+            length) checks only their number.
+
+    Returns:
+        The modality names of ``meta`` in channel order (``[]`` when it lists none).
+
+    Raises:
+        ValueError: the ``modality`` keys are not channel numbers, their number is not ``in_channels``, or
+            they are the ``expected`` names in another order.
+    """
     mods = meta.get("modality") or meta.get("channel_names") or {}
     if not isinstance(mods, Mapping) or not mods:
         return []
@@ -239,7 +314,15 @@ _IMAGE_SUFFIX = re.compile(r"(\.nii\.gz|\.nii|\.mha|\.mhd|\.nrrd|\.nhdr|\.npy|\.
 
 def case_name(path: Any) -> str:
     """The case name of an image or label path: the file name without its format suffix
-    (``/d/imagesTr/case_003.nii.gz`` -> ``case_003``); a folder (DICOM series) gives its own name."""
+    (``/d/imagesTr/case_003.nii.gz`` -> ``case_003``); a folder (DICOM series) gives its own name.
+
+    Args:
+        path: a path (``str`` or ``os.PathLike``; anything else is converted with ``str``).
+
+    Returns:
+        The last path component without a ``.nii.gz``, ``.nii``, ``.mha``, ``.mhd``, ``.nrrd``, ``.nhdr``,
+        ``.npy``, ``.npz`` or ``.dcm`` suffix (case-insensitive).
+    """
     return _IMAGE_SUFFIX.sub("", os.path.basename(os.path.normpath(str(path))))
 
 

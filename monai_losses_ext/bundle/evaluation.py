@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import csv
 import os
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -17,6 +17,9 @@ from ..transforms import ValidateLabel, voxel_spacing
 from .checkpoint import atomic_write, atomic_write_json
 from .data import case_name
 
+if TYPE_CHECKING:
+    from ignite.engine import Engine
+
 __all__ = ["CaseScorer", "read_label", "score_label_file", "summarize_scores", "select_channel"]
 
 
@@ -25,7 +28,27 @@ def read_label(
 ) -> tuple[np.ndarray, list[float]]:
     """A label file as the scoring sees it: ``(labels (*spatial) int64, voxel spacing mm)``, read with MONAI's
     readers (NIfTI, MHA, NRRD, ...) in the file's own voxel order, checked by :class:`ValidateLabel` with the
-    training's ``remap`` and the values ``structures`` names (a ``ValueError`` names the file and the fix)."""
+    training's ``remap`` and the values ``structures`` names (a ``ValueError`` names the file and the fix).
+
+    Args:
+        path: the label file (or DICOM folder) to read.
+        structures: ``{name: label values}`` that will be scored; together with 0 (background) they are the
+            values the file may hold after ``remap``.
+        remap: ``{old value: new value}`` applied before the check, as in training (``--label_remap``); None
+            or empty: none.
+
+    Returns:
+        ``(labels, spacing)``: the label map without its channel axis, ``(*spatial)`` ``int64``, and the voxel
+        size per spatial axis in mm, read from the file's affine.
+
+    Raises:
+        ValueError: the file holds values outside ``{0} | structures`` after ``remap`` or non-integer values
+            (the message names the file and the fix), ``remap`` has keys or values that are not numbers, or
+            the file has more than one channel (raised by NumPy when the channel axis is dropped).
+        TypeError: ``remap`` is not a mapping.
+        FileNotFoundError: the file does not exist (other errors of MONAI's readers, e.g. for a corrupt file,
+            are raised as they are).
+    """
     from monai.transforms import LoadImage
 
     img = LoadImage(image_only=True, ensure_channel_first=True)(str(path))
@@ -42,7 +65,26 @@ def score_label_file(
     remap: Mapping | None = None,
     size_edges: Sequence[int] = (10, 50),
 ) -> dict[str, Any]:
-    """One case's row: ``{"case": name, **score_case(...)}`` of a predicted label map on the label file's grid."""
+    """One case's row: ``{"case": name, **score_case(...)}`` of a predicted label map on the label file's grid.
+
+    Args:
+        pred: the predicted label map (index values), ``(*spatial)`` or ``(1, *spatial)``, as a tensor or an
+            array, on the grid of the label file (written back with ``Invertd``).
+        label_path: the label file the prediction is scored against (read with :func:`read_label`).
+        structures: ``{name: label values}`` to score, e.g. ``{"lesion": [1]}`` or the BraTS regions
+            (:func:`structures_of`).
+        remap: the training's ``label_remap`` (see :func:`read_label`).
+        size_edges: lesion-size group edges in voxels (the groups of the size-wise sensitivity).
+
+    Returns:
+        ``{"case": case name, <metric columns>}``: per structure ``s`` the columns of
+        :func:`monai_losses_ext.metrics.score_case` (``dice_s``, ``hd95_s`` in mm, ``f1_s``, ``sensitivity_s``,
+        ``precision_s``, ``fp_lesions_s``, the lesion counts and the per-size-group counts).
+
+    Raises:
+        ValueError: ``pred`` is not on the label's grid (another shape), or the label file fails the checks
+            of :func:`read_label`.
+    """
     truth, spacing = read_label(label_path, structures, remap)
     p = pred.detach().cpu().numpy() if isinstance(pred, torch.Tensor) else np.asarray(pred)
     p = p.reshape(p.shape[1:]) if p.ndim == truth.ndim + 1 and p.shape[0] == 1 else p
@@ -61,7 +103,23 @@ def summarize_scores(
     rows: Sequence[Mapping[str, Any]], structures: Sequence[str], size_edges: Sequence[int] = (10, 50)
 ) -> dict:
     """``{"cases": n, "metrics": {column: mean/std/median/n/n_nan}, "pooled": {sensitivity per size group,
-    fp_lesions_per_case_<s>}}`` of :func:`score_label_file` rows."""
+    fp_lesions_per_case_<s>}}`` of :func:`score_label_file` rows.
+
+    Args:
+        rows: the per-case rows of :func:`score_label_file`.
+        structures: the structure names the rows were scored for.
+        size_edges: the lesion-size group edges the rows were scored with.
+
+    Returns:
+        ``{"cases": len(rows), "metrics": ..., "pooled": ...}``: ``metrics`` holds, per numeric column, the
+        ``mean``, population ``std``, ``median`` over the cases where it is defined, ``n`` (those cases) and
+        ``n_nan`` (the others, e.g. HD95 with an empty mask); ``pooled`` holds ``sensitivity_<s>_<group>``
+        (detected / truth lesions of that size group over all cases, NaN without any) and
+        ``fp_lesions_per_case_<s>`` (NaN without rows).
+
+    Raises:
+        KeyError: a row lacks the ``fp_lesions_<s>`` column of a name of ``structures``.
+    """
     pooled = _metrics.pooled_size_sensitivity(rows, structures, size_edges)
     for s in structures:
         pooled[f"fp_lesions_per_case_{s}"] = (
@@ -82,7 +140,10 @@ class CaseScorer:
         structures: ``{name: label values}`` to score (:func:`~monai_losses_ext.bundle.structures_of`).
         label_remap: the bundle's ``label_remap``.
         size_edges: lesion-size group edges in voxels.
-        pred_key, label_key: the predicted label map and the (preprocessed) label whose file is scored.
+        pred_key: the key of the predicted label map in the evaluator's output, already written back on the
+            label file's grid.
+        label_key: the key of the (preprocessed) label in the evaluator's output; its ``filename_or_obj``
+            metadata names the file that is scored.
     """
 
     def __init__(
@@ -99,7 +160,18 @@ class CaseScorer:
         self.pred_key, self.label_key = pred_key, label_key
         self.rows: list[dict] = []
 
-    def attach(self, engine) -> None:
+    def attach(self, engine: Engine) -> None:
+        """Register the handler on the evaluator: the rows are cleared at ``STARTED``, each case is scored at
+        ``ITERATION_COMPLETED`` and the files are written at ``COMPLETED``.
+
+        At ``ITERATION_COMPLETED`` a ``ValueError`` is raised when the label carries no file name (evaluation
+        needs labels read from files) or a prediction is not on its label's grid; at ``COMPLETED`` when no case
+        was scored.
+
+        Args:
+            engine: the evaluator of ``evaluate.json`` (its ``state.output`` is the decollated list of cases, or
+                a batch dict that is decollated here).
+        """
         from ignite.engine import Events
 
         engine.add_event_handler(Events.STARTED, lambda e: self.rows.clear())
@@ -160,9 +232,18 @@ def _write_csv(path: str, rows: Sequence[Sequence[Any]]) -> None:
     atomic_write(path, lambda f: f.write(data))
 
 
-def select_channel(keys: Sequence[str] = ("pred", "label"), channel: int = 0):
+def select_channel(keys: Sequence[str] = ("pred", "label"), channel: int = 0) -> Callable[[Any], tuple[list[Any], ...]]:
     """Output transform for ignite metrics: ``(pred[:, c:c+1], label[:, c:c+1])`` of a decollated output, for
-    per-class / per-region Dice next to the mean."""
+    per-class / per-region Dice next to the mean.
+
+    Args:
+        keys: the keys to take from each case of the engine output, in the order the metric reads them.
+        channel: the channel ``c`` to keep (index along each case's first axis, the channel axis).
+
+    Returns:
+        A function of the engine output (a list of case dicts, or one case dict) that returns one list per key
+        of ``keys``, each holding the ``(1, *spatial)`` channel ``c`` of every case.
+    """
 
     def _f(output):
         items = output if isinstance(output, Sequence) and not isinstance(output, Mapping) else [output]

@@ -8,9 +8,15 @@ import abc
 import math
 import time
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import IO, TYPE_CHECKING, Any
 
 import torch
+
+if TYPE_CHECKING:
+    from ignite.engine import Engine
+    from monai.engines import Evaluator
+
+    from .rundir import RunDir
 
 __all__ = [
     "loss_value",
@@ -26,7 +32,16 @@ __all__ = [
 
 
 def loss_value(output: Any) -> float | None:
-    """The training loss of an engine output (``{"loss": ...}``, a list of such dicts, or a number)."""
+    """The training loss of an engine output (``{"loss": ...}``, a list of such dicts, or a number).
+
+    Args:
+        output: an engine's ``state.output``: a dict with a ``"loss"`` entry (MONAI's ``SupervisedTrainer``),
+            a list of such dicts (the first is read), a tensor or a number.
+
+    Returns:
+        The loss as a float (the mean of a tensor with more than one element), or None when the output holds
+        none.
+    """
     if isinstance(output, Mapping):
         v = output.get("loss")
     elif isinstance(output, Sequence) and output and isinstance(output[0], Mapping):
@@ -39,12 +54,20 @@ def loss_value(output: Any) -> float | None:
 
 
 def is_distributed() -> bool:
-    """True inside an initialised torch.distributed process group (a torchrun job)."""
+    """True inside an initialised torch.distributed process group (a torchrun job).
+
+    Returns:
+        Whether ``torch.distributed`` is available and its default process group is initialised.
+    """
     return torch.distributed.is_available() and torch.distributed.is_initialized()
 
 
 def is_rank_zero() -> bool:
-    """True outside torch.distributed and on its rank 0: the one process that writes files."""
+    """True outside torch.distributed and on its rank 0: the one process that writes files.
+
+    Returns:
+        False only on the ranks other than 0 of an initialised process group.
+    """
     return not is_distributed() or torch.distributed.get_rank() == 0
 
 
@@ -59,6 +82,11 @@ def close_process_group(grace_seconds: float = 0.2) -> None:
     group, then block with the GIL released for ``grace_seconds`` so a worker waiting for it finishes while the
     interpreter is still alive. (A ``barrier()`` here does not help: it keeps the last collective's work
     alive inside its own work object, which a worker releases the same way just before exit.)
+
+    Outside a process group it does nothing.
+
+    Args:
+        grace_seconds: how long to sleep after destroying the process group, in seconds.
     """
     if is_distributed():
         torch.distributed.destroy_process_group()
@@ -86,12 +114,25 @@ class StopOnNaNLoss:
     Unlike ignite's ``TerminateOnNan`` (which ends the run quietly) the run fails, so a script notices.
     List it before MONAI's ``StatsHandler``: handlers of an exception run in order, and the first that
     raises ends the others.
+
+    Args:
+        optimizer: the trainer's optimizer, read for the learning rate the message names (that of its first
+            parameter group) and suggests lowering tenfold; None: the message names no learning rate.
     """
 
     def __init__(self, optimizer: torch.optim.Optimizer | None = None) -> None:
         self.optimizer = optimizer
 
-    def attach(self, engine) -> None:
+    def attach(self, engine: Engine) -> None:
+        """Check every iteration's loss (``ITERATION_COMPLETED``) and translate a loss's refusal of a NaN/Inf
+        network output (``EXCEPTION_RAISED``).
+
+        At ``EXCEPTION_RAISED`` a ``ValueError`` whose message mentions the input and NaN or Inf becomes a
+        :class:`TrainingDivergedError` (chained to it); any other exception is raised again as it is.
+
+        Args:
+            engine: the trainer.
+        """
         from ignite.engine import Events
 
         engine.add_event_handler(Events.ITERATION_COMPLETED, self)
@@ -105,7 +146,16 @@ class StopOnNaNLoss:
         lr = self.optimizer.param_groups[0]["lr"] if self.optimizer is not None else None
         return _ADVICE.format(lower=f"{lr / 10:.3g}" if lr else "<10x lower>")
 
-    def __call__(self, engine) -> None:
+    def __call__(self, engine: Engine) -> None:
+        """Stop the run if this iteration's loss is NaN or infinite.
+
+        Args:
+            engine: the trainer, at ``ITERATION_COMPLETED``; the loss is read from ``state.output``.
+
+        Raises:
+            TrainingDivergedError: the loss is NaN or infinite; the message names the iteration, the epoch,
+                the learning rate (with an ``optimizer``) and the likely causes.
+        """
         value = loss_value(engine.state.output)
         if value is not None and not math.isfinite(value):
             raise TrainingDivergedError(
@@ -125,18 +175,34 @@ class StopOnNaNLoss:
 
 class ValidateLastEpoch:
     """Trainer handler: also validate after the last epoch when ``val_interval`` does not divide ``max_epochs``,
-    so the best-model checkpoint always sees the final weights (``ValidationHandler`` runs every N epochs)."""
+    so the best-model checkpoint always sees the final weights (``ValidationHandler`` runs every N epochs).
 
-    def __init__(self, validator, interval: int = 1) -> None:
+    Args:
+        validator: the evaluator that ``ValidationHandler`` runs (``validator.run(epoch)`` is called).
+        interval: the ``ValidationHandler``'s interval in epochs (``--val_interval``; values below 1 count as
+            1).
+    """
+
+    def __init__(self, validator: Evaluator, interval: int = 1) -> None:
         self.validator = validator
         self.interval = max(1, int(interval))
 
-    def attach(self, engine) -> None:
+    def attach(self, engine: Engine) -> None:
+        """Run this handler at the trainer's ``EPOCH_COMPLETED``.
+
+        Args:
+            engine: the trainer.
+        """
         from ignite.engine import Events
 
         engine.add_event_handler(Events.EPOCH_COMPLETED, self)
 
-    def __call__(self, engine) -> None:
+    def __call__(self, engine: Engine) -> None:
+        """Validate with ``validator.run(epoch)`` after the last epoch, when the interval skipped it.
+
+        Args:
+            engine: the trainer, at ``EPOCH_COMPLETED``.
+        """
         epoch = engine.state.epoch
         if epoch == engine.state.max_epochs and epoch % self.interval != 0:
             self.validator.run(epoch)
@@ -150,30 +216,50 @@ class EpochLoss(abc.ABC):
         self._losses: list[float] = []
         self._t0 = time.perf_counter()
 
-    def attach(self, engine) -> None:
+    def attach(self, engine: Engine) -> None:
+        """Collect the losses of each epoch (reset at ``EPOCH_STARTED``, one per ``ITERATION_COMPLETED``) and
+        run the handler at ``EPOCH_COMPLETED``.
+
+        Args:
+            engine: the trainer.
+        """
         from ignite.engine import Events
 
         engine.add_event_handler(Events.EPOCH_STARTED, self._epoch_started)
         engine.add_event_handler(Events.ITERATION_COMPLETED, self._iteration)
         engine.add_event_handler(Events.EPOCH_COMPLETED, self)
 
-    def _epoch_started(self, engine) -> None:
+    def _epoch_started(self, engine: Engine) -> None:
         self._losses, self._t0 = [], time.perf_counter()
 
-    def _iteration(self, engine) -> None:
+    def _iteration(self, engine: Engine) -> None:
         v = loss_value(engine.state.output)
         if v is not None:
             self._losses.append(v)
 
     def epoch_loss(self) -> float | None:
+        """The mean training loss of the current epoch.
+
+        Returns:
+            The mean over the iterations of the epoch so far, or None when none reported a loss.
+        """
         return sum(self._losses) / len(self._losses) if self._losses else None
 
     def epoch_seconds(self) -> float:
+        """The wall time of the current epoch so far.
+
+        Returns:
+            Seconds since the epoch started (since the handler was built, before the first epoch).
+        """
         return time.perf_counter() - self._t0
 
     @abc.abstractmethod
-    def __call__(self, engine) -> None:
-        """What the handler does with this epoch's loss at ``EPOCH_COMPLETED``."""
+    def __call__(self, engine: Engine) -> None:
+        """What the handler does with this epoch's loss at ``EPOCH_COMPLETED``.
+
+        Args:
+            engine: the trainer, at ``EPOCH_COMPLETED``.
+        """
 
 
 class EpochProgress(EpochLoss):
@@ -184,15 +270,33 @@ class EpochProgress(EpochLoss):
     with the epoch-mean training loss, the last validation of ``validator`` (its key metric; "at epoch N"
     when it was not this epoch) and the best so far (``run_state.best``) when another epoch holds it. List
     it after the validation and checkpoint handlers, so the line reports this epoch's validation and best.
+
+    Args:
+        validator: the evaluator whose last key metric the line shows; None: no validation part.
+        run_state: where the best so far is read (``run_state.best``, ``{"metric", "value", "epoch"}``), the
+            :class:`RunDir` of the run; None: no best.
+        stream: the text stream to print to; None: standard output.
     """
 
     prefix = "[epoch "
 
-    def __init__(self, validator=None, run_state=None, stream=None) -> None:
+    def __init__(
+        self, validator: Evaluator | None = None, run_state: RunDir | None = None, stream: IO[str] | None = None
+    ) -> None:
         super().__init__()
         self.validator, self.run_state, self.stream = validator, run_state, stream
 
-    def line(self, engine) -> str:
+    def line(self, engine: Engine) -> str:
+        """The progress line of the trainer's current epoch.
+
+        Args:
+            engine: the trainer, at ``EPOCH_COMPLETED``.
+
+        Returns:
+            ``[epoch N/max] loss L | <key metric> V[ at epoch M][, best B at epoch K] | S s``: the loss part
+            only when the epoch reported a loss, the validation part only when ``validator`` has its key
+            metric.
+        """
         parts = [f"{self.prefix}{engine.state.epoch}/{engine.state.max_epochs}]"]
         if self.epoch_loss() is not None:
             parts.append(f"loss {self.epoch_loss():.4f}")
@@ -209,7 +313,12 @@ class EpochProgress(EpochLoss):
         parts.append(f"| {self.epoch_seconds():.1f} s")
         return " ".join(parts)
 
-    def __call__(self, engine) -> None:
+    def __call__(self, engine: Engine) -> None:
+        """Print :meth:`line` to ``stream`` and flush it (rank 0 only).
+
+        Args:
+            engine: the trainer, at ``EPOCH_COMPLETED``.
+        """
         if is_rank_zero():
             print(self.line(engine), file=self.stream, flush=True)
 
@@ -217,14 +326,22 @@ class EpochProgress(EpochLoss):
 class _NoSummary:
     """What ``summary_writer`` gives ranks other than 0: accepts every call, writes nothing."""
 
-    def __getattr__(self, name: str):
+    def __getattr__(self, name: str) -> Any:
         return lambda *args, **kwargs: None
 
 
-def summary_writer(run_dir):
+def summary_writer(run_dir: RunDir) -> Any:
     """One TensorBoard ``SummaryWriter`` for ``run_dir.log_dir`` on rank 0 (shared by the train and validation
     ``TensorBoardStatsHandler``), and a writer that writes nothing on the other ranks of a torchrun job, so
-    only rank 0 creates event files. Closed by :meth:`RunDir.run <monai_losses_ext.bundle.rundir.RunDir.run>`."""
+    only rank 0 creates event files. Closed by :meth:`RunDir.run <monai_losses_ext.bundle.rundir.RunDir.run>`.
+
+    Args:
+        run_dir: the run folder; its ``log_dir`` receives the event files.
+
+    Returns:
+        A ``torch.utils.tensorboard.SummaryWriter`` on rank 0 (and outside torchrun); elsewhere an object whose
+        every method accepts any arguments and does nothing.
+    """
     if not is_rank_zero():
         return _NoSummary()
     from torch.utils.tensorboard import SummaryWriter

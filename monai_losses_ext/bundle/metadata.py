@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
+from typing import Any
 
 __all__ = ["REQUIRED_METADATA", "check_metadata"]
 
@@ -25,9 +26,25 @@ REQUIRED_METADATA = (
 _REQUIRED_TENSOR = ("type", "format", "num_channels", "spatial_shape", "dtype", "value_range")
 
 
-def check_metadata(meta: str | Mapping) -> list[str]:
+def check_metadata(meta: str | Mapping[str, Any]) -> list[str]:
     """Problems of a bundle ``metadata.json`` (path or dict) against the fields MONAI's bundle schema requires
-    (offline: ``python -m monai.bundle verify_metadata`` downloads the schema). Empty list: fine."""
+    (offline: ``python -m monai.bundle verify_metadata`` downloads the schema). Empty list: fine.
+
+    Checked: every field of :data:`REQUIRED_METADATA`, a ``changelog`` entry for ``version``, and non-empty
+    ``network_data_format.inputs`` / ``outputs`` whose tensors each give ``type``, ``format``,
+    ``num_channels``, ``spatial_shape``, ``dtype`` and ``value_range``.
+
+    Args:
+        meta: the path of a ``metadata.json``, or its parsed content.
+
+    Returns:
+        One message per problem (``"missing 'authors'"``, ``"network_data_format.inputs.image: missing
+        'dtype'"``, ...).
+
+    Raises:
+        OSError: ``meta`` is a path that cannot be read.
+        ValueError: the file is not valid JSON (``json.JSONDecodeError``).
+    """
     if not isinstance(meta, Mapping):
         with open(meta) as f:
             meta = json.load(f)

@@ -39,12 +39,15 @@ import logging
 import math
 import os
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from ..transforms import check_spacing, voxel_spacing
 from ..transforms.validate import SPACING_RANGE_MM
+
+if TYPE_CHECKING:
+    from monai.transforms import MapTransform
 
 __all__ = [
     "AUGMENTATION_DEFAULTS",
@@ -65,7 +68,20 @@ NATIVE = "native"
 # ----------------------------------------------------------------------------------------------- spacing
 def file_spacing(path: str) -> list[float]:
     """Voxel size (mm) of an image file along the RAS axes the bundles reorient to (``Orientationd("RAS")``):
-    from the NIfTI header when nibabel reads it, else from the image MONAI's ``LoadImage`` returns."""
+    from the NIfTI header when nibabel reads it, else from the image MONAI's ``LoadImage`` returns.
+
+    Only the header (the affine) is needed; the voxel sizes are the column norms of the affine, permuted to
+    the RAS axis order, so the result does not depend on how the file's axes are stored.
+
+    Args:
+        path: an image file (NIfTI, MHA, NRRD, ...) or DICOM series folder.
+
+    Returns:
+        The voxel size in mm along the R, A and S axes (one value per spatial axis).
+
+    Raises:
+        FileNotFoundError: the file does not exist (other errors of MONAI's readers are raised as they are).
+    """
     import nibabel as nib
 
     try:
@@ -106,7 +122,25 @@ def target_spacing(
 ) -> list[float] | None:
     """The spacing the bundle resamples every case to: ``spacing`` when given (one or three values in mm;
     ``"native"``: ``None``, no resampling), else the per-axis median voxel size of ``datalist``'s ``key``
-    files. Every file's spacing must lie in ``spacing_range`` mm (a ``ValueError`` names the file)."""
+    files. Every file's spacing must lie in ``spacing_range`` mm (a ``ValueError`` names the file).
+
+    Args:
+        datalist: the training cases, ``[{"image": path, ...}, ...]`` (e.g. of :func:`msd_datalist`).
+        spacing: the bundle's ``--spacing``: None (the median of ``datalist``), one value (isotropic) or three
+            values in mm, or ``"native"`` (case-insensitive).
+        key: the data key of the image files whose headers are read.
+        spacing_range: ``(lowest, highest)`` voxel size accepted, in mm, both included.
+
+    Returns:
+        The target voxel size in mm, three values (a computed median is rounded to 4 decimals); None for
+        ``"native"``.
+
+    Raises:
+        ValueError: ``spacing`` is another string or has neither one nor three values, a value (given, or of
+            a file) lies outside ``spacing_range`` or is not finite, or ``datalist`` is empty while
+            ``spacing`` is None.
+        FileNotFoundError: a file of ``datalist`` does not exist.
+    """
     if spacing is not None:
         return _explicit(spacing, "target spacing", spacing_range)
     if not datalist:
@@ -121,7 +155,24 @@ def trained_spacing(
     ckpt_path: str, spacing: Any = None, spacing_range: Sequence[float] = SPACING_RANGE_MM
 ) -> list[float] | None:
     """The target spacing for evaluation / inference: ``spacing`` when given (as :func:`target_spacing`), else
-    the one the model at ``ckpt_path`` was trained at, read from ``model.json`` beside it (``args.target_spacing``)."""
+    the one the model at ``ckpt_path`` was trained at, read from ``model.json`` beside it (``args.target_spacing``).
+
+    Args:
+        ckpt_path: the trained model (``models/model.pt``); its record is the file of the same name with
+            ``.json``.
+        spacing: an explicit spacing that wins over the recorded one (as in :func:`target_spacing`); None:
+            the recorded one.
+        spacing_range: ``(lowest, highest)`` voxel size accepted, in mm, both included.
+
+    Returns:
+        The voxel size in mm the cases are resampled to, or None for no resampling (``"native"``, given or
+        recorded).
+
+    Raises:
+        ValueError: the record cannot be read or does not hold ``args.target_spacing`` (a model saved before
+            the spacing was stored: give ``spacing``), or the spacing fails the checks of
+            :func:`target_spacing`.
+    """
     if spacing is not None:
         return _explicit(spacing, "target spacing", spacing_range)
     meta_path = os.path.splitext(str(ckpt_path))[0] + ".json"
@@ -201,7 +252,21 @@ AUGMENTATION_PRESETS: dict[str, dict[str, Any]] = {
 
 def augmentation_settings(preset: str = "strong", overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """The full settings of ``preset`` updated with ``overrides`` (unknown names and probabilities outside
-    [0, 1] raise ``ValueError``)."""
+    [0, 1] raise ``ValueError``).
+
+    Args:
+        preset: a name of :data:`AUGMENTATION_PRESETS` (``"strong"``, ``"light"``, ``"legacy"``, ``"none"``).
+        overrides: settings that replace the preset's (``--augment_args``), any keys of
+            :data:`AUGMENTATION_DEFAULTS`; None: none.
+
+    Returns:
+        Every key of :data:`AUGMENTATION_DEFAULTS`: the defaults, updated with the preset, updated with
+        ``overrides``.
+
+    Raises:
+        ValueError: an unknown preset or override name, a ``p_*`` probability outside [0, 1], or a
+            ``flip_axes`` entry that is not 0, 1 or 2.
+    """
     if preset not in AUGMENTATION_PRESETS:
         raise ValueError(f"--augmentation {preset!r}: use one of {sorted(AUGMENTATION_PRESETS)}")
     overrides = dict(overrides or {})
@@ -222,7 +287,22 @@ def crop_size(
 ) -> list[int]:
     """The region cropped before the spatial augmentation: ``patch_size`` when no affine is drawn, else large
     enough that a patch rotated by up to ``rotate_deg`` (about one axis) and scaled by up to ``max(scale)`` reads
-    image, not padding (capped at twice the patch)."""
+    image, not padding (capped at twice the patch).
+
+    The factor per axis is ``min(max(1, max(scale)) * (cos t + sin t), 2)`` with ``t`` the rotation, capped at
+    45 degrees; the random affine then cuts the patch out of this region.
+
+    Args:
+        patch_size: the training patch size in voxels, one value per spatial axis.
+        preset: the augmentation preset (see :func:`augmentation_settings`).
+        overrides: the preset's overrides (``--augment_args``).
+
+    Returns:
+        The crop size in voxels, one value per axis (``patch_size`` itself when ``p_affine`` is 0).
+
+    Raises:
+        ValueError: the settings are invalid (see :func:`augmentation_settings`).
+    """
     cfg = augmentation_settings(preset, overrides)
     if cfg["p_affine"] <= 0:
         return [int(p) for p in patch_size]
@@ -238,10 +318,29 @@ def augmentations(
     map_keys: Mapping[str, str] | None = None,
     image_key: str = "image",
     label_key: str = "label",
-) -> list:
+) -> list[MapTransform]:
     """The augmentation transforms of ``preset`` (after the random crop; see the module doc). ``map_keys``:
     the loss's label maps ``{forward keyword: data key}`` (:func:`~monai_losses_ext.bundle.loss_map_keys`);
-    they follow every spatial transform of the label."""
+    they follow every spatial transform of the label.
+
+    A transform whose probability is 0 is left out, so ``"none"`` gives an empty list.
+
+    Args:
+        preset: the augmentation preset (see :func:`augmentation_settings`).
+        overrides: the preset's overrides (``--augment_args``).
+        patch_size: the training patch size in voxels; the random affine and the elastic deformation output
+            patches of this size (from the larger :func:`crop_size` region).
+        map_keys: the loss's label maps ``{forward keyword: data key}``; None: none.
+        image_key: the data key of the image (every transform applies to it).
+        label_key: the data key of the label (spatial transforms only, nearest-neighbour).
+
+    Returns:
+        MONAI dictionary transforms, in the order of the module doc: affine, elastic, one flip per axis, then
+        the intensity transforms of the image.
+
+    Raises:
+        ValueError: the settings are invalid (see :func:`augmentation_settings`).
+    """
     from monai.transforms import (
         Rand3DElasticd,
         RandAdjustContrastd,

@@ -28,13 +28,16 @@ import socket
 import tempfile
 import time
 from collections.abc import Iterable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from .checkpoint import CheckpointError, list_checkpoints, load_checkpoint
 from .handlers import is_distributed, is_rank_zero
 from .history import truncate_history
+
+if TYPE_CHECKING:
+    from ignite.engine import Engine
 
 __all__ = ["RunDir", "RunLockedError"]
 
@@ -68,11 +71,15 @@ def _alive(pid: int, ticks: str | None) -> bool:
 class RunDir:
     """The run folder of one training run. See the module docstring for what :meth:`open` does.
 
+    Building it touches no file. After :meth:`open`, ``resume_path`` / ``resume_state`` are the checkpoint
+    to continue from (None for a fresh run) and ``best`` (``{"metric", "value", "epoch"}``, empty at first)
+    is the best validation so far, kept up to date by :class:`Checkpointer` and :class:`BestModelSaver`.
+
     Args:
         root: ``bundle_root``; the lock and ``previous/`` live here.
         ckpt_dir: checkpoints and ``model.pt`` (``models/``).
         log_dir: ``history.jsonl`` and TensorBoard events (``logs/``).
-        history_file: the history to cut back on resume.
+        history_file: the history to cut back on resume; None: none.
         resume: continue from the newest loadable checkpoint (``--resume``); ``False`` starts again.
     """
 
@@ -98,7 +105,16 @@ class RunDir:
             return {}
 
     def acquire(self) -> None:
-        """Take the folder's lock (see the module docstring); :class:`RunLockedError` if a live run has it."""
+        """Take the folder's lock (see the module docstring); :class:`RunLockedError` if a live run has it.
+
+        ``root`` is created when missing. A lock left by a process of this host that no longer runs (or by
+        this very process) is replaced with a warning; the lock is released at interpreter exit at the
+        latest.
+
+        Raises:
+            RunLockedError: another live run (or a run on another host) holds the lock.
+            OSError: ``root`` cannot be created or written.
+        """
         os.makedirs(self.root, exist_ok=True)
         token = f"{socket.gethostname()}:{os.getpid()}:{time.time_ns()}"
         info = {
@@ -138,7 +154,10 @@ class RunDir:
         raise RunLockedError(f"could not take the lock {self.lock_path}: other runs keep starting in {self.root}")
 
     def release(self) -> None:
-        """Remove the lock if this process holds it (idempotent)."""
+        """Remove the lock if this process holds it (idempotent).
+
+        A lock file that another run has taken over since (another token) is left alone.
+        """
         if self._token and self._lock_info().get("token") == self._token:
             os.remove(self.lock_path)
         self._token = None
@@ -199,7 +218,19 @@ class RunDir:
 
     # ------------------------------------------------------------------------------------------ open
     def open(self) -> RunDir:
-        """Lock, check, choose and tidy the folder (rank 0), then share the choice with the other ranks."""
+        """Lock, check, choose and tidy the folder (rank 0), then share the choice with the other ranks.
+
+        Under torchrun every rank must call it (the choice is broadcast); the other ranks load the chosen
+        checkpoint themselves. On an error rank 0 releases the lock before raising.
+
+        Returns:
+            This run folder, opened (the bundles call it as the first step of ``run``: ``"$@run_dir.open()"``).
+
+        Raises:
+            RunLockedError: another live run holds the folder's lock.
+            PermissionError: ``models/`` or ``logs/`` cannot be created or written.
+            CheckpointError: on a rank other than 0, the checkpoint rank 0 chose does not load.
+        """
         if is_rank_zero():
             self.acquire()
             try:
@@ -231,10 +262,18 @@ class RunDir:
             logger.info(f"training from scratch in {self.root}")
 
     # ------------------------------------------------------------------------------------------- run
-    def run(self, engine, close: Iterable[Any] | Sequence[Any] = ()) -> None:
+    def run(self, engine: Engine, close: Iterable[Any] | Sequence[Any] = ()) -> None:
         """``engine.run()``; afterwards, also when it fails, close every object of ``close`` that has a
         ``close()`` (the TensorBoard writers: their writer threads must not outlive the run) and release the
-        lock."""
+        lock.
+
+        Args:
+            engine: the trainer (its data and ``max_epochs`` were given when it was built).
+            close: objects to close after the run, e.g. the writer of :func:`summary_writer`.
+
+        Raises:
+            Exception: whatever ``engine.run()`` raises, after the closing and the release.
+        """
         try:
             engine.run()
         finally:
