@@ -26,9 +26,10 @@ import os
 import re
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -44,6 +45,9 @@ from ..bundle import (
     score_label_file,
     structures_of,
 )
+
+if TYPE_CHECKING:
+    from tqdm import tqdm
 
 __all__ = ["Preset", "PRESETS", "Study"]
 
@@ -66,7 +70,34 @@ CPU_SCHEDULE = {
 
 @dataclass
 class Preset:
-    """A study: which losses and seeds, how long, on which data and with which bundle schedule."""
+    """A study: which losses and seeds, how long, on which data and with which bundle schedule.
+
+    The named presets are in ``PRESETS`` (``cpu``, ``gpu``, ``demo``, ``tiny``); change one with
+    ``dataclasses.replace(PRESETS["cpu"], epochs=10)``.
+
+    Attributes:
+        losses: the losses compared, as the bundle's ``loss_name`` takes them: registry names (``"dice_ce"``)
+            or dotted paths of a loss class (``"monai.losses.DiceLoss"``). `Study` puts ``baseline`` first
+            when it is missing.
+        seeds: the training seeds; every loss is trained once per seed (the seed changes the network's
+            initialisation and the patch sampling, not the splits).
+        epochs: training epochs of every run.
+        num_cases: lesion or tumour phantoms generated (seed 0) when the study is given no dataset.
+        num_test: the last ``num_test`` labelled cases of ``dataset.json``: the test set.
+        num_val: the validation cases (checkpoint choice), the ``num_val`` cases before the test cases.
+        spacing: voxel size in mm of the generated phantoms.
+        schedule: bundle overrides of every run's training and inference (``patch_size``, ``channels``,
+            ``batch_size``, ``learning_rate``...); a ``label_remap`` there is also applied when scoring.
+        phantom_options: task options of the generated phantoms, training data and shifted sites alike (e.g.
+            ``{"n_lesions": (3, 8)}``, see ``monai_losses_ext.phantoms.LESION_DEFAULTS``).
+        threads: CPU threads of every run, and processes generating phantoms; 0: all cores.
+        baseline: the loss every other loss is paired against in the report.
+        size_edges: lesion-size group edges in voxels for the sensitivity by size: ``(10, 50)`` gives the
+            groups ``<10``, ``10-50`` and ``>50``.
+        sites: names of shifted phantom sites (``monai_losses_ext.phantoms.SITES``, e.g. ``"scanner"``) every
+            trained model is also scored on; empty: in-domain test cases only.
+        num_site_cases: phantoms generated per shifted site.
+    """
 
     losses: list[str]
     seeds: list[int]
@@ -165,6 +196,15 @@ PRESETS: dict[str, Preset] = {
         },
     ),
 }
+"""The named studies of ``python -m monai_losses_ext.benchmark --preset``.
+
+* ``cpu``: 5 losses x 2 seeds, 30 epochs on 16 training phantoms at 1.5 mm, 12 test cases (about 30 minutes on
+  2 CPU cores);
+* ``gpu``: 8 losses x 3 seeds, 150 epochs on 1 mm phantoms, 96³ patches and a wider U-Net;
+* ``demo``: ``dice_ce`` x 2 seeds with the demo's budget, scored in-domain and on the ``scanner`` and
+  ``site_c`` sites;
+* ``tiny``: seconds, a smoke test of the whole pipeline.
+"""
 
 
 def slug(loss: str) -> str:
@@ -188,14 +228,35 @@ def _write_json(path: Path, obj: Any) -> None:
 
 @dataclass
 class Study:
-    """One study: a preset (possibly changed by the command line), the data, and the output folder."""
+    """One study: a preset (possibly changed by the command line), the data, and the output folder.
+
+    ``Study(PRESETS["tiny"], "runs/tiny").run()`` trains and scores every loss x seed (each run in a child
+    process of the bundle) and returns the results that `monai_losses_ext.benchmark.report.write_report`
+    turns into ``report.md``; running it again reuses the stored runs.
+
+    Args:
+        preset: what to run. When ``preset.baseline`` is not among ``preset.losses`` it is put first, in a copy.
+        out: the output folder (made absolute): ``runs/<loss>/seed<k>/``, ``study.json``, generated data
+            under ``data/``.
+        task: ``"lesion"`` or ``"tumour"``: which bundle is trained and how its labels are scored (binary
+            lesions, or the tumour regions TC, WT and ET).
+        data: an MSD-layout dataset folder (``dataset.json``, labelled ``training`` cases); None: phantoms
+            of ``task`` are generated under ``out/data``.
+        bundles: the folder that holds the bundles; None: the shipped ones (see
+            ``monai_losses_ext.bundle.bundle_dir``).
+        log: called with each progress message (when no progress bar shows it).
+
+    Raises:
+        ValueError: ``preset.losses`` or ``preset.seeds`` repeat a value, ``preset.size_edges`` is not an
+            increasing sequence of positive voxel counts, or ``preset.sites`` names an unknown site.
+    """
 
     preset: Preset
     out: Path
     task: str = "lesion"
     data: Path | None = None  # an MSD-layout dataset; None: generate phantoms under out/data
     bundles: Path | None = None
-    log: Any = print
+    log: Callable[[str], Any] = print
 
     def __post_init__(self) -> None:
         self.out = Path(self.out).resolve()
@@ -213,6 +274,12 @@ class Study:
 
     # -- data ------------------------------------------------------------------------------------------
     def dataset_dir(self) -> Path:
+        """The dataset of the study.
+
+        Returns:
+            ``data`` when given, else the phantom folder ``out/data/<task>_<num_cases>cases_<spacing>mm_seed0``
+                (which may not exist yet, see `ensure_data`).
+        """
         if self.data is not None:
             return self.data
         p = self.preset
@@ -239,6 +306,11 @@ class Study:
         os.replace(tmp, d)
 
     def ensure_data(self) -> Path:
+        """The dataset of the study, its phantoms generated first when they are needed and not there yet.
+
+        Returns:
+            The folder of `dataset_dir`.
+        """
         d = self.dataset_dir()
         if self.data is None and not (d / "dataset.json").exists():
             p = self.preset
@@ -246,18 +318,48 @@ class Study:
         return d
 
     def site_dir(self, site: str) -> Path:
+        """The folder of a shifted site's test phantoms (which may not exist yet, see `ensure_site_data`).
+
+        Args:
+            site: a site name of ``monai_losses_ext.phantoms.SITES``.
+
+        Returns:
+            ``out/data/<task>_<site>_<num_site_cases>cases_seed<seed>``, the seed that of `site_seed`.
+
+        Raises:
+            ValueError: ``site`` is not a known site.
+        """
         p = self.preset
         return self.out / "data" / f"{self.task}_{site}_{p.num_site_cases}cases_seed{site_seed(site)}"
 
     def ensure_site_data(self, site: str) -> Path:
-        """The shifted site's test phantoms (generated once; the site's own resolution)."""
+        """The shifted site's test phantoms (generated once; the site's own resolution).
+
+        Args:
+            site: a site name of ``monai_losses_ext.phantoms.SITES``.
+
+        Returns:
+            The folder of `site_dir`, holding ``num_site_cases`` phantoms of the site.
+
+        Raises:
+            ValueError: ``site`` is not a known site.
+        """
         d = self.site_dir(site)
         if not (d / "dataset.json").exists():
             self._generate(d, self.preset.num_site_cases, f"of site '{site}'", seed=site_seed(site), site=site)
         return d
 
     def splits(self) -> tuple[list[dict], list[dict]]:
-        """(training + validation cases, test cases)."""
+        """(training + validation cases, test cases).
+
+        Returns:
+            ``(train_val, test)``: the labelled cases of ``dataset.json`` in their listed order as
+                ``{"image": path, "label": path}`` dicts, the last ``num_test`` of them in ``test``.
+
+        Raises:
+            ValueError: the dataset has fewer than ``num_test + num_val + 1`` labelled cases.
+            FileNotFoundError: the dataset folder, its ``dataset.json`` or a listed file is missing.
+        """
         cases = msd_datalist(str(self.ensure_data()), "all", task=self.task)
         p = self.preset
         if len(cases) < p.num_test + p.num_val + 1:
@@ -270,10 +372,28 @@ class Study:
 
     # -- runs ------------------------------------------------------------------------------------------
     def run_dir(self, loss: str, seed: int) -> Path:
+        """The folder of one run.
+
+        Args:
+            loss: a loss of the preset.
+            seed: a seed of the preset.
+
+        Returns:
+            ``out/runs/<loss as a folder name>/seed<seed>``.
+        """
         return self.out / "runs" / slug(loss) / f"seed{seed}"
 
     def settings(self, loss: str, seed: int) -> dict:
-        """Everything that decides a run's result; a stored run with other settings is started over."""
+        """Everything that decides a run's result; a stored run with other settings is started over.
+
+        Args:
+            loss: a loss of the preset.
+            seed: a seed of the preset.
+
+        Returns:
+            A JSON-serialisable dict: the loss, seed, task, epochs, schedule, dataset folder, the names of the
+                training + validation and test cases, ``num_val`` and ``size_edges``.
+        """
         trainval, test = self.splits()
         p = self.preset
         return {
@@ -291,18 +411,58 @@ class Study:
 
     @staticmethod
     def fingerprint(settings: dict) -> str:
+        """A short hash of a run's `settings`, stored with the run to tell whether it is still valid.
+
+        Args:
+            settings: a dict of `settings`.
+
+        Returns:
+            16 hexadecimal characters of the SHA-256 of ``settings`` as JSON with sorted keys.
+        """
         return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
 
     def load_result(self, loss: str, seed: int) -> dict | None:
-        """The stored result of a run when it exists and matches the current settings."""
+        """The stored result of a run when it exists and matches the current settings.
+
+        Args:
+            loss: a loss of the preset.
+            seed: a seed of the preset.
+
+        Returns:
+            The run's ``result.json`` as a dict, or None when there is none or it was made with other settings.
+        """
         path = self.run_dir(loss, seed) / "result.json"
         if not path.exists():
             return None
         res = json.loads(path.read_text())
         return res if res.get("fingerprint") == self.fingerprint(self.settings(loss, seed)) else None
 
-    def run_one(self, loss: str, seed: int, epoch_bar=None) -> tuple[dict, bool]:
-        """Train, predict and score one run; returns ``(result, was_stored)``."""
+    def run_one(self, loss: str, seed: int, epoch_bar: tqdm | None = None) -> tuple[dict, bool]:
+        """Train, predict and score one run; returns ``(result, was_stored)``.
+
+        A stored result with the current settings is reused (only the sites it lacks are scored); a run
+        folder with other settings is deleted and started over; an interrupted training resumes from its
+        last checkpoint.
+
+        Args:
+            loss: a loss of the preset.
+            seed: a seed of the preset.
+            epoch_bar: a progress bar that is reset for this run and follows its finished epochs; None: none.
+
+        Returns:
+            ``(result, was_stored)``: the run's result (``loss``, ``seed``, ``epochs``, ``train_seconds``,
+                ``infer_seconds``, one metrics row per test case in ``cases`` and, with shifted sites, the
+                rows of each site in ``sites``), and whether it was read back rather than trained now.
+
+        Raises:
+            RuntimeError: the training or an inference run of the bundle failed (the end of its log is in
+                the message).
+            ValueError: the dataset is too small for the splits, ``task`` is not ``"lesion"`` or ``"tumour"``,
+                or a prediction and its label do not match (label values outside the task's labels without a
+                ``label_remap``, or another grid).
+            FileNotFoundError: the bundle or the dataset is missing, or the inference wrote no prediction for
+                a test case.
+        """
         stored = self.load_result(loss, seed)
         if stored is not None:
             return self.score_sites(loss, seed, stored), True
@@ -372,7 +532,20 @@ class Study:
 
     def score_sites(self, loss: str, seed: int, result: dict) -> dict:
         """Adds to ``result`` (and its file) the scores of each shifted site it lacks: the bundle's inference on
-        every case of the site's phantoms, scored like the test cases."""
+        every case of the site's phantoms, scored like the test cases.
+
+        Args:
+            loss: the run's loss.
+            seed: the run's seed.
+            result: the run's result; changed in place.
+
+        Returns:
+            ``result``, with ``result["sites"][site]`` (one metrics row per case) for every site of the preset.
+
+        Raises:
+            RuntimeError: an inference run of the bundle failed.
+            FileNotFoundError: the inference wrote no prediction for a case.
+        """
         missing = [s for s in self.preset.sites if s not in result.get("sites", {})]
         if not missing:
             return result
@@ -397,7 +570,22 @@ class Study:
 
     def score_predictions(self, pred_dir: Path, test: list[dict], dataset_dir: Path | None = None) -> list[dict]:
         """Each test case's prediction file scored against its label file with the bundles' own scoring
-        (:func:`~monai_losses_ext.bundle.score_label_file`: the training's label remap, the file's grid)."""
+        (:func:`~monai_losses_ext.bundle.score_label_file`: the training's label remap, the file's grid).
+
+        Args:
+            pred_dir: the folder of the inference's ``<case>_seg.nii.gz`` predictions.
+            test: the cases scored, ``{"image": path, "label": path}`` dicts.
+            dataset_dir: the dataset whose ``dataset.json`` gives the scored structures; None: `dataset_dir`.
+
+        Returns:
+            One row per case, in the order of ``test``: ``{"case": name, ...}`` with the per-structure
+                metrics (Dice, lesion F1 and sensitivity, false-positive lesions, HD95, lesion counts by size).
+
+        Raises:
+            FileNotFoundError: a case has no prediction file.
+            ValueError: a prediction does not match its label (another grid, or label values outside the
+                task's labels; the message says how to give a ``label_remap``).
+        """
         import nibabel as nib
 
         structures = structures_of(str(dataset_dir or self.dataset_dir()), self.task)
@@ -419,7 +607,22 @@ class Study:
         return rows
 
     def run(self, progress: bool = True) -> dict[tuple[str, int], dict]:
-        """Every loss x seed (stored runs skipped); returns the results keyed by (loss, seed)."""
+        """Every loss x seed (stored runs skipped); returns the results keyed by (loss, seed).
+
+        Writes ``study.json`` (the task, the preset and the dataset) into ``out``. A run that fails with a
+        RuntimeError (e.g. a diverging loss) does not stop the others.
+
+        Args:
+            progress: show progress bars of the runs and of the current run's epochs (tqdm); else each run's
+                outcome goes to ``log``.
+
+        Returns:
+            ``{(loss, seed): result}`` of every run, the results of `run_one`.
+
+        Raises:
+            RuntimeError: one or more runs failed; the others are stored, and running again retries the failed
+                ones.
+        """
         from tqdm.auto import tqdm
 
         self.ensure_data()

@@ -14,6 +14,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
+from numpy.typing import ArrayLike
 from scipy import stats as _st
 
 __all__ = ["bootstrap_ci", "bootstrap_ratio_ci", "paired_comparison", "Paired"]
@@ -56,10 +57,29 @@ def _check_level(level: float, n_boot: int) -> None:
         raise ValueError(f"n_boot={n_boot}: use at least 100 resamples (2000 is the default)")
 
 
-def bootstrap_ci(values, level: float = 0.95, n_boot: int = 2000, seed: int = 0) -> tuple[float, float, float]:
+def bootstrap_ci(
+    values: ArrayLike, level: float = 0.95, n_boot: int = 2000, seed: int = 0
+) -> tuple[float, float, float]:
     """Mean of ``values`` (NaN entries skipped, e.g. an undefined HD95) and its bootstrap interval.
 
     Returns ``(mean, low, high)``; all NaN when no value is finite.
+
+    Each resample draws the cases and, independently, the seeds with replacement and takes the mean of the
+    values that are not NaN; the interval is the central ``level`` percentile range of the ``n_boot`` resample means.
+
+    Args:
+        values: one metric, ``(n_cases,)`` (one seed) or ``(n_seeds, n_cases)``; NaN marks an undefined value.
+        level: the confidence level, in ``(0, 1)``.
+        n_boot: the number of resamples, at least 100.
+        seed: the seed of the resampling (the same inputs and seed give the same interval).
+
+    Returns:
+        ``(mean, low, high)``: the mean of the values that are not NaN and the interval's bounds; all NaN when
+            no value is finite.
+
+    Raises:
+        ValueError: ``level`` is not in ``(0, 1)``, ``n_boot`` is under 100, or ``values`` is not 1-D or 2-D
+            with at least one case.
     """
     _check_level(level, n_boot)
     a = _as_2d(values)
@@ -71,11 +91,30 @@ def bootstrap_ci(values, level: float = 0.95, n_boot: int = 2000, seed: int = 0)
     return (float(np.nanmean(a)), *_interval(boot, level))
 
 
-def bootstrap_ratio_ci(num, den, level: float = 0.95, n_boot: int = 2000, seed: int = 0) -> tuple[float, float, float]:
+def bootstrap_ratio_ci(
+    num: ArrayLike, den: ArrayLike, level: float = 0.95, n_boot: int = 2000, seed: int = 0
+) -> tuple[float, float, float]:
     """Pooled ratio ``sum(num) / sum(den)`` (e.g. detected lesions / truth lesions of a size group, over all
     seeds and cases) and its bootstrap interval, resampling cases and seeds together for both.
 
     Returns ``(ratio, low, high)``; NaN when ``den`` sums to zero (no lesion of that size in the test set).
+
+    Resamples whose ``den`` sums to zero are left out of the interval.
+
+    Args:
+        num: the numerator counts, ``(n_cases,)`` or ``(n_seeds, n_cases)``.
+        den: the denominator counts, the same shape as ``num``.
+        level: the confidence level, in ``(0, 1)``.
+        n_boot: the number of resamples, at least 100.
+        seed: the seed of the resampling.
+
+    Returns:
+        ``(ratio, low, high)``: the pooled ratio and the interval's bounds; all NaN when ``den`` sums to zero
+            or less.
+
+    Raises:
+        ValueError: ``level`` is not in ``(0, 1)``, ``n_boot`` is under 100, ``num`` or ``den`` is not 1-D or
+            2-D with at least one case, or their shapes differ.
     """
     _check_level(level, n_boot)
     n, d = _as_2d(num, "num"), _as_2d(den, "den")
@@ -95,7 +134,19 @@ class Paired:
     """A loss against the baseline on the same test cases: ``diff`` = mean over cases of (loss - baseline),
     each case first averaged over seeds; its bootstrap interval; the two-sided Wilcoxon signed-rank p-value
     of the per-case differences (NaN with fewer than 2 non-zero differences); and how many cases the loss
-    scored higher / equal / lower than the baseline."""
+    scored higher / equal / lower than the baseline.
+
+    Attributes:
+        diff: mean over the compared cases of (loss - baseline), each side first averaged over its seeds.
+        low: lower bound of the bootstrap interval of ``diff``.
+        high: upper bound of the bootstrap interval of ``diff``.
+        p_value: two-sided Wilcoxon signed-rank p-value of the per-case differences (zero differences left
+            out); NaN with fewer than 2 non-zero differences.
+        higher: cases where the loss scored higher than the baseline.
+        equal: cases where both scored the same.
+        lower: cases where the loss scored lower.
+        n_cases: cases compared (those with a value that is not NaN for at least one seed on each side).
+    """
 
     diff: float
     low: float
@@ -107,9 +158,31 @@ class Paired:
     n_cases: int
 
 
-def paired_comparison(values, baseline, level: float = 0.95, n_boot: int = 2000, seed: int = 0) -> Paired:
+def paired_comparison(
+    values: ArrayLike, baseline: ArrayLike, level: float = 0.95, n_boot: int = 2000, seed: int = 0
+) -> Paired:
     """Compare ``values`` with ``baseline`` (both ``(n_seeds, n_cases)`` on the same cases; the seed counts may
-    differ). Cases where either side is NaN for every seed are left out."""
+    differ). Cases where either side is NaN for every seed are left out.
+
+    The bootstrap resamples the cases (the same ones for both sides) and, for each side independently, its
+    seeds.
+
+    Args:
+        values: the loss's metric, ``(n_cases,)`` or ``(n_seeds, n_cases)``.
+        baseline: the baseline's metric on the same cases in the same order, ``(n_cases,)`` or
+            ``(n_seeds, n_cases)``.
+        level: the confidence level of the interval of the difference, in ``(0, 1)``.
+        n_boot: the number of resamples, at least 100.
+        seed: the seed of the resampling.
+
+    Returns:
+        The comparison as a `Paired` record: the mean difference with its interval, the Wilcoxon p-value and
+            the counts of cases higher / equal / lower; NaN values and zero counts when no case is left.
+
+    Raises:
+        ValueError: ``level`` is not in ``(0, 1)``, ``n_boot`` is under 100, an input is not 1-D or 2-D with at
+            least one case, or the two score a different number of cases.
+    """
     _check_level(level, n_boot)
     a, b = _as_2d(values), _as_2d(baseline, "baseline")
     if a.shape[1] != b.shape[1]:

@@ -41,6 +41,13 @@ class Atlas:
     ``maps`` is float32 (4, X, Y, Z): GM, WM, CSF, ventricles (each in [0, 1]);
     ``origin`` is the world position (mm) of voxel (0, 0, 0); ``centre`` the world
     centre of the brain's bounding box.
+
+    Attributes:
+        maps: float32 ``(4, X, Y, Z)``, read-only: the GM, WM, CSF and ventricle maps of the template,
+            cropped to the brain's bounding box plus a 12 mm margin.
+        origin: float64 ``(3,)``, world position (MNI mm) of voxel ``(0, 0, 0)`` of ``maps``.
+        centre: float64 ``(3,)``, world position (MNI mm) of the centre of the brain's bounding box; the
+            output grids of the phantoms are centred on it.
     """
 
     maps: np.ndarray
@@ -49,7 +56,18 @@ class Atlas:
 
 
 def atlas_paths() -> dict[str, str]:
-    """Paths of the three template files inside the installed nilearn package."""
+    """Paths of the three template files inside the installed nilearn package.
+
+    Nothing is downloaded: the files are the ones nilearn's package ships in ``nilearn/datasets/data``.
+
+    Returns:
+        ``{"t1": ..., "gm": ..., "wm": ...}``: the paths of the skull-stripped T1 and of the grey- and
+            white-matter probability maps (``.nii.gz``, 1 mm).
+
+    Raises:
+        ImportError: nilearn is not installed.
+        FileNotFoundError: nilearn is installed but one of the three files is missing from it.
+    """
     spec = importlib.util.find_spec("nilearn")
     if spec is None or not spec.submodule_search_locations:
         raise ImportError(
@@ -90,7 +108,18 @@ def _ventricles(brain: np.ndarray, csf: np.ndarray) -> np.ndarray:
 
 @functools.lru_cache(maxsize=1)
 def load_atlas() -> Atlas:
-    """Read and prepare the template (about 1 s, cached per process)."""
+    """Read and prepare the template (about 1 s, cached per process).
+
+    Returns:
+        The template as an `Atlas`: read-only float32 maps ``(4, X, Y, Z)`` (GM, WM, CSF, ventricles) on
+            the template's 1 mm grid cropped around the brain, with their ``origin`` and the brain's
+            ``centre`` in world mm. Every call of a process returns the same object.
+
+    Raises:
+        ImportError: nilearn or nibabel is not installed.
+        FileNotFoundError: the template files are missing from the installed nilearn.
+        ValueError: the template's affine is not 1 mm and axis-aligned (another template version).
+    """
     paths = atlas_paths()
     t1, affine = _read(paths["t1"])
     gm = _read(paths["gm"])[0] / 255.0

@@ -6,7 +6,9 @@ import gzip
 import json
 import multiprocessing
 import os
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
+from typing import Any
 
 import numpy as np
 
@@ -28,7 +30,18 @@ _NAME = {"lesion": "SyntheticMSLesions", "tumour": "SyntheticGlioma"}
 
 def write_nifti(path: str, data: np.ndarray, affine: np.ndarray, compresslevel: int = 6) -> None:
     """Write a NIfTI-1 file; ``.nii.gz`` is gzipped with ``mtime=0`` and no file name in the
-    header, so the same array gives the same bytes."""
+    header, so the same array gives the same bytes.
+
+    The file is written to ``path + ".part"`` and then renamed to ``path``, so a reader never finds a
+    half-written file. The header says mm units and holds ``affine`` as both qform and sform (code 1).
+
+    Args:
+        path: the file to write; a name ending in ``.gz`` (``.nii.gz``) is gzipped, any other (``.nii``) is not.
+        data: the voxels, stored with their dtype and shape, e.g. a float32 ``(X, Y, Z, C)`` image or a
+            uint8 ``(X, Y, Z)`` label map.
+        affine: ``(4, 4)`` voxel index to world mm (RAS).
+        compresslevel: gzip level, 0 (none) to 9 (smallest); unused for ``.nii``.
+    """
     import nibabel as nib
 
     img = nib.Nifti1Image(data, affine)
@@ -46,10 +59,37 @@ def write_nifti(path: str, data: np.ndarray, affine: np.ndarray, compresslevel: 
 
 
 def case_name(task: str, index: int, num_cases: int) -> str:
+    """The file name (without suffix) of case ``index`` in a dataset of ``num_cases`` cases.
+
+    ``synth_<task>_<index>``, the index zero-padded to 3 digits, or more when ``num_cases - 1`` has more, so
+    the names sort in index order.
+
+    Args:
+        task: ``"lesion"`` or ``"tumour"`` (or an alias, see `task_options`); the name holds the canonical one.
+        index: the case's index.
+        num_cases: the number of cases the dataset's names are padded for (``write_dataset`` passes
+            ``start + num_cases``).
+
+    Returns:
+        The name, e.g. ``synth_lesion_007`` for index 7 of 32 cases, ``synth_tumour_0007`` of 1500.
+
+    Raises:
+        ValueError: ``task`` is not a known task.
+    """
     return f"synth_{_task(task)}_{index:0{max(3, len(str(max(num_cases - 1, 0))))}d}"
 
 
-def write_case(out_dir: str, task: str, seed: int, index: int, name: str, spacing, shape, opts, site=None) -> dict:
+def write_case(
+    out_dir: str,
+    task: str,
+    seed: int,
+    index: int,
+    name: str,
+    spacing: float | Sequence[float] | None,
+    shape: int | Sequence[int] | None,
+    opts: Mapping[str, Any],
+    site: str | Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
     """Generate one case and write imagesTr/<name>.nii.gz (X, Y, Z, C) and labelsTr/<name>.nii.gz."""
     case = generate_case(task, seed, index, spacing=spacing, shape=shape, site=site, **opts)
     write_nifti(
@@ -67,13 +107,13 @@ def write_dataset(
     num_cases: int,
     seed: int = 0,
     *,
-    spacing=None,
-    shape=None,
-    site=None,
+    spacing: float | Sequence[float] | None = None,
+    shape: int | Sequence[int] | None = None,
+    site: str | Mapping[str, Any] | None = None,
     workers: int = 1,
     progress: bool = True,
     start: int = 0,
-    **opts,
+    **opts: Any,
 ) -> str:
     """Write ``num_cases`` cases (indices ``start`` ...) and the MSD-style ``dataset.json``.
 
@@ -85,6 +125,36 @@ def write_dataset(
     :func:`generate_case`; ``spacing=None`` is the site's spacing, else 2 mm.
     ``workers > 1`` generates cases in parallel processes; the files do not depend on it.
     Returns the path of ``dataset.json``.
+
+    The names, settings and options are checked before anything is written; ``seed``, ``start`` and the
+    values of the lesion-count options are checked when the first case is generated. ``dataset.json`` and
+    ``phantoms.json`` list the cases of this call only: a second call into the same folder rewrites them.
+
+    Args:
+        out_dir: the dataset folder (created, with ``imagesTr`` and ``labelsTr``); files already there with
+            the same names are replaced.
+        task: ``"lesion"`` or ``"tumour"`` (or an alias, see `task_options`).
+        num_cases: how many cases to write, >= 0.
+        seed: the dataset's seed, >= 0; case ``i`` is ``generate_case(task, seed, i, ...)``.
+        spacing: voxel size in mm, one value or three; None: the site's spacing, else 2 mm.
+        shape: grid size in voxels, one value or three; None: the ``DEFAULT_FOV_MM`` field of view.
+        site: None (``"in_domain"``), a preset name of ``SITES`` or a mapping of site options, as in
+            `generate_case`.
+        workers: number of processes generating cases; 1 (or less) generates them in this process.
+        progress: show a progress bar (tqdm).
+        start: the index of the first case, >= 0; the cases are ``start`` to ``start + num_cases - 1``.
+        **opts: task options (keys of ``LESION_DEFAULTS`` or ``TUMOUR_DEFAULTS``) and site options (keys of
+            ``SITE_DEFAULTS``), as in `generate_case`.
+
+    Returns:
+        The path of the ``dataset.json`` written into ``out_dir``.
+
+    Raises:
+        ValueError: ``num_cases`` is negative, or an argument or option is invalid (see `generate_case`).
+        TypeError: an option name is neither a task nor a site option, or ``site`` has the wrong type.
+        RuntimeError: a tumour could not be placed in a case (the grid is too small or too coarse).
+        ImportError: nilearn is not installed (the anatomy is read from it, see `atlas_paths`).
+        FileNotFoundError: the template files are missing from nilearn.
     """
     task = _task(task)
     num_cases = int(num_cases)

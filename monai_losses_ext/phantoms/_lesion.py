@@ -20,6 +20,15 @@ LESION_DEFAULTS = dict(
     volume_range_mm3=(5.0, 3000.0),
     supersampling=4,  # sub-samples per voxel and axis for the occupancy
 )
+"""The lesion task's options and their defaults.
+
+* ``n_lesions``: inclusive ``(lo, hi)`` range of the lesion count of a non-empty case (or one int);
+* ``empty_fraction``: probability that a case has no lesion at all, in ``[0, 1]``;
+* ``volume_median_mm3`` and ``volume_sigma``: the log-normal lesion volume, its median (mm³) and the sigma of
+  its log;
+* ``volume_range_mm3``: ``(min, max)`` mm³ the volumes are truncated to;
+* ``supersampling``: sub-samples per voxel and axis for the partial-volume occupancy.
+"""
 
 _STRUCT26 = np.ones((3, 3, 3), dtype=bool)
 # Per-lesion intensity relative to the subject's white matter: (low, high) per channel.

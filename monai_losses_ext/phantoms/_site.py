@@ -9,11 +9,14 @@ named presets (partial dicts over :data:`SITE_DEFAULTS`, plus an optional ``spac
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 __all__ = ["SITE_DEFAULTS", "SITES", "LESION_SHAPES", "Site", "resolve_site"]
 
 LESION_SHAPES = ("ovoid", "irregular", "confluent", "elongated")
+"""The lesion shapes of the ``lesion_shapes`` site option: ellipsoids (elongation 1-2), unions of 2-4
+ellipsoids, merged plaques of 3-7 ellipsoids, and thin ellipsoids (elongation 2.5-4) perpendicular to the
+ventricle wall (Dawson's fingers)."""
 
 SITE_DEFAULTS = dict(
     tissue_contrast=1.0,  # scale of the CSF/GM/WM mean differences around their mean, per channel
@@ -27,6 +30,20 @@ SITE_DEFAULTS = dict(
     skull_strip=True,  # False: a skull and scalp around the brain, noise everywhere
     lesion_shapes=("ovoid",),  # lesion task: shapes drawn uniformly per lesion (LESION_SHAPES)
 )
+"""The acquisition-site options and their training ("in_domain") values.
+
+* ``tissue_contrast``: scale of the CSF / GM / WM mean differences around their mean, per channel, in
+  ``(0, 1.3]``;
+* ``contrast_jitter``: per-subject log-normal jitter (sigma) of each tissue mean, in ``[0, 1]``;
+* ``lesion_contrast``: scale of the lesion's (tumour compartments') deviation from WM, in ``(0, 2]``;
+* ``noise``: ``(lo, hi)`` range of the Rician sigma as a fraction of the brightest tissue, drawn per channel;
+* ``bias``: maximum standard deviation of the log bias field (per channel ``U(0.3, 1) x bias``), in ``[0, 2]``;
+* ``blur``: ``(lo, hi)`` range of the Gaussian PSF sigma in voxels, one value per case;
+* ``log_gain``: ``(lo, hi)``, the gain of each channel is ``exp(U(lo, hi))``, within ``[-3, 3]``;
+* ``slice_thickness_mm``: FWHM of the slice profile along axis 2; None: the spacing;
+* ``skull_strip``: True: zero outside the brain; False: a skull and scalp around it, noise everywhere;
+* ``lesion_shapes``: lesion task only, the shapes drawn uniformly per lesion (names of ``LESION_SHAPES``).
+"""
 
 # Named sites.  "spacing" (mm, scalar or 3 values) is the site's default grid; an explicit
 # ``spacing`` argument overrides it.  Keys are checked against SITE_DEFAULTS at import.
@@ -56,6 +73,14 @@ SITES = {
         lesion_shapes=("irregular", "confluent", "elongated"),
     ),
 }
+"""Named acquisition sites: partial dicts over ``SITE_DEFAULTS``, plus an optional default ``spacing``.
+
+* ``in_domain``: the training distribution (``SITE_DEFAULTS``);
+* ``scanner``: another scanner, same population, skull-stripped: flatter contrast, lower SNR, stronger bias,
+  thick axial slices (1 x 1 x 3 mm);
+* ``site_c``: another site and population, not skull-stripped (a head around the brain), irregular,
+  confluent and elongated lesions, 1.2 mm.
+"""
 
 _TISSUE_CONTRAST_MAX = 1.3  # above this the FLAIR CSF mean (0.12 around a mean of 0.47) turns negative
 _LESION_CONTRAST_MAX = 2.0
@@ -66,11 +91,19 @@ if any(set(p) - _KNOWN for p in SITES.values()):  # pragma: no cover - a typo in
 
 class Site(NamedTuple):
     """A resolved site: its ``name``, the full validated ``options`` (task-specific: no
-    ``lesion_shapes`` for the tumour task) and its default ``spacing`` (None: the generator's)."""
+    ``lesion_shapes`` for the tumour task) and its default ``spacing`` (None: the generator's).
+
+    Attributes:
+        name: the preset's name (``"in_domain"`` for ``site=None``), or ``"custom"`` for a mapping.
+        options: every key of ``SITE_DEFAULTS`` with its validated value (ranges as ``(lo, hi)`` float tuples,
+            ``lesion_shapes`` as a tuple), the preset's and the explicit overrides' in place of the defaults.
+        spacing: the site's grid spacing in mm (one value or three), used when the caller gives no
+            ``spacing``; None: the generator's default (``DEFAULT_SPACING``).
+    """
 
     name: str
-    options: dict
-    spacing: object
+    options: dict[str, Any]
+    spacing: float | Sequence[float] | None
 
 
 def _range(name, value, lo_min=0.0, hi_max=None):
@@ -125,13 +158,32 @@ def _validate(opts: dict) -> dict:
     return out
 
 
-def resolve_site(task: str, site=None, **overrides) -> Site:
+def resolve_site(task: str, site: str | Mapping[str, Any] | None = None, **overrides: Any) -> Site:
     """Resolve ``site`` (None / a name in :data:`SITES` / a mapping of site options) and the
     explicit ``overrides`` (site option keywords) into a validated :class:`Site`.
 
     Preset (or mapping) values replace :data:`SITE_DEFAULTS`; ``overrides`` replace both.
     ``lesion_shapes`` is a lesion-task option: for ``task="tumour"`` a preset's value is
     dropped, an explicit one raises ValueError.
+
+    Args:
+        task: the task the options are for, ``"lesion"`` or ``"tumour"``. Aliases are not resolved here: any
+            name other than ``"lesion"`` is treated as a task without ``lesion_shapes``.
+        site: None (``"in_domain"``: ``SITE_DEFAULTS``, the training distribution), the name of a preset of
+            ``SITES`` (``"scanner"``, ``"site_c"``), or a mapping of site options (and optionally
+            ``"spacing"``) that replace the defaults, named ``"custom"``.
+        **overrides: site options by name (keys of ``SITE_DEFAULTS``, not ``spacing``), which replace the
+            preset's values.
+
+    Returns:
+        The validated `Site` ``(name, options, spacing)``.
+
+    Raises:
+        ValueError: ``site`` names no preset; an option value is out of its range or of the wrong form
+            (e.g. ``noise`` not a ``(lo, hi)`` pair, ``skull_strip`` not a bool, an unknown lesion shape); or
+            ``lesion_shapes`` is in ``overrides`` for a task other than ``"lesion"``.
+        TypeError: ``site`` is not None, a string or a mapping, or an option name (in the mapping or in
+            ``overrides``) is not a site option.
     """
     if site is None:
         name, preset = "in_domain", {}

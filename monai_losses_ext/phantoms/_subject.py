@@ -30,6 +30,7 @@ TISSUE_MEANS = {
     "T2": (1.00, 0.60, 0.45),
     "FLAIR": (0.12, 0.75, 0.55),
 }
+"""Mean intensity of (CSF, GM, WM) per contrast, arbitrary units (WM on T1 = 1), before the per-subject jitter."""
 # Mean intensity of (skull, scalp fat) per contrast, same units; used with ``skull_strip=False``.
 # Cortical bone is dark on every sequence; fat is bright on T1 and moderately bright on
 # (fast spin echo) T2 and FLAIR.
@@ -39,6 +40,8 @@ HEAD_MEANS = {
     "T2": (0.08, 0.95),
     "FLAIR": (0.06, 0.85),
 }
+"""Mean intensity of (skull, scalp fat) per contrast, same units as ``TISSUE_MEANS``; used without skull
+stripping (``skull_strip=False``)."""
 # Thickness ranges (mm) of the skull and scalp shells; smooth random fields (40 mm length
 # scale) map into them, so each subject's thickness varies around the head.
 HEAD_THICKNESS_MM = {"skull": (4.0, 7.0), "scalp": (4.0, 8.0)}

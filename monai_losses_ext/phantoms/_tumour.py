@@ -17,6 +17,13 @@ TUMOUR_DEFAULTS = dict(
     rim_mm=(2.5, 7.0),  # mean thickness of the enhancing rim around the necrosis
     p_no_necrosis=0.15,  # probability of a core without necrosis
 )
+"""The tumour task's options and their defaults.
+
+* ``core_radius_mm``: ``(lo, hi)`` range of the mean radius of the tumour core (enhancing rim + necrosis);
+* ``oedema_extent_mm``: ``(lo, hi)`` range of the oedema's reach beyond the core, before the WM bias;
+* ``rim_mm``: ``(lo, hi)`` range of the mean thickness of the enhancing rim around the necrosis;
+* ``p_no_necrosis``: probability of a core without necrosis.
+"""
 
 _STRUCT26 = np.ones((3, 3, 3), dtype=bool)
 # Intensity of each compartment relative to the subject's white matter, per channel.
