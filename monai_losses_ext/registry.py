@@ -21,7 +21,18 @@ def _key(name: str) -> str:
 
 
 def register_loss(name: str, cls: type) -> None:
-    """Make ``cls`` available to ``get_loss`` under ``name`` and under its class name."""
+    """Make ``cls`` available to ``get_loss`` under ``name`` and under its class name.
+
+    ``cls`` is the loss class (a ``torch.nn.Module`` subclass, not an instance); ``get_loss`` builds it with
+    the keyword arguments it is given. Registering a name again replaces the earlier class.
+
+    Args:
+        name: the registry name, e.g. ``"focal_tversky"``; it is listed by ``list_losses`` as given, and
+            looked up without regard to case, ``-``, ``_``, spaces or a trailing ``loss``.
+
+    Raises:
+        TypeError: ``cls`` is not a ``torch.nn.Module`` subclass.
+    """
     if not (isinstance(cls, type) and issubclass(cls, torch.nn.Module)):
         raise TypeError(f"a registered loss must be a torch.nn.Module subclass, got {cls!r}.")
     _NAMES[name] = cls
@@ -30,7 +41,11 @@ def register_loss(name: str, cls: type) -> None:
 
 
 def list_losses() -> list[str]:
-    """The registry names, sorted."""
+    """The registry names, sorted.
+
+    Returns:
+        The names under which losses were registered (``register_loss``), in alphabetical order.
+    """
     return sorted(_NAMES)
 
 
@@ -45,7 +60,7 @@ def _import_dotted(path: str) -> Any:
         ) from err
 
 
-def get_loss(name: str | type, defaults: dict | None = None, **kwargs) -> torch.nn.Module:
+def get_loss(name: str | type, defaults: dict[str, Any] | None = None, **kwargs: Any) -> torch.nn.Module:
     """Build a loss from a registry name or class name (``"focal_tversky"``, ``"FocalTverskyLoss"``; case, '-'
     and '_' do not matter), a dotted class path (``"monai.losses.DiceLoss"``) or a class.
 
@@ -55,8 +70,22 @@ def get_loss(name: str | type, defaults: dict | None = None, **kwargs) -> torch.
     ``get_loss(name, defaults={"softmax": True, "to_onehot_y": True, "distributed": True})``; cross-entropy,
     which always reads logits and index labels, simply does not take ``softmax``.
 
-    Raises ``ValueError`` for an unknown name or an unimportable path and ``TypeError`` when the result is
-    not a ``torch.nn.Module`` (``"fractions.Fraction"`` builds, but is no loss).
+    Args:
+        name: a registry name or class name (see ``list_losses``), a dotted path ``"package.module.Class"``,
+            or a ``torch.nn.Module`` subclass.
+        defaults: keyword arguments passed only where the constructor takes them (all of them to a
+            constructor that takes ``**kwargs``); ``kwargs`` win over them. None: none.
+        **kwargs: keyword arguments of the constructor, passed as they are.
+
+    Returns:
+        The loss module, ``cls(**defaults_it_takes, **kwargs)``.
+
+    Raises:
+        ValueError: an unknown name, or a dotted path that cannot be imported; also any ``ValueError`` of
+            the constructor (an invalid argument value).
+        TypeError: ``name`` is neither a string nor a class; the result is not a ``torch.nn.Module``
+            class (``"fractions.Fraction"`` imports, but is no loss); the constructor raised ``TypeError``
+            (e.g. an argument it does not take), re-raised with the list of the arguments it takes.
     """
     if isinstance(name, str) and "." in name.strip():
         cls = _import_dotted(name.strip())

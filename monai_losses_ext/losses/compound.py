@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -93,6 +94,61 @@ class DiceCELoss(_DicePlus):
     channel it is binary cross-entropy with ``weight`` as pos_weight, as in MONAI. ``weight`` also weighs the
     Dice classes (without the background entry when ``include_background=False``). Index targets are read
     directly by both terms: no one-hot is built. Extra: ``ignore_index``, ``distributed``, ``validate``.
+
+    Called as ``loss(input, target)`` (``LossBase.forward``), it returns a 0-d tensor. With ``softmax=True``,
+    more than one channel and no label smoothing, the Dice and cross-entropy sums come from one pass over the
+    logits (one softmax).
+
+    Args:
+        include_background: whether channel 0 (background) is scored by the Dice term; the cross-entropy
+            always covers every class, as in MONAI. Ignored, with a warning, for a single-channel input.
+        to_onehot_y: ``True``: the target is ``(B, 1, *spatial)`` index labels, read as they are by both
+            terms. ``False``: the target has one channel per input channel (one-hot or soft); a single-channel
+            input takes a ``(B, 1, *spatial)`` binary target.
+        sigmoid: apply a sigmoid to the input of the Dice term (binary or overlapping channels).
+        softmax: apply a softmax over the channels for the Dice term (mutually exclusive classes).
+        other_act: any other activation for the Dice term, e.g. ``torch.tanh``. At most one of ``sigmoid``,
+            ``softmax`` and ``other_act``; with none of them the input must be probabilities in ``[0, 1]``.
+            Whatever the activation, the cross-entropy reads the raw input as logits, as in MONAI.
+        squared_pred: Dice with the V-Net denominator ``sum p^2 + sum g^2``.
+        jaccard: the soft Jaccard (IoU) loss instead of Dice.
+        reduction: ``"mean"`` (Dice: mean over samples and classes; cross-entropy: weighted mean over the
+            voxels) or ``"sum"`` (both summed); the result is a 0-d tensor either way. ``"none"`` is not
+            supported.
+        smooth_nr: added to the numerator of the Dice score.
+        smooth_dr: added to the denominator of the Dice score.
+        batch: pool the Dice sums over the batch (over every rank with ``distributed``) before the score: one
+            Dice per class instead of one per sample and class.
+        weight: one weight per class, background included (``C`` values, each ``>= 0``): the cross-entropy's
+            class weights, ``sum_i w[t_i] CE_i / sum_i w[t_i]`` for index labels as in
+            ``torch.nn.CrossEntropyLoss``; with one output channel the BCE ``pos_weight``. The Dice term weighs
+            its scored classes with the same values (entry 0 dropped when ``include_background=False``).
+            None: all 1.
+        lambda_dice: factor of the Dice term, ``>= 0``.
+        lambda_ce: factor of the cross-entropy term, ``>= 0``.
+        label_smoothing: label smoothing of the cross-entropy, in ``[0, 1]``; not applied with one output
+            channel (binary cross-entropy), as in MONAI.
+        ignore_index: label of the voxels left out of both terms (it may lie outside ``[0, C)``, e.g. 255);
+            with a C-channel target, the voxels where channel ``ignore_index`` is nonzero or, if it is not a
+            channel index, the voxels whose target is zero in every channel. None: every voxel counts.
+        distributed: for DDP: the Dice mean (or, with ``batch=True``, its sums) and the cross-entropy's
+            weighted mean run over every rank's samples. No effect in a single process.
+        validate: check the values of ``input`` and ``target`` at every call (NaN/Inf, ranges, labels), each
+            check a host-device synchronisation; ``False`` skips them (the shape checks always run).
+
+    Raises:
+        ValueError: at construction: ``reduction`` is not ``"mean"`` or ``"sum"``; more than one of
+            ``sigmoid``, ``softmax``, ``other_act`` is set; ``lambda_dice`` or ``lambda_ce`` is negative;
+            ``label_smoothing`` lies outside ``[0, 1]``; ``weight`` has more than one dimension or holds negative
+            or non-finite values.
+        ValueError: at call time: the shapes of ``input`` and ``target`` do not match; a one-channel target
+            for a multi-channel input without ``to_onehot_y=True``, or a multi-channel target with it;
+            ``weight`` does not hold one value per channel; with ``validate=True`` also NaN/Inf values, input
+            outside ``[0, 1]`` when no activation is chosen, non-integer or out-of-range index labels (other
+            than ``ignore_index``), a dense target outside ``[0, 1]``, or, with ``softmax=True``, a one-hot
+            target that does not sum to 1 over the channels.
+        TypeError: ``other_act`` is not callable or ``ignore_index`` is not an int (construction); ``input`` or
+            ``target`` is not a tensor, or ``input`` is not floating point (call).
     """
 
     def __init__(
@@ -127,6 +183,14 @@ class DiceCELoss(_DicePlus):
         self.lambda_ce = self.lambda_other
 
     def from_prepared(self, prep: Prepared) -> torch.Tensor:
+        """The loss of an input already checked and aligned by ``_prepare`` (as compound losses hand it on).
+
+        Args:
+            prep: the prepared input and target.
+
+        Returns:
+            The loss, a 0-d tensor.
+        """
         if prep.act != "softmax" or not fused_ce_applies(prep, self.other.label_smoothing, self.reduction):
             return super().from_prepared(prep)
         # one pass: the Dice sums and the cross-entropy sums come from the same softmax
@@ -143,6 +207,60 @@ class DiceFocalLoss(_DicePlus):
     As in MONAI the focal term reads the logits with a sigmoid per channel (``use_softmax=True`` switches it
     to the softmax focal loss); ``include_background``, ``weight``, ``alpha``, ``gamma`` and ``reduction``
     apply to the focal term, ``weight`` to the Dice classes too.
+
+    Focal term: ``sigmoid(-x (2g - 1))^gamma * BCE(x, g)`` per voxel and channel, or with ``use_softmax``
+    ``-(1 - p_c)^gamma g_c log p_c``; see ``FocalLoss``.
+
+    Args:
+        include_background: whether channel 0 (background) is scored, by both terms (the focal term drops it
+            before its softmax, as MONAI does). Ignored, with a warning, for a single-channel input.
+        to_onehot_y: ``True``: the target is ``(B, 1, *spatial)`` index labels. ``False``: the target has one
+            channel per input channel (one-hot or soft); a single-channel input takes a ``(B, 1, *spatial)``
+            binary target.
+        sigmoid: apply a sigmoid to the input of the Dice term (binary or overlapping channels).
+        softmax: apply a softmax over the channels for the Dice term (mutually exclusive classes).
+        other_act: any other activation for the Dice term, e.g. ``torch.tanh``. At most one of ``sigmoid``,
+            ``softmax`` and ``other_act``; with none of them the input must be probabilities in ``[0, 1]``.
+            The focal term always reads the raw input as logits (``use_softmax`` chooses its activation).
+        squared_pred: Dice with the V-Net denominator ``sum p^2 + sum g^2``.
+        jaccard: the soft Jaccard (IoU) loss instead of Dice.
+        reduction: ``"mean"``: a 0-d tensor, each term's mean. ``"sum"``: a 0-d tensor, the sum of the
+            per-(sample, class) Dice losses plus, as in MONAI, the sum over (sample, class) of the focal term's
+            spatial means. ``"none"``: ``(B, C, *spatial)``, the per-voxel focal term plus the per-(sample, class)
+            Dice loss broadcast over the voxels (``C`` counts the scored classes).
+        smooth_nr: added to the numerator of the Dice score.
+        smooth_dr: added to the denominator of the Dice score.
+        batch: pool the Dice sums over the batch (over every rank with ``distributed``) before the score.
+        gamma: focusing exponent of the focal term, ``>= 0`` (0: plain BCE / cross-entropy).
+        weight: factor of each scored class in both terms: a scalar or one value per scored class (after
+            ``include_background``), each ``>= 0``. None: all 1.
+        lambda_dice: factor of the Dice term, ``>= 0``.
+        lambda_focal: factor of the focal term, ``>= 0``.
+        alpha: class balance of the focal term in ``[0, 1]``: with sigmoid focal, positives weigh ``alpha``
+            and negatives ``1 - alpha``; with ``use_softmax``, ``[1 - alpha, alpha, ...]`` per class (ignored,
+            with a warning, when ``include_background=False``). None: no balancing.
+        use_softmax: the softmax focal loss (mutually exclusive classes) instead of the sigmoid one.
+        ignore_index: label of the voxels left out of both terms (it may lie outside ``[0, C)``, e.g. 255);
+            with a C-channel target, the voxels where channel ``ignore_index`` is nonzero or, if it is not a
+            channel index, the voxels whose target is zero in every channel. None: every voxel counts.
+        distributed: for DDP: the means (and, with ``batch=True``, the Dice sums) run over every rank. No
+            effect in a single process.
+        validate: check the values of ``input`` and ``target`` at every call (NaN/Inf, ranges, labels), each
+            check a host-device synchronisation; ``False`` skips them (the shape checks always run).
+
+    Raises:
+        ValueError: at construction: ``reduction`` is not ``"mean"``, ``"sum"`` or ``"none"``; more than one of
+            ``sigmoid``, ``softmax``, ``other_act`` is set; ``lambda_dice`` or ``lambda_focal`` is negative;
+            ``gamma < 0``; ``alpha`` outside ``[0, 1]``; ``weight`` is not a scalar or 1-D, or holds negative or
+            non-finite values.
+        ValueError: at call time: the shapes of ``input`` and ``target`` do not match; a one-channel target
+            for a multi-channel input without ``to_onehot_y=True``, or a multi-channel target with it; a 1-D
+            ``weight`` without one value per scored class, or when a single class is scored; with
+            ``validate=True`` also NaN/Inf values, input outside ``[0, 1]`` when no activation is chosen,
+            non-integer or out-of-range index labels (other than ``ignore_index``), a dense target outside
+            ``[0, 1]``, or, with ``softmax=True``, a one-hot target that does not sum to 1 over the channels.
+        TypeError: ``other_act`` is not callable or ``ignore_index`` is not an int (construction); ``input`` or
+            ``target`` is not a tensor, or ``input`` is not floating point (call).
     """
 
     def __init__(
@@ -188,7 +306,59 @@ class DiceFocalLoss(_DicePlus):
 
 class DiceTopKLoss(_DicePlus):
     """``lambda_dice * DiceLoss + lambda_topk * TopKCELoss(k)`` (nnU-Net's Dice + TopK10): Dice for overlap,
-    cross-entropy on the hardest k% voxels for the boundaries and small structures that Dice underweights."""
+    cross-entropy on the hardest k% voxels for the boundaries and small structures that Dice underweights.
+
+    TopK term: the mean cross-entropy of the ``ceil(k% * N)`` voxels of the batch (N valid voxels) with the
+    highest (weighted) cross-entropy; see ``TopKCELoss``. Called as ``loss(input, target)``
+    (``LossBase.forward``), it returns a 0-d tensor.
+
+    Args:
+        include_background: whether channel 0 (background) is scored by the Dice term; the cross-entropy
+            always covers every class. Ignored, with a warning, for a single-channel input.
+        to_onehot_y: ``True``: the target is ``(B, 1, *spatial)`` index labels, read as they are by both
+            terms. ``False``: the target has one channel per input channel (one-hot or soft); a single-channel
+            input takes a ``(B, 1, *spatial)`` binary target.
+        sigmoid: apply a sigmoid to the input of the Dice term (binary or overlapping channels).
+        softmax: apply a softmax over the channels for the Dice term (mutually exclusive classes).
+        other_act: any other activation for the Dice term, e.g. ``torch.tanh``. At most one of ``sigmoid``,
+            ``softmax`` and ``other_act``; with none of them the input must be probabilities in ``[0, 1]``.
+            The TopK term always reads the raw input as logits (binary cross-entropy with one channel).
+        squared_pred: Dice with the V-Net denominator ``sum p^2 + sum g^2``.
+        jaccard: the soft Jaccard (IoU) loss instead of Dice.
+        reduction: ``"mean"`` only (the TopK term is a mean by definition); the result is a 0-d tensor.
+        smooth_nr: added to the numerator of the Dice score.
+        smooth_dr: added to the denominator of the Dice score.
+        batch: pool the Dice sums over the batch (over every rank with ``distributed``) before the score.
+        k: the percentage of voxels kept by the TopK term, in ``(0, 100]`` (nnU-Net's TopK10: 10).
+        weight: one weight per class, background included (``C`` values, each ``>= 0``): the cross-entropy's
+            class weights, applied before the voxels are ranked. The Dice term weighs its scored classes with
+            the same values (entry 0 dropped when ``include_background=False``). None: all 1.
+        lambda_dice: factor of the Dice term, ``>= 0``.
+        lambda_topk: factor of the TopK term, ``>= 0``.
+        label_smoothing: label smoothing of the cross-entropy, in ``[0, 1]``.
+        ignore_index: label of the voxels left out of both terms (it may lie outside ``[0, C)``, e.g. 255);
+            with a C-channel target, the voxels where channel ``ignore_index`` is nonzero or, if it is not a
+            channel index, the voxels whose target is zero in every channel. None: every voxel counts.
+        distributed: for DDP: the Dice mean runs over every rank's samples (with ``batch=True`` its sums are
+            pooled), and the k% are chosen among every rank's voxels. No effect in a single process.
+        validate: check the values of ``input`` and ``target`` at every call (NaN/Inf, ranges, labels), each
+            check a host-device synchronisation; ``False`` skips them (the shape checks always run).
+
+    Raises:
+        ValueError: at construction: ``reduction`` is not ``"mean"``; more than one of ``sigmoid``,
+            ``softmax``, ``other_act`` is set; ``lambda_dice`` or ``lambda_topk`` is negative; ``k`` lies outside
+            ``(0, 100]``; ``weight`` has more than one dimension or holds negative or non-finite values.
+        ValueError: at call time: the shapes of ``input`` and ``target`` do not match; a one-channel target
+            for a multi-channel input without ``to_onehot_y=True``, or a multi-channel target with it;
+            ``weight`` does not hold one value per channel; with ``validate=True`` also NaN/Inf values, input
+            outside ``[0, 1]`` when no activation is chosen, non-integer or out-of-range index labels (other
+            than ``ignore_index``), a dense target outside ``[0, 1]``, or, with ``softmax=True``, a one-hot
+            target that does not sum to 1 over the channels.
+        RuntimeError: at the first call, from PyTorch's cross-entropy, when ``label_smoothing`` lies outside
+            ``[0, 1]`` (it is not checked at construction).
+        TypeError: ``other_act`` is not callable or ``ignore_index`` is not an int (construction); ``input`` or
+            ``target`` is not a tensor, or ``input`` is not floating point (call).
+    """
 
     def __init__(
         self,
@@ -240,6 +410,45 @@ class ComboLoss(LossBase):
     this uses the Dice *loss* (the same up to the constant 1 - alpha), so the loss is never negative.
     Works with sigmoid (binary / multi-label) or softmax (multi-class, every scored channel as one binary
     term). Index targets are read directly. Empty patch: the background's BCE, and the Dice term 0.
+
+    Called as ``loss(input, target)`` (``LossBase.forward``), it returns a 0-d tensor (the BCE is a mean over
+    the valid voxels and scored channels, the Dice term a mean over samples and scored classes).
+
+    Args:
+        alpha: weight of the BCE term, in ``[0, 1]``; the Dice term weighs ``1 - alpha``.
+        beta: weight of the positive (``g = 1``) voxels in the BCE, in ``[0, 1]``; the negatives weigh
+            ``1 - beta``. 0.5: the plain BCE halved.
+        include_background: whether channel 0 (background) is scored, by both terms. Ignored, with a warning,
+            for a single-channel input.
+        to_onehot_y: ``True``: the target is ``(B, 1, *spatial)`` index labels. ``False``: the target has one
+            channel per input channel (one-hot or soft); a single-channel input takes a ``(B, 1, *spatial)``
+            binary target.
+        sigmoid: apply a sigmoid to the input: independent channels (binary or multi-label).
+        softmax: apply a softmax over the channels: mutually exclusive classes.
+        other_act: any other activation, called on the input first. At most one of ``sigmoid``, ``softmax``
+            and ``other_act``; with none of them the input is read as probabilities in ``[0, 1]`` (both terms).
+        squared_pred: Dice with the V-Net denominator ``sum p^2 + sum g^2``.
+        smooth_nr: added to the numerator of the Dice score.
+        smooth_dr: added to the denominator of the Dice score.
+        batch: pool the Dice sums over the batch (over every rank with ``distributed``) before the score.
+        ignore_index: label of the voxels left out of both terms (it may lie outside ``[0, C)``, e.g. 255);
+            with a C-channel target, the voxels where channel ``ignore_index`` is nonzero or, if it is not a
+            channel index, the voxels whose target is zero in every channel. None: every voxel counts.
+        distributed: for DDP: both means run over every rank's voxels / samples (with ``batch=True`` the Dice
+            sums are pooled). No effect in a single process.
+        validate: check the values of ``input`` and ``target`` at every call (NaN/Inf, ranges, labels), each
+            check a host-device synchronisation; ``False`` skips them (the shape checks always run).
+
+    Raises:
+        ValueError: at construction: ``alpha`` or ``beta`` lies outside ``[0, 1]``; more than one of
+            ``sigmoid``, ``softmax``, ``other_act`` is set.
+        ValueError: at call time: the shapes of ``input`` and ``target`` do not match; a one-channel target
+            for a multi-channel input without ``to_onehot_y=True``, or a multi-channel target with it; with
+            ``validate=True`` also NaN/Inf values, input outside ``[0, 1]`` when no activation is chosen,
+            non-integer or out-of-range index labels (other than ``ignore_index``), a dense target outside
+            ``[0, 1]``, or, with ``softmax=True``, a one-hot target that does not sum to 1 over the channels.
+        TypeError: ``other_act`` is not callable or ``ignore_index`` is not an int (construction); ``input`` or
+            ``target`` is not a tensor, or ``input`` is not floating point (call).
     """
 
     def __init__(
@@ -270,6 +479,14 @@ class ComboLoss(LossBase):
         return self.dice._prepare(input, target)
 
     def from_prepared(self, prep: Prepared) -> torch.Tensor:
+        """The loss of an input already checked and aligned by ``_prepare`` (as compound losses hand it on).
+
+        Args:
+            prep: the prepared input and target.
+
+        Returns:
+            The loss, a 0-d tensor.
+        """
         first = self.dice._first_kept(prep.num_classes)
         act, beta = prep.act, self.beta
 
@@ -293,6 +510,49 @@ class UnifiedFocalLoss(LossBase):
     the rare classes enhanced. symmetric: the focal factor and the 1 - gamma exponent apply to every class.
     Defaults as the paper: weight (lambda) 0.5, delta 0.6, gamma 0.5. Targets: index labels or one-hot.
     Empty patch: the foreground Tversky terms are 0, the background terms remain.
+
+    Every class is scored (there is no ``include_background``). Called as ``loss(input, target)``
+    (``LossBase.forward``), it returns a 0-d tensor.
+
+    Args:
+        weight: lambda, the weight of the focal Tversky term ``L_FT``, in ``[0, 1]``; the focal term ``L_F``
+            weighs ``1 - weight``.
+        delta: in ``[0, 1]``: the weight of false negatives in the Tversky index (false positives weigh
+            ``1 - delta``), and the class balance of ``L_F`` (background ``1 - delta``, rare classes ``delta``).
+        gamma: in ``[0, 1]``: the focal exponent of ``L_F`` and, as ``1 - gamma``, the exponent of ``L_FT``.
+        asymmetric: ``True``: the asymmetric form (focal factor on the background only, Tversky exponent on
+            the rare classes only). ``False``: the symmetric form, both on every class.
+        to_onehot_y: ``True``: the target is ``(B, 1, *spatial)`` index labels. ``False``: the target has one
+            channel per input channel (one-hot); a single-channel input takes a ``(B, 1, *spatial)`` binary
+            target.
+        sigmoid: apply a sigmoid: only for one output channel (a binary task).
+        softmax: apply a softmax over the channels (mutually exclusive classes).
+        other_act: any other activation, called on the input first; its output is read as probabilities. At
+            most one of ``sigmoid``, ``softmax`` and ``other_act``; with none of them the input is read as
+            probabilities in ``[0, 1]``.
+        smooth_nr: added to the numerator of the Tversky index.
+        smooth_dr: added to the denominator of the Tversky index.
+        batch: pool the Tversky sums over the batch (over every rank with ``distributed``) before the index:
+            one index per class instead of one per sample and class.
+        ignore_index: label of the voxels left out of both terms (it may lie outside ``[0, C)``, e.g. 255);
+            with a C-channel target, the voxels where channel ``ignore_index`` is nonzero or, if it is not a
+            channel index, the voxels whose target is zero in every channel. None: every voxel counts.
+        distributed: for DDP: the means run over every rank's voxels / samples (with ``batch=True`` the
+            Tversky sums are pooled). No effect in a single process.
+        validate: check the values of ``input`` and ``target`` at every call (NaN/Inf, ranges, labels), each
+            check a host-device synchronisation; ``False`` skips them (the shape checks always run).
+
+    Raises:
+        ValueError: at construction: ``weight``, ``delta`` or ``gamma`` lies outside ``[0, 1]``; more than one
+            of ``sigmoid``, ``softmax``, ``other_act`` is set.
+        ValueError: at call time: ``sigmoid=True`` with more than one channel (overlapping channels have no
+            single true class); the shapes of ``input`` and ``target`` do not match; a one-channel target for a
+            multi-channel input without ``to_onehot_y=True``, or a multi-channel target with it; with
+            ``validate=True`` also NaN/Inf values, input outside ``[0, 1]`` when no activation is chosen,
+            non-integer or out-of-range index labels (other than ``ignore_index``), a dense target outside
+            ``[0, 1]``, or, with ``softmax=True``, a one-hot target that does not sum to 1 over the channels.
+        TypeError: ``other_act`` is not callable or ``ignore_index`` is not an int (construction); ``input`` or
+            ``target`` is not a tensor, or ``input`` is not floating point (call).
     """
 
     def __init__(
@@ -328,6 +588,14 @@ class UnifiedFocalLoss(LossBase):
         self.smooth_nr, self.smooth_dr, self.batch = float(smooth_nr), float(smooth_dr), batch
 
     def from_prepared(self, prep: Prepared) -> torch.Tensor:
+        """The loss of an input already checked and aligned by ``_prepare`` (as compound losses hand it on).
+
+        Args:
+            prep: the prepared input and target.
+
+        Returns:
+            The loss, a 0-d tensor.
+        """
         prep = as_class_logits(prep, "UnifiedFocalLoss")
         c, d, g = prep.num_classes, self.delta, self.gamma
         gammas = [g] + [0.0 if self.asymmetric else g] * (c - 1)
@@ -352,6 +620,52 @@ class ExpLogLoss(LossBase):
     w_l = (sum_k f_k / f_l)^0.5 from ``class_frequencies`` (label counts or fractions of the training set),
     or from the batch's label counts when not given. gamma < 1 focuses on the less accurate classes.
     Mutually exclusive classes: softmax, or one sigmoid channel. Empty patch: background terms only.
+
+    A single output channel is scored as two classes (background, foreground). Called as
+    ``loss(input, target)`` (``LossBase.forward``), it returns a 0-d tensor.
+
+    Args:
+        w_dice: factor of the exponential Dice term, ``>= 0``.
+        w_cross: factor of the exponential cross-entropy term, ``>= 0``.
+        gamma_dice: exponent of ``-ln Dice_c``, ``> 0``.
+        gamma_cross: exponent of ``-ln p_l``, ``> 0``.
+        class_frequencies: one value ``>= 0`` per class, background included (two for a single output
+            channel): label counts or fractions over the training set, giving ``w_l``. None: ``w_l`` comes from
+            each batch's label counts (a class absent from the batch weighs 0).
+        include_background: whether class 0 enters the Dice term; the cross-entropy term always covers every
+            class.
+        to_onehot_y: ``True``: the target is ``(B, 1, *spatial)`` index labels. ``False``: the target has one
+            channel per input channel (one-hot); a single-channel input takes a ``(B, 1, *spatial)`` binary
+            target.
+        sigmoid: apply a sigmoid: only for one output channel (a binary task).
+        softmax: apply a softmax over the channels (mutually exclusive classes).
+        other_act: any other activation, called on the input first; its output is read as probabilities. At
+            most one of ``sigmoid``, ``softmax`` and ``other_act``; with none of them the input is read as
+            probabilities in ``[0, 1]``.
+        smooth_nr: added to the numerator of the Dice score (the paper's pseudo-count, 1).
+        smooth_dr: added to the denominator of the Dice score.
+        batch: pool the Dice sums over the batch (over every rank with ``distributed``) before the score: one
+            Dice per class instead of one per sample and class.
+        ignore_index: label of the voxels left out of both terms (it may lie outside ``[0, C)``, e.g. 255);
+            with a C-channel target, the voxels where channel ``ignore_index`` is nonzero or, if it is not a
+            channel index, the voxels whose target is zero in every channel. None: every voxel counts.
+        distributed: for DDP: the means, and the batch label counts behind ``w_l``, run over every rank. No
+            effect in a single process.
+        validate: check the values of ``input`` and ``target`` at every call (NaN/Inf, ranges, labels), each
+            check a host-device synchronisation; ``False`` skips them (the shape checks always run).
+
+    Raises:
+        ValueError: at construction: ``w_dice`` or ``w_cross`` is negative; ``gamma_dice`` or ``gamma_cross``
+            is not ``> 0``; ``class_frequencies`` is not 1-D or holds negative or non-finite values; more than
+            one of ``sigmoid``, ``softmax``, ``other_act`` is set.
+        ValueError: at call time: ``class_frequencies`` does not hold one value per class; ``sigmoid=True``
+            with more than one channel; the shapes of ``input`` and ``target`` do not match; a one-channel
+            target for a multi-channel input without ``to_onehot_y=True``, or a multi-channel target with it;
+            with ``validate=True`` also NaN/Inf values, input outside ``[0, 1]`` when no activation is chosen,
+            non-integer or out-of-range index labels (other than ``ignore_index``), a dense target outside
+            ``[0, 1]``, or, with ``softmax=True``, a one-hot target that does not sum to 1 over the channels.
+        TypeError: ``other_act`` is not callable or ``ignore_index`` is not an int (construction); ``input`` or
+            ``target`` is not a tensor, or ``input`` is not floating point (call).
     """
 
     def __init__(
@@ -392,6 +706,14 @@ class ExpLogLoss(LossBase):
         self._register_class_vector("class_frequencies", class_frequencies)
 
     def from_prepared(self, prep: Prepared) -> torch.Tensor:
+        """The loss of an input already checked and aligned by ``_prepare`` (as compound losses hand it on).
+
+        Args:
+            prep: the prepared input and target.
+
+        Returns:
+            The loss, a 0-d tensor.
+        """
         prep = as_class_logits(prep, "ExpLogLoss")
         c = prep.num_classes
         stats = region_sums(prep, ("tp", "sp", "sg"))
@@ -425,6 +747,19 @@ class CompoundLoss(torch.nn.Module):
     After each forward ``last_terms`` holds each term's detached (unweighted) value as a tensor (no device
     sync; call ``float()`` when logging). Keyword arguments of forward (e.g. ``distance_map=``) go to the terms
     whose forward accepts them.
+
+    ``loss = sum over terms of weight * term(input, target, **kwargs)``.
+
+    Args:
+        terms: ``{name: spec}``, at least one entry; each spec is a loss module, a registry name (built by
+            ``get_loss(name)`` with the constructor's defaults) or a ``(loss, weight)`` pair of either with a
+            weight ``>= 0`` (default 1). The names key ``last_terms``.
+
+    Raises:
+        ValueError: ``terms`` is empty, a weight is negative, a pair does not have two items, or a string is
+            neither a registry name nor an importable dotted path.
+        TypeError: a term is neither a ``torch.nn.Module`` nor a string, or its string names a class that is
+            not a ``torch.nn.Module``.
     """
 
     def __init__(self, terms: Mapping[str, object]) -> None:
@@ -451,7 +786,21 @@ class CompoundLoss(torch.nn.Module):
             self._accepts[name] = None if var_kw else set(params) - {"input", "target"}
         self.last_terms: dict[str, torch.Tensor] = {}
 
-    def forward(self, input: torch.Tensor, target: torch.Tensor, **kwargs) -> torch.Tensor:
+    def forward(self, input: torch.Tensor, target: torch.Tensor, **kwargs: Any) -> torch.Tensor:
+        """Compute every term and their weighted sum; store each term's value in ``last_terms``.
+
+        Args:
+            input: the network output, given unchanged to every term (typically ``(B, C, *spatial)`` logits).
+            target: the reference, given unchanged to every term.
+            **kwargs: extra keyword arguments of the terms' forward (e.g. ``distance_map=``,
+                ``weight_map=``, ``instances=``): each goes only to the terms whose forward takes it (all of
+                them to a term whose forward takes ``**kwargs``); one that no term takes is dropped silently.
+
+        Returns:
+            The weighted sum of the terms' values: a 0-d tensor when every term reduces to one; otherwise
+            the broadcast of the terms' shapes (e.g. a term with ``reduction="none"``). A term's error
+            propagates unchanged.
+        """
         total = 0.0
         for name, loss in self.terms.items():
             acc = self._accepts[name]

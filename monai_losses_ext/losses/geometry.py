@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -27,6 +28,9 @@ from ._inputs import Prepared
 from ._stats import _chunks, activate, all_reduce_sum, compute_dtype, region_sums
 from .pixel import cross_entropy_map, masked_mean
 from .region import DiceLoss
+
+if TYPE_CHECKING:
+    from ignite.engine import Engine
 
 __all__ = [
     "WeightMapCELoss",
@@ -80,6 +84,36 @@ class WeightMapCELoss(LossBase):
     forward(input, target, weight_map=None): input logits (B, C, ...); target index labels (B, 1, ...) or
     one-hot; weight_map (B, 1, ...) (B, C, ... is not accepted: the map weighs voxels). One output channel:
     binary CE with logits. Without ``weight_map`` it is computed with ``UNetWeightMap(w0, sigma)`` (slow).
+
+    Args:
+        ignore_index: label of the voxels left out (weight 0, not counted in N); it may lie outside
+            ``[0, C)``, e.g. 255. With a C-channel target, the voxels where channel ``ignore_index`` is nonzero
+            or, if it is not a channel index, the voxels whose target is zero in every channel. None: every
+            voxel counts.
+        label_smoothing: label smoothing of the cross-entropy, in ``[0, 1]`` (not applied with one output
+            channel). It is not checked at construction.
+        reduction: ``"mean"``: ``sum_x w(x) CE(x) / N``, a 0-d tensor. ``"sum"``: ``sum_x w(x) CE(x)``, a 0-d
+            tensor. ``"none"``: the per-voxel ``w(x) CE(x)``, ``(B, 1, *spatial)``, 0 at ignored voxels.
+        w0: border weight of the map computed on the fly (``UNetWeightMap``); unused with ``weight_map=``.
+        sigma: border width of the map computed on the fly, in physical units (voxels for a plain tensor
+            target); unused with ``weight_map=``.
+        distributed: for DDP: the mean and the sum run over every rank's voxels. No effect in a single
+            process.
+        validate: check the values of ``input``, ``target`` and the map at every call (NaN/Inf, ranges,
+            labels), each check a host-device synchronisation; ``False`` skips them (the shape checks always
+            run).
+
+    Raises:
+        ValueError: at construction: ``reduction`` is not ``"mean"``, ``"sum"`` or ``"none"``.
+        ValueError: at call time: ``weight_map`` is not ``(B, 1, *spatial)``, or, with ``validate=True``,
+            holds negative or non-finite values; the shapes of ``input`` and ``target`` do not match (a target
+            with neither 1 nor C channels); with ``validate=True`` also NaN/Inf input values, non-integer or
+            out-of-range index labels (other than ``ignore_index``), or a dense target outside ``[0, 1]``.
+            Without ``weight_map``, ``w0 < 0`` or ``sigma <= 0`` (from ``UNetWeightMap``).
+        RuntimeError: at call time, from PyTorch's cross-entropy, when ``label_smoothing`` lies outside
+            ``[0, 1]`` (multi-channel input).
+        TypeError: ``ignore_index`` is not an int (construction); ``input`` or ``target`` is not a tensor, or
+            ``input`` is not floating point (call).
     """
 
     probabilities = False
@@ -102,6 +136,21 @@ class WeightMapCELoss(LossBase):
     def forward(
         self, input: torch.Tensor, target: torch.Tensor, weight_map: torch.Tensor | None = None
     ) -> torch.Tensor:
+        """Compute the weighted cross-entropy of a batch.
+
+        Args:
+            input: logits ``(B, C, *spatial)``, at least one spatial dimension, floating point (no activation
+                is applied before: the cross-entropy takes the logits).
+            target: ``(B, 1, *spatial)`` index labels in ``[0, C)`` (or ``ignore_index``), or ``(B, C, *spatial)``
+                one-hot / probabilities; with one output channel, a ``(B, 1, *spatial)`` binary target.
+            weight_map: the per-voxel weights ``w``, ``(B, 1, *spatial)``, ``>= 0`` (from ``UNetWeightMapd``,
+                cropped together with the image; an array is converted). None: computed from the target with
+                ``UNetWeightMap(w0, sigma)`` on the CPU at every call (slow; warns once).
+
+        Returns:
+            The loss: a 0-d tensor for ``reduction="mean"`` and ``"sum"``, the per-voxel weighted
+            cross-entropy ``(B, 1, *spatial)`` for ``"none"``.
+        """
         prep = self._prepare(input, target)
         if weight_map is None:
             from ..transforms import UNetWeightMap
@@ -111,6 +160,15 @@ class WeightMapCELoss(LossBase):
         return self.from_prepared(prep, _check_map(weight_map, "weight_map", input, (1,)))
 
     def from_prepared(self, prep: Prepared, w: torch.Tensor) -> torch.Tensor:
+        """The loss of an input already checked and aligned by ``_prepare``, with its checked weight map.
+
+        Args:
+            prep: the prepared input and target.
+            w: the weight map, ``(B, 1, *spatial)``.
+
+        Returns:
+            The loss, shaped as ``forward`` returns it.
+        """
         if self.validate and (not torch.isfinite(w).all() or (w < 0).any()):
             raise ValueError("weight_map must be finite and >= 0; recompute it with UNetWeightMapd.")
         loss, norm = cross_entropy_map(prep, None, self.label_smoothing)
@@ -177,10 +235,38 @@ class _MapRegionLoss(LossBase):
     def forward(
         self, input: torch.Tensor, target: torch.Tensor, distance_map: torch.Tensor | None = None
     ) -> torch.Tensor:
+        """Compute the loss of a batch.
+
+        Args:
+            input: the network output ``(B, C, *spatial)``, at least one spatial dimension, floating point:
+                logits when the loss applies an activation, otherwise probabilities in ``[0, 1]``.
+            target: ``(B, 1, *spatial)`` index labels (``to_onehot_y=True``) or ``(B, C, *spatial)`` one-hot;
+                a single-channel input takes a ``(B, 1, *spatial)`` binary target.
+            distance_map: one map per input channel, ``(B, C, *spatial)`` (background included, whatever
+                ``include_background``), from ``SignedDistanceMapd`` on the whole volume and cropped together
+                with the image: ``mode="signed"`` for ``BoundaryLoss``, ``mode="unsigned"`` for
+                ``HausdorffDTLoss``; distances in its units (physical, or voxels). An array is converted.
+                None: computed from the target with ``SignedDistanceMap(spacing=spacing)`` on the CPU at every
+                call (slow; warns once).
+
+        Returns:
+            The loss: a 0-d tensor for ``reduction="mean"`` (mean over samples and scored classes) and
+            ``"sum"``; for ``"none"`` the per-(sample, class) values ``(B, C)``, or ``(C,)`` with
+            ``batch=True`` (``C`` counts the scored classes).
+        """
         prep = self._prepare(input, target)
         return self.from_prepared(prep, self._distance_map(target, distance_map, input))
 
     def from_prepared(self, prep: Prepared, dmap: torch.Tensor) -> torch.Tensor:
+        """The loss of an input already checked and aligned by ``_prepare``, with its checked distance map.
+
+        Args:
+            prep: the prepared input and target.
+            dmap: the distance map, ``(B, C, *spatial)``.
+
+        Returns:
+            The loss, shaped as ``forward`` returns it.
+        """
         # the map weighs the fused statistics (no probability map or product is kept under autograd)
         sums = region_sums(prep, self.moments + ("n",), weight=self.voxel_weight(dmap.reshape(prep.x.shape), prep))
         first = self._first_kept(prep.num_classes)
@@ -202,14 +288,77 @@ class BoundaryLoss(_MapRegionLoss):
     ``SignedDistanceMapd``) instead of two Euclidean distance transforms per class at every step.
     Use it with a region loss (``DiceBoundaryLoss``): alone it can collapse to an empty prediction.
     Empty patch: phi is 0 for an absent class (``SignedDistanceMap``), so that class contributes 0.
+
+    Called as ``loss(input, target, distance_map=batch["label_sdf"])``: ``input`` ``(B, C, *spatial)``, the
+    target as for ``DiceLoss``, and ``distance_map`` ``(B, C, *spatial)``, one signed map per input channel
+    (background included) from ``SignedDistanceMapd``, in its units (physical, or voxels). Without
+    ``distance_map`` the map is computed from the target on the CPU at every call (slow; warns once). It
+    returns a 0-d tensor, or ``(B, C)`` / ``(C,)`` for ``reduction="none"``.
+
+    Args:
+        include_background: whether channel 0 (background) is scored. With ``False`` and more than one
+            channel, channel 0 is dropped after the activation. Ignored, with a warning, for a single-channel
+            input.
+        to_onehot_y: ``True``: the target is ``(B, 1, *spatial)`` index labels (read as they are, never
+            expanded). ``False``: the target has one channel per input channel (one-hot); a single-channel input
+            takes a ``(B, 1, *spatial)`` binary target.
+        sigmoid: apply a sigmoid to the input: independent channels (binary tasks, overlapping regions).
+        softmax: apply a softmax over the channels: mutually exclusive classes. Ignored, with a warning, for
+            a single channel.
+        other_act: any other activation, called on the input first. At most one of ``sigmoid``, ``softmax``
+            and ``other_act``; with none of them the input is read as probabilities in ``[0, 1]``.
+        reduction: ``"mean"`` averages the per-(sample, class) values, ``"sum"`` adds them, ``"none"``
+            returns them: ``(B, C)``, or ``(C,)`` with ``batch=True`` (``C`` counts the scored classes).
+        batch: average the per-sample values over the batch first (over every rank with ``distributed``):
+            one value per class. The mean is the same; only ``reduction="none"`` and ``"sum"`` differ.
+        spacing: voxel size per axis (or one number) of the map computed on the fly, e.g. in mm; it wins
+            over a MetaTensor target's affine. None: the affine's spacing, or 1 voxel. Unused with
+            ``distance_map=``.
+        ignore_index: label of the voxels left out of the loss (it may lie outside ``[0, C)``, e.g. 255);
+            with a C-channel target, the voxels where channel ``ignore_index`` is nonzero or, if it is not a
+            channel index, the voxels whose target is zero in every channel. None: every voxel counts.
+        distributed: for DDP: the mean / sum runs over every rank's samples. No effect in a single process.
+        validate: check the values of ``input`` and ``target`` at every call (NaN/Inf, ranges, labels), each
+            check a host-device synchronisation; ``False`` skips them (the shape checks always run). The
+            signed map's values are not checked.
+
+    Raises:
+        ValueError: at construction: ``reduction`` is not ``"mean"``, ``"sum"`` or ``"none"``; more than one of
+            ``sigmoid``, ``softmax``, ``other_act`` is set.
+        ValueError: at call time: ``distance_map`` is not ``(B, C, *spatial)`` with ``C`` the input's channels;
+            the shapes of ``input`` and ``target`` do not match; a one-channel target for a multi-channel input
+            without ``to_onehot_y=True``, or a multi-channel target with it; with ``validate=True`` also NaN/Inf
+            values, input outside ``[0, 1]`` when no activation is chosen, non-integer or out-of-range index
+            labels (other than ``ignore_index``), a dense target outside ``[0, 1]``, or, with ``softmax=True``, a
+            one-hot target that does not sum to 1 over the channels. Without ``distance_map``, an invalid
+            ``spacing`` (from ``SignedDistanceMap``).
+        TypeError: ``other_act`` is not callable or ``ignore_index`` is not an int (construction); ``input`` or
+            ``target`` is not a tensor, or ``input`` is not floating point (call).
     """
 
     moments = ("sp",)
 
-    def voxel_weight(self, d, prep):
+    def voxel_weight(self, d: torch.Tensor, prep: Prepared) -> torch.Tensor:
+        """The per-voxel weight of the statistics: the signed distance map itself.
+
+        Args:
+            d: the distance map, ``(B, C, N)`` (spatial dimensions flattened).
+            prep: the prepared input (its dtype sets the computation's).
+
+        Returns:
+            ``d`` in float32 (float64 for float64 input).
+        """
         return d.to(compute_dtype(prep.x))
 
-    def term(self, s):  # sum p * phi
+    def term(self, s: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The per-(sample, class) sum of the loss from the map-weighted statistics.
+
+        Args:
+            s: the weighted sums, each ``(B, C)``; ``s["sp"]`` is ``sum p * phi``.
+
+        Returns:
+            ``sum p * phi``, ``(B, C)``, divided by the number of valid voxels by the caller.
+        """
         return s["sp"]
 
 
@@ -224,12 +373,46 @@ class HausdorffDTLoss(_MapRegionLoss):
     on the fly with SciPy, the paper's two-sided form at MONAI's cost. ``alpha`` = 2 as in the paper.
     Defaults as ``monai.losses.HausdorffDTLoss`` (include_background=False). Empty patch: d_G is 0 for an
     absent class, so only the two-sided form penalises a false positive there.
+
+    Called as ``loss(input, target, distance_map=batch["label_dt"])``; the call, the reductions and the
+    shapes are those of ``BoundaryLoss``.
+
+    Args:
+        alpha: exponent of the distances, ``> 0``.
+        include_background: whether channel 0 (background) is scored (default ``False``, as MONAI). Ignored,
+            with a warning, for a single-channel input.
+        *args: the further positional arguments of ``BoundaryLoss``, in its order: ``to_onehot_y``,
+            ``sigmoid``, ``softmax``, ``other_act``, ``reduction``, ``batch``, ``spacing`` (also that of d_P),
+            ``ignore_index``, ``distributed``, ``validate``.
+        include_pred_dt: add the distance map of the thresholded prediction (``p > 0.5``), computed with
+            SciPy on the CPU at every call and not differentiated: the paper's two-sided form.
+        **kwargs: the same arguments of ``BoundaryLoss`` by keyword.
+
+    Raises:
+        ValueError: at construction: ``alpha <= 0``; ``reduction`` is not ``"mean"``, ``"sum"`` or ``"none"``;
+            more than one of ``sigmoid``, ``softmax``, ``other_act`` is set.
+        ValueError: at call time: ``distance_map`` is not ``(B, C, *spatial)`` with ``C`` the input's channels;
+            with ``validate=True`` it holds negative values (a signed map); the shapes of ``input`` and
+            ``target`` do not match; a one-channel target for a multi-channel input without ``to_onehot_y=True``,
+            or a multi-channel target with it; with ``validate=True`` also NaN/Inf values, input outside
+            ``[0, 1]`` when no activation is chosen, non-integer or out-of-range index labels (other than
+            ``ignore_index``), a dense target outside ``[0, 1]``, or, with ``softmax=True``, a one-hot target that
+            does not sum to 1 over the channels. Without ``distance_map`` (or with ``include_pred_dt``), an
+            invalid ``spacing`` (from ``SignedDistanceMap``).
+        TypeError: an argument that ``BoundaryLoss`` does not take; ``other_act`` is not callable or
+            ``ignore_index`` is not an int (construction); ``input`` or ``target`` is not a tensor, or ``input``
+            is not floating point (call).
     """
 
     map_mode = "unsigned"
 
     def __init__(
-        self, alpha: float = 2.0, include_background: bool = False, *args, include_pred_dt: bool = False, **kwargs
+        self,
+        alpha: float = 2.0,
+        include_background: bool = False,
+        *args: Any,
+        include_pred_dt: bool = False,
+        **kwargs: Any,
     ) -> None:
         super().__init__(include_background, *args, **kwargs)
         if alpha <= 0:
@@ -238,7 +421,19 @@ class HausdorffDTLoss(_MapRegionLoss):
 
     moments = ("sp2", "tp", "sg2")
 
-    def voxel_weight(self, d, prep):
+    def voxel_weight(self, d: torch.Tensor, prep: Prepared) -> torch.Tensor:
+        """The per-voxel weight of the statistics: ``d_G^alpha``, plus ``d_P^alpha`` with ``include_pred_dt``.
+
+        Args:
+            d: the unsigned distance map of the target, ``(B, C, N)`` (spatial dimensions flattened).
+            prep: the prepared input (the prediction's map is computed from it).
+
+        Returns:
+            The weight, ``(B, C, N)``, in float32 (float64 for float64 input).
+
+        Raises:
+            ValueError: with ``validate=True``, ``d`` holds negative values.
+        """
         d = d.to(compute_dtype(prep.x))
         if self.validate and bool((d < 0).any()):
             raise ValueError(
@@ -259,7 +454,16 @@ class HausdorffDTLoss(_MapRegionLoss):
             dist = dist + dp.reshape(dist.shape).to(dist) ** self.alpha
         return dist
 
-    def term(self, s):  # sum (p - g)^2 w = sum p^2 w - 2 sum p g w + sum g^2 w
+    def term(self, s: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The per-(sample, class) sum of the loss from the map-weighted statistics.
+
+        Args:
+            s: the weighted sums ``sp2``, ``tp``, ``sg2``, each ``(B, C)``.
+
+        Returns:
+            ``sum (p - g)^2 w``, ``(B, C)``, divided by the number of valid voxels by the caller.
+        """
+        # sum (p - g)^2 w = sum p^2 w - 2 sum p g w + sum g^2 w
         return s["sp2"] - 2 * s["tp"] + s["sg2"]
 
 
@@ -271,6 +475,35 @@ class DiceBoundaryLoss(torch.nn.Module):
 
     forward(input, target, distance_map=None). ``region`` defaults to ``DiceLoss`` with the same input
     arguments (the paper uses generalised Dice); the boundary term scores the foreground classes only.
+
+    Args:
+        region: the region loss, called as ``region(input, target)``. None: ``DiceLoss`` with
+            ``include_background`` and the input arguments below (``reduction="mean"``).
+        alpha: the starting weight of the region term, in ``[min_alpha, 1]``; 1: region loss only.
+        step: how much ``step_alpha()`` lowers ``alpha``, ``>= 0``.
+        min_alpha: the floor of ``alpha``, in ``[0, alpha]``.
+        include_background: whether channel 0 is scored by the boundary term (and by the default region
+            term). The default ``False`` scores the foreground classes only.
+        to_onehot_y: ``True``: the target is ``(B, 1, *spatial)`` index labels. ``False``: the target has one
+            channel per input channel (one-hot); a single-channel input takes a ``(B, 1, *spatial)`` binary
+            target.
+        sigmoid: apply a sigmoid to the input: independent channels (binary tasks, overlapping regions).
+        softmax: apply a softmax over the channels: mutually exclusive classes.
+        other_act: any other activation, called on the input first. At most one of ``sigmoid``, ``softmax``
+            and ``other_act``; with none of them the input is read as probabilities in ``[0, 1]``.
+        spacing: voxel size per axis (or one number) of the distance map computed on the fly; unused with
+            ``distance_map=``.
+        distributed: for DDP: the means run over every rank's samples. No effect in a single process.
+        validate: check the values of ``input`` and ``target`` at every call; ``False`` skips the checks.
+
+    Raises:
+        ValueError: at construction: not ``0 <= min_alpha <= alpha <= 1``, or ``step < 0``; more than one of
+            ``sigmoid``, ``softmax``, ``other_act`` is set.
+        ValueError: at call time: the shapes of ``input`` and ``target`` do not match, or their values fail
+            the checks of ``DiceLoss`` / ``BoundaryLoss`` (see there); once ``alpha < 1``, ``distance_map`` is
+            not ``(B, C, *spatial)`` with ``C`` the input's channels.
+        TypeError: ``other_act`` is not callable (construction); ``input`` or ``target`` is not a tensor, or
+            ``input`` is not floating point (call).
     """
 
     def __init__(
@@ -304,12 +537,32 @@ class DiceBoundaryLoss(torch.nn.Module):
         self.alpha, self.step, self.min_alpha = float(alpha), float(step), float(min_alpha)
 
     def step_alpha(self) -> float:
+        """Lower ``alpha`` by ``step``, not below ``min_alpha``: call it at the end of each epoch.
+
+        Returns:
+            The new ``alpha``.
+        """
         self.alpha = max(self.min_alpha, self.alpha - self.step)
         return self.alpha
 
     def forward(
         self, input: torch.Tensor, target: torch.Tensor, distance_map: torch.Tensor | None = None
     ) -> torch.Tensor:
+        """Compute ``alpha * region + (1 - alpha) * boundary`` for a batch.
+
+        Args:
+            input: the network output ``(B, C, *spatial)``: logits when an activation is chosen, otherwise
+                probabilities in ``[0, 1]``.
+            target: ``(B, 1, *spatial)`` index labels (``to_onehot_y=True``) or ``(B, C, *spatial)`` one-hot.
+            distance_map: signed distance maps ``(B, C, *spatial)``, one per input channel, from
+                ``SignedDistanceMapd``. None: computed from the target on the CPU at every call (slow; warns
+                once). Unused while ``alpha >= 1``.
+
+        Returns:
+            The loss, a 0-d tensor with the default region term (a custom ``region`` with an unreduced
+            output broadcasts). While ``alpha >= 1`` it is the region loss alone and the boundary term is not
+            computed.
+        """
         region = self.region(input, target)
         if self.alpha >= 1:
             return region
@@ -325,6 +578,15 @@ class BoundaryAlphaScheduler:
     it (the bundles' checkpoints do; ignite's ``Checkpoint`` does when it is listed in ``to_save``) continues
     the schedule where it stopped. With ``required=False`` a loss without a schedule is accepted and the
     handler does nothing, so a config can always list it.
+
+    Args:
+        loss: the loss to schedule: any module with a ``step_alpha()`` method (a ``DiceBoundaryLoss``), a
+            ``CompoundLoss`` whose terms include some, or a wrapper whose ``.loss`` is one of these.
+        required: ``True``: a ``loss`` with nothing to schedule is an error. ``False``: it is accepted and the
+            handler does nothing.
+
+    Raises:
+        TypeError: ``required=True`` and ``loss`` holds no loss with a ``step_alpha()`` method.
     """
 
     def __init__(self, loss: torch.nn.Module, required: bool = True) -> None:
@@ -335,20 +597,44 @@ class BoundaryAlphaScheduler:
         if required and not self.losses:
             raise TypeError(f"BoundaryAlphaScheduler needs a DiceBoundaryLoss, got {type(loss).__name__}.")
 
-    def attach(self, engine) -> None:
+    def attach(self, engine: Engine) -> None:
+        """Run the handler at every ``Events.EPOCH_COMPLETED`` of ``engine`` (not at all with nothing to
+        schedule).
+
+        Args:
+            engine: the ignite engine that trains, e.g. a MONAI ``SupervisedTrainer``.
+
+        Raises:
+            ImportError: pytorch-ignite is not installed.
+        """
         from ignite.engine import Events
 
         if self.losses:
             engine.add_event_handler(Events.EPOCH_COMPLETED, self)
 
-    def __call__(self, engine=None) -> None:
+    def __call__(self, engine: Engine | None = None) -> None:
+        """Lower the ``alpha`` of every scheduled loss by its step (the event handler; ``engine`` is unused)."""
         for loss in self.losses:
             loss.step_alpha()
 
     def state_dict(self) -> dict:
+        """The schedule's state, for checkpoints.
+
+        Returns:
+            ``{"alpha": [...]}``, the current ``alpha`` of each scheduled loss as floats.
+        """
         return {"alpha": [float(loss.alpha) for loss in self.losses]}
 
     def load_state_dict(self, state: dict) -> None:
+        """Restore the ``alpha`` of each scheduled loss from ``state_dict()``'s output.
+
+        Args:
+            state: ``{"alpha": [...]}``, one value per scheduled loss.
+
+        Raises:
+            ValueError: ``state`` does not hold one ``alpha`` per scheduled loss (a checkpoint written with
+                another loss).
+        """
         alphas = list(state.get("alpha", []))
         if len(alphas) != len(self.losses):
             raise ValueError(
@@ -400,6 +686,51 @@ class BlobLoss(LossBase):
     (0 background, 1..K); computed on the fly with ``LesionInstances`` when absent. The blob term is the
     mean over every lesion of the batch (over every rank's lesions with ``distributed``). Empty patch:
     no lesion, the blob term is 0 and only the global term remains.
+
+    Per lesion n: ``blob_n = 1 - (2 TP_n + smooth_nr) / (2 TP_n + FP_n + FN_n + smooth_dr)`` (``"dice"``) or
+    ``1 - (TP_n + smooth_nr) / (TP_n + tversky_alpha FP_n + tversky_beta FN_n + smooth_dr)`` (``"tversky"``),
+    with TP_n the foreground probability summed over lesion n, FP_n over the background (instance 0) and
+    ``FN_n = |lesion n| - TP_n``.
+
+    Args:
+        global_loss: the global term, called as ``global_loss(input, target)``. None: ``DiceLoss`` with
+            ``include_background=False`` and the input arguments below. Not called when ``alpha`` is 0.
+        alpha: weight of the global term, ``>= 0`` (paper: 2).
+        beta: weight of the blob term, ``>= 0`` (paper: 1).
+        region: the per-lesion loss: ``"dice"`` or ``"tversky"``.
+        tversky_alpha: weight of the false positives in the Tversky index (``region="tversky"``).
+        tversky_beta: weight of the false negatives in the Tversky index (``region="tversky"``).
+        to_onehot_y: ``True``: the target is ``(B, 1, *spatial)`` index labels. ``False``: the target has one
+            channel per input channel (one-hot); a single-channel input takes a ``(B, 1, *spatial)`` binary
+            target.
+        sigmoid: apply a sigmoid: only for one output channel (the foreground).
+        softmax: apply a softmax over the channels; channel 0 is the background, the foreground probability
+            is ``1 - p_0``.
+        other_act: any other activation, called on the input first; its output is read as probabilities. At
+            most one of ``sigmoid``, ``softmax`` and ``other_act``; with none of them the input is read as
+            probabilities in ``[0, 1]``.
+        smooth_nr: added to the numerator of each lesion's score.
+        smooth_dr: added to the denominator of each lesion's score.
+        ignore_index: label of the voxels left out of the blob term (their probability counts 0) and of the
+            default global term; it may lie outside ``[0, C)``, e.g. 255. None: every voxel counts.
+        distributed: for DDP: the blob mean runs over every rank's lesions, the default global term's mean
+            over every rank's samples. No effect in a single process.
+        validate: check the values of ``input``, ``target`` and ``instances`` at every call (NaN/Inf, ranges,
+            labels), each check a host-device synchronisation; ``False`` skips them (the shape checks always
+            run).
+
+    Raises:
+        ValueError: at construction: ``region`` is not ``"dice"`` or ``"tversky"``; ``alpha`` or ``beta`` is
+            negative; more than one of ``sigmoid``, ``softmax``, ``other_act`` is set.
+        ValueError: at call time: ``instances`` is not ``(B, 1, *spatial)``, holds non-integer values, or, with
+            ``validate=True``, negative ids; ``sigmoid=True`` with more than one channel (overlapping channels
+            have no single foreground); the shapes of ``input`` and ``target`` do not match; a one-channel
+            target for a multi-channel input without ``to_onehot_y=True``, or a multi-channel target with it;
+            with ``validate=True`` also NaN/Inf values, input outside ``[0, 1]`` when no activation is chosen,
+            non-integer or out-of-range index labels (other than ``ignore_index``), a dense target outside
+            ``[0, 1]``, or, with ``softmax=True``, a one-hot target that does not sum to 1 over the channels.
+        TypeError: ``other_act`` is not callable or ``ignore_index`` is not an int (construction); ``input`` or
+            ``target`` is not a tensor, or ``input`` is not floating point (call).
     """
 
     def __init__(
@@ -452,6 +783,22 @@ class BlobLoss(LossBase):
         self.smooth_nr, self.smooth_dr = float(smooth_nr), float(smooth_dr)
 
     def forward(self, input: torch.Tensor, target: torch.Tensor, instances: torch.Tensor | None = None) -> torch.Tensor:
+        """Compute ``alpha * global + beta * blob`` for a batch.
+
+        Args:
+            input: the network output ``(B, C, *spatial)``: logits when an activation is chosen, otherwise
+                probabilities in ``[0, 1]``.
+            target: ``(B, 1, *spatial)`` index labels (``to_onehot_y=True``) or ``(B, C, *spatial)`` one-hot;
+                a single-channel input takes a ``(B, 1, *spatial)`` binary target.
+            instances: lesion ids ``(B, 1, *spatial)``, integers: 0 background, 1..K the lesions of each
+                sample (from ``LesionInstancesd`` on the whole volume, cropped together with the image; an
+                array is converted). None: computed from the target's foreground with ``LesionInstances`` on
+                the CPU at every call (slow; warns once).
+
+        Returns:
+            The loss, a 0-d tensor with the default global term (a custom ``global_loss`` with an unreduced
+            output broadcasts).
+        """
         prep = self._prepare(input, target)
         if instances is None:
             from ..transforms import LesionInstances
@@ -467,6 +814,20 @@ class BlobLoss(LossBase):
         return self.from_prepared(prep, _check_map(instances, "instances", input, (1,)), global_term)
 
     def from_prepared(self, prep: Prepared, inst: torch.Tensor, global_term: torch.Tensor | None) -> torch.Tensor:
+        """The loss of an input already checked and aligned by ``_prepare``, with its lesion ids.
+
+        Args:
+            prep: the prepared input and target.
+            inst: the lesion ids, ``(B, 1, *spatial)``.
+            global_term: the value of the global term, or None to leave it out.
+
+        Returns:
+            ``beta * blob`` plus ``alpha * global_term`` when given.
+
+        Raises:
+            ValueError: ``inst`` holds non-integer values or, with ``validate=True``, negative ids; ``sigmoid``
+                with more than one channel.
+        """
         if inst.is_floating_point() and (inst != inst.round()).any():
             raise ValueError("instances must hold integer lesion ids (0 background, 1..K) from LesionInstancesd.")
         inst = inst.reshape(inst.shape[0], -1).long()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
 from ._base import LossBase
@@ -16,7 +18,16 @@ def lovasz_grad(gt_sorted: torch.Tensor) -> torch.Tensor:
     """Gradient of the Lovasz extension of the Jaccard loss w.r.t. errors sorted in decreasing order
     (Berman et al., 2018, Alg. 1): the increments of J_i = 1 - |gt n top-i| / |gt u top-i| along the sorted
     order. With G = sum gt and c_i = cumsum(gt)_i: intersection G - c_i, union G + (i + 1) - c_i. Two buffers,
-    updated in place (this runs on every voxel of every class)."""
+    updated in place (this runs on every voxel of every class).
+
+    Args:
+        gt_sorted: the binary ground truth (0/1, floating point) of one class, 1-D, in the order of the
+            errors sorted from largest to smallest.
+
+    Returns:
+        The gradient, a 1-D tensor of the same length and dtype (its entries sum to the Jaccard loss of
+        predicting every voxel).
+    """
     n = gt_sorted.numel()
     total = gt_sorted.sum()
     jac = gt_sorted.cumsum(0)  # c
@@ -37,6 +48,45 @@ class LovaszSoftmaxLoss(LossBase):
     needs one global sort, so ``distributed`` requires ``per_image=True``). Expects probabilities: pass
     ``softmax=True`` for logits (default) or ``sigmoid=True`` for one binary channel. Sorting makes it
     O(N log N) per class. Empty patch with ``classes="present"``: only the background is scored.
+
+    Loss per class c: ``sum_i e_(i) * grad_i``, the errors ``e = |g_c - p_c|`` sorted in decreasing order and
+    ``grad = lovasz_grad(g_c sorted the same way)``. Called as ``loss(input, target)`` (``LossBase.forward``),
+    it returns a 0-d tensor. A single output channel is scored as two classes (background, foreground).
+
+    Args:
+        classes: ``"present"``: average over the classes present in the target (per image with
+            ``per_image``); ``"all"``: over every scored class.
+        per_image: ``True``: one loss per sample, then their mean. ``False``: the voxels of the whole batch
+            form one set.
+        include_background: whether class 0 is scored. A single output channel is scored as two classes,
+            so ``False`` then leaves the foreground alone.
+        to_onehot_y: ``True`` (default): the target is ``(B, 1, *spatial)`` index labels. ``False``: the target
+            has one channel per input channel (one-hot); a single-channel input takes a ``(B, 1, *spatial)``
+            binary target.
+        sigmoid: apply a sigmoid: for one binary channel; pass ``softmax=False`` with it.
+        softmax: apply a softmax over the channels (the default: the input is logits).
+        other_act: any other activation, called on the input first; its output is read as probabilities. At
+            most one of ``sigmoid``, ``softmax`` and ``other_act`` (so ``softmax=False`` with either of the
+            others); with none of them the input is read as probabilities in ``[0, 1]``.
+        ignore_index: label of the voxels left out of the sort and the loss (it may lie outside ``[0, C)``,
+            e.g. 255); with a C-channel target, the voxels where channel ``ignore_index`` is nonzero or, if it
+            is not a channel index, the voxels whose target is zero in every channel. None: every voxel counts.
+        distributed: for DDP, with ``per_image=True``: the mean runs over every rank's samples. No effect in a
+            single process.
+        validate: check the values of ``input`` and ``target`` at every call (NaN/Inf, ranges, labels), each
+            check a host-device synchronisation; ``False`` skips them (the shape checks always run).
+
+    Raises:
+        ValueError: at construction: ``classes`` is not ``"present"`` or ``"all"``; ``distributed=True``
+            without ``per_image=True``; more than one of ``sigmoid``, ``softmax``, ``other_act`` is set
+            (``sigmoid=True`` or ``other_act`` with the default ``softmax=True``).
+        ValueError: at call time: the shapes of ``input`` and ``target`` do not match; a one-channel target
+            for a multi-channel input without ``to_onehot_y=True``, or a multi-channel target with it; with
+            ``validate=True`` also NaN/Inf values, input outside ``[0, 1]`` when no activation is chosen,
+            non-integer or out-of-range index labels (other than ``ignore_index``), a dense target outside
+            ``[0, 1]``, or, with ``softmax=True``, a one-hot target that does not sum to 1 over the channels.
+        TypeError: ``other_act`` is not callable or ``ignore_index`` is not an int (construction); ``input`` or
+            ``target`` is not a tensor, or ``input`` is not floating point (call).
     """
 
     def __init__(
@@ -47,7 +97,7 @@ class LovaszSoftmaxLoss(LossBase):
         to_onehot_y: bool = True,
         sigmoid: bool = False,
         softmax: bool = True,
-        other_act=None,
+        other_act: Callable | None = None,
         ignore_index: int | None = None,
         distributed: bool = False,
         validate: bool = True,
@@ -72,6 +122,14 @@ class LovaszSoftmaxLoss(LossBase):
         self.classes, self.per_image = classes, per_image
 
     def from_prepared(self, prep: Prepared) -> torch.Tensor:
+        """The loss of an input already checked and aligned by ``_prepare`` (as compound losses hand it on).
+
+        Args:
+            prep: the prepared input and target.
+
+        Returns:
+            The loss, a 0-d tensor.
+        """
         # The Lovasz gradient w of each class comes from sorting the errors, which carries no gradient; with
         # it fixed, sum_i e_sorted_i w_i = sum_v |g_v - p_v| w_v = sum_v p_v w_v (1 - 2 g_v) + sum_v g_v w_v for
         # binary g. So the loss is a weighted sum of the probabilities: the fused statistics kernel with a
