@@ -132,6 +132,8 @@ def run(
         env=environ or env(),
         capture_output=True,
         text=True,
+        encoding="utf-8",
+        errors="replace",
         timeout=300,
         cwd=str(BUNDLES[task]),
     )

@@ -9,9 +9,7 @@ import json
 import os
 import random
 import signal
-import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -19,7 +17,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from _bundle_data import BUNDLES, command, env, run, write_dataset
+from _bundle_data import BUNDLES, command, env, free_port, run, torchrun, write_dataset
 
 from monai_losses_ext import bundle as bu
 
@@ -239,33 +237,19 @@ def test_learning_rate_and_epochs_changed_on_resume_are_applied(data, tmp_path):
 
 
 def test_torchrun_two_processes_kill_and_resume(data, tmp_path):
-    def torchrun(epochs):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        cmd = command(tmp_path, data, ["train.json", "multi_gpu_train.json"], epochs=epochs, max_cases=4)
-        return [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--nproc_per_node",
-            "2",
-            "--master_addr",
-            "127.0.0.1",
-            "--master_port",
-            str(port),
-            *cmd[1:],
-        ]
+    def two_ranks(epochs):
+        launcher = ["--nproc_per_node", "2", "--master_addr", "127.0.0.1", "--master_port", str(free_port())]
+        return torchrun(launcher, tmp_path, data, epochs=epochs, max_cases=4)
 
     proc = subprocess.Popen(
-        torchrun(6), env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+        two_ranks(6), env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
     )
     try:
         wait_for(lambda: len(history(tmp_path)[0]) >= 2, proc)
     finally:
         os.killpg(proc.pid, signal.SIGKILL)  # the launcher and both ranks
         proc.wait()
-    res = subprocess.run(torchrun(6), env=env(), capture_output=True, text=True, timeout=300)
+    res = subprocess.run(two_ranks(6), env=env(), capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, (res.stdout + res.stderr)[-4000:]
     train, val = history(tmp_path)
     assert train == [1, 2, 3, 4, 5, 6] and val == [1, 2, 3, 4, 5, 6]  # rank 0 alone writes, no epoch twice

@@ -50,7 +50,7 @@ from .handlers import (
 )
 from .history import TrainHistory, ValHistory, read_history, truncate_history
 from .loss import LabelMaps, LossWithMaps, build_loss, label_map_transforms, loss_map_keys
-from .metadata import REQUIRED_METADATA, check_metadata
+from .metadata import METADATA_SCHEMA, REQUIRED_METADATA, check_metadata
 from .recipe import (
     AUGMENTATION_DEFAULTS,
     AUGMENTATION_PRESETS,
@@ -77,6 +77,7 @@ __all__ = [
     "EpochProgress",
     "LabelMaps",
     "LossWithMaps",
+    "METADATA_SCHEMA",
     "REQUIRED_METADATA",
     "RunDir",
     "RunLockedError",
