@@ -4,4 +4,4 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python -m pip install -q --disable-pip-version-check "torch==2.13.0"
-python -m pip install -q --disable-pip-version-check "monai==1.6.1" -e ".[test,phantoms,bundle]"
+python -m pip install -q --disable-pip-version-check "monai==1.6.1" -e ".[test,phantoms,bundle,docs]"
