@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import csv
 import json
+import locale
 import zlib
 from pathlib import Path
 
@@ -41,7 +42,18 @@ def _ras_affine(img: sitk.Image) -> np.ndarray:
 
 
 def _write_dicom_series(img: sitk.Image, folder: Path) -> None:
-    """One 16-bit MR slice file per z index, with the position and orientation tags a series reader sorts by."""
+    """One 16-bit MR slice file per z index, with the position and orientation tags a series reader sorts by.
+
+    SimpleITK's DICOM writer (GDCM) sets the process's C locale and leaves it set: Python's default text encoding
+    becomes ASCII for every later test of this process, so the locale is put back afterwards."""
+    saved = locale.setlocale(locale.LC_ALL)
+    try:
+        _write_slices(img, folder)
+    finally:
+        locale.setlocale(locale.LC_ALL, saved)
+
+
+def _write_slices(img: sitk.Image, folder: Path) -> None:
     folder.mkdir(parents=True)
     img = sitk.Cast(img, sitk.sitkInt16)
     d = img.GetDirection()
@@ -122,3 +134,10 @@ def test_mha_nrrd_dicom_train_evaluate_and_infer_on_the_input_grid(itk_dataset, 
         assert pred.shape == image.GetSize(), name
         np.testing.assert_allclose(pred.affine, _ras_affine(image), atol=1e-4, err_msg=name)
         assert set(np.unique(np.asarray(pred.dataobj)).tolist()) <= {0, 1}
+
+
+def test_writing_the_dicom_series_leaves_the_locale_as_it_was(tmp_path):
+    before = locale.getpreferredencoding(False)
+    _write_dicom_series(_to_sitk(np.zeros((4, 4, 3), np.float32), OBLIQUE), tmp_path / "s")
+    assert len(list((tmp_path / "s").glob("*.dcm"))) == 3
+    assert locale.getpreferredencoding(False) == before

@@ -434,7 +434,7 @@ class Study:
         path = self.run_dir(loss, seed) / "result.json"
         if not path.exists():
             return None
-        res = json.loads(path.read_text())
+        res = json.loads(path.read_text(encoding="utf-8"))
         return res if res.get("fingerprint") == self.fingerprint(self.settings(loss, seed)) else None
 
     def run_one(self, loss: str, seed: int, epoch_bar: tqdm | None = None) -> tuple[dict, bool]:
@@ -470,7 +470,7 @@ class Study:
         fp = self.fingerprint(settings)
         rd = self.run_dir(loss, seed)
         run_json = rd / "run.json"
-        if run_json.exists() and json.loads(run_json.read_text()).get("fingerprint") != fp:
+        if run_json.exists() and json.loads(run_json.read_text(encoding="utf-8")).get("fingerprint") != fp:
             self.log(f"{rd.relative_to(self.out)}: settings changed since it was stored; starting it over")
             shutil.rmtree(rd)
         rd.mkdir(parents=True, exist_ok=True)

@@ -171,7 +171,7 @@ def site_results(results: dict, site: str) -> dict:
 
 
 def write_csvs(out: Path, results: dict, losses, seeds, rows: list[dict], suffix: str = "") -> None:
-    with open(out / f"cases{suffix}.csv", "w", newline="") as f:
+    with open(out / f"cases{suffix}.csv", "w", newline="", encoding="utf-8") as f:
         first = results[(losses[0], seeds[0])]["cases"][0]
         cols = ["loss", "seed", *first.keys()]
         w = csv.DictWriter(f, fieldnames=cols)
@@ -198,7 +198,7 @@ def write_csvs(out: Path, results: dict, losses, seeds, rows: list[dict], suffix
         "equal",
         "lower",
     ]
-    with open(out / f"summary{suffix}.csv", "w", newline="") as f:
+    with open(out / f"summary{suffix}.csv", "w", newline="", encoding="utf-8") as f:
         w = csv.DictWriter(f, fieldnames=cols)
         w.writeheader()
         for r in rows:

@@ -380,7 +380,7 @@ def to_markdown(rows: list[Row], map_rows, setting: str) -> str:
 
 
 def write_csv(rows: list[Row], path: Path) -> None:
-    with open(path, "w", newline="") as f:
+    with open(path, "w", newline="", encoding="utf-8") as f:
         w = csv.writer(f)
         w.writerow(
             [

@@ -211,7 +211,7 @@ _COUNTERS = {"last_epoch", "_step_count", "_last_lr", "_get_lr_called_within_ste
 
 def _read_json(path: str) -> dict:
     try:
-        with open(path) as f:
+        with open(path, encoding="utf-8") as f:
             out = json.load(f)
         return out if isinstance(out, dict) else {}
     except (OSError, ValueError):

@@ -78,7 +78,7 @@ def _load_dataset_json(dataset_dir: str, task: str | None = None) -> dict:
         raise DatasetNotFoundError(
             f"'{path}' not found: dataset_dir holds no MSD-style dataset.\n" + _hint(dataset_dir, task)
         )
-    with open(path) as f:
+    with open(path, encoding="utf-8") as f:
         try:
             return json.load(f)
         except json.JSONDecodeError as e:

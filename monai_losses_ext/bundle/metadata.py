@@ -90,7 +90,7 @@ def check_metadata(meta: str | Mapping[str, Any]) -> list[str]:
         ValueError: the file is not valid JSON (``json.JSONDecodeError``).
     """
     if not isinstance(meta, Mapping):
-        with open(meta) as f:
+        with open(meta, encoding="utf-8") as f:
             meta = json.load(f)
     problems = [f"missing '{k}'" for k in REQUIRED_METADATA if k not in meta]
     problems += [f"'{k}' must be a string" for k in _STRINGS if k in meta and not isinstance(meta[k], str)]

@@ -177,7 +177,7 @@ def trained_spacing(
         return _explicit(spacing, "target spacing", spacing_range)
     meta_path = os.path.splitext(str(ckpt_path))[0] + ".json"
     try:
-        with open(meta_path) as f:
+        with open(meta_path, encoding="utf-8") as f:
             args = json.load(f).get("args") or {}
     except (OSError, ValueError) as err:
         raise ValueError(

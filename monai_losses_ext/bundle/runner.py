@@ -175,7 +175,7 @@ def run_bundle(
     cmd = bundle_command(bundle, configs, overrides)
     log_file.parent.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    with open(log_file, "w") as log:
+    with open(log_file, "w", encoding="utf-8") as log:
         log.write(f"$ {shown(cmd)}\n")
         log.flush()
         proc = subprocess.Popen(
@@ -196,7 +196,7 @@ def run_bundle(
         poll()
     tail()
     if proc.returncode != 0:
-        lines = log_file.read_text().splitlines(keepends=True)
+        lines = log_file.read_text(encoding="utf-8", errors="replace").splitlines(keepends=True)
         raise RuntimeError(
             f"bundle run failed (exit code {proc.returncode}): {root_cause(lines)}\n"
             f"log {log_file}:\n{''.join(lines[-40:])}"
@@ -215,7 +215,7 @@ class _Tail:
     def __call__(self) -> None:
         if self.echo is None:
             return
-        with open(self.path, errors="replace") as f:
+        with open(self.path, encoding="utf-8", errors="replace") as f:
             f.seek(self.pos)
             text = self.rest + f.read()
             self.pos = f.tell()

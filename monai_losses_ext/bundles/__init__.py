@@ -74,7 +74,7 @@ def bundles_root() -> Path:
 
 
 def _metadata(path: Path) -> dict:
-    with open(path / "configs" / "metadata.json") as f:
+    with open(path / "configs" / "metadata.json", encoding="utf-8") as f:
         return json.load(f)
 
 
@@ -122,7 +122,7 @@ def _license_text() -> str:
         pass
     path = _CHECKOUT / "LICENSE"
     if path.is_file():
-        return path.read_text()
+        return path.read_text(encoding="utf-8")
     raise FileNotFoundError("the licence of monai-losses-ext was not found; reinstall the package")
 
 

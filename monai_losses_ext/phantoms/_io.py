@@ -219,7 +219,7 @@ def write_dataset(
         "test": [],
     }
     path = os.path.join(out_dir, "dataset.json")
-    with open(path, "w") as fh:
+    with open(path, "w", encoding="utf-8") as fh:
         json.dump(dataset, fh, indent=2)
         fh.write("\n")
     meta = {
