@@ -13,7 +13,15 @@ import numpy as np
 import pytest
 
 from monai_losses_ext import metrics as M
-from monai_losses_ext.benchmark import PRESETS, Study, bootstrap_ci, bootstrap_ratio_ci, paired_comparison
+from monai_losses_ext.benchmark import (
+    PRESETS,
+    Study,
+    bootstrap_ci,
+    bootstrap_ratio_ci,
+    paired_comparison,
+    plateau_check,
+    validation_curves,
+)
 from monai_losses_ext.benchmark import quality as Q
 from monai_losses_ext.benchmark import speed as S
 from monai_losses_ext.benchmark.__main__ import main as cli
@@ -266,6 +274,55 @@ def test_tiny_study_writes_table_csvs_and_plots(tiny_study):
     for name in ("sensitivity_by_size.png", "dice_by_loss.png"):
         img = mpimg.imread(tiny_study / name)
         assert img.ndim == 3 and img.shape[0] > 200 and img.std() > 0.01  # a drawn figure, not a blank canvas
+    # the validation curves of both runs (tiny preset: 2 epochs, validation every epoch) and the plateau rule
+    curves = list(csv.DictReader(open(tiny_study / "curves.csv")))
+    assert [(r["loss"], r["epoch"]) for r in curves] == [
+        (loss, e) for loss in ("monai.losses.DiceLoss", "dice_ce") for e in "12"
+    ]
+    assert all(0.0 <= float(r["val_mean_dice"]) <= 1.0 for r in curves)
+    plateau = list(csv.DictReader(open(tiny_study / "plateau.csv")))
+    assert {(r["loss"], r["metric"]) for r in plateau} == {
+        (loss, m) for loss in ("monai.losses.DiceLoss", "dice_ce") for m in ("val_mean_dice", "val_lesion_f1")
+    }
+    assert all(r["plateaued"] == "" for r in plateau)  # 2 validations: too few to decide, and said so
+    assert "## Validation curves: the plateau rule" in report and "too few validations" in report
+
+
+def test_plateau_rule_on_known_curves():
+    epochs = list(range(10, 170, 10))  # E = 160, validation every 10 epochs; 0.75 E = 120
+    flat = [0.5 + 0.3 * (1 - 0.5 ** (e / 10)) for e in epochs]  # converged long before epoch 120
+    res = plateau_check(epochs, flat, 160)
+    assert res["plateaued"] is True and 0 < res["gain"] < 0.01
+    assert res["m_mid"] == pytest.approx(sum(flat[9:12]) / 3) and res["m_end"] == pytest.approx(sum(flat[-3:]) / 3)
+    rising = [e / 200 for e in epochs]  # +0.05 per 10 epochs to the end
+    assert plateau_check(epochs, rising, 160) == pytest.approx(
+        {"m_end": 0.75, "m_mid": 0.55, "gain": 0.2, "plateaued": False}
+    )
+    assert plateau_check(epochs[:8], flat[:8], 160)["plateaued"] is None  # stopped at epoch 80: cannot tell
+    with_nan = [math.nan if e == 150 else v for e, v in zip(epochs, flat)]  # an undefined validation is skipped
+    assert plateau_check(epochs, with_nan, 160)["m_end"] == pytest.approx((flat[-4] + flat[-3] + flat[-1]) / 3)
+    for bad in ({"window": 0}, {"fraction": 1.0}, {"fraction": 0.0}):
+        with pytest.raises(ValueError):
+            plateau_check(epochs, flat, 160, **bad)
+    with pytest.raises(ValueError, match="16 epochs but 15 values"):
+        plateau_check(epochs, flat[:-1], 160)
+
+
+def test_curves_keep_the_last_record_of_a_validation_repeated_after_a_resume(tmp_path):
+    logs = tmp_path / "run" / "logs"
+    logs.mkdir(parents=True)
+    recs = [
+        {"kind": "train", "epoch": 1, "loss": 1.0},
+        {"kind": "val", "epoch": 10, "val_mean_dice": 0.2},
+        {"kind": "val", "epoch": 10, "val_mean_dice": 0.3},
+        {"kind": "val", "epoch": 20, "val_mean_dice": 0.4},
+    ]
+    (logs / "history.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs) + '{"kind": "val", "epo')
+    rows = validation_curves({("dice", 0): tmp_path / "run"})
+    assert rows == [
+        {"loss": "dice", "seed": 0, "epoch": 10, "val_mean_dice": 0.3},
+        {"loss": "dice", "seed": 0, "epoch": 20, "val_mean_dice": 0.4},
+    ]
 
 
 @pytest.fixture

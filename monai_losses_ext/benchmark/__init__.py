@@ -7,10 +7,22 @@ Two parts (``speed``, ``quality``; both by default):
 * :mod:`.quality`: the lesion (or tumour) bundle trained with each loss x seed under one schedule, scored on
   held-out test cases (voxel Dice, lesion-wise F1 and sensitivity by lesion size, false-positive lesions,
   HD95) with bootstrap intervals (:mod:`.stats`) and a paired comparison against a baseline loss
-  (:mod:`.report`). Resumable.
+  (:mod:`.report`), and each run's validation curves with the plateau rule of the loss-study protocol
+  (:mod:`.curves`). Resumable.
 """
 
+from .curves import plateau_check, validation_curves, write_curves
 from .quality import PRESETS, Preset, Study
 from .stats import bootstrap_ci, bootstrap_ratio_ci, paired_comparison
 
-__all__ = ["PRESETS", "Preset", "Study", "bootstrap_ci", "bootstrap_ratio_ci", "paired_comparison"]
+__all__ = [
+    "PRESETS",
+    "Preset",
+    "Study",
+    "bootstrap_ci",
+    "bootstrap_ratio_ci",
+    "paired_comparison",
+    "plateau_check",
+    "validation_curves",
+    "write_curves",
+]

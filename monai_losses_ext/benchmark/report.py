@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from .. import metrics as M
+from .curves import write_curves
 from .stats import bootstrap_ci, bootstrap_ratio_ci, paired_comparison
 
 # per-case metrics reported as a mean: (column prefix, title, higher is better)
@@ -294,6 +295,7 @@ def write_report(study, results: dict, command: str, n_boot: int = 2000) -> Path
             site_results(results, site), losses, seeds, structures, p.size_edges, p.baseline, n_boot
         )
         write_csvs(study.out, site_results(results, site), losses, seeds, tables[f"site `{site}`"], suffix=f"_{site}")
+    _, checks = write_curves(study.out, {key: study.run_dir(*key) for key in results}, p.epochs)
     train_min = {loss: np.mean([results[(loss, s)]["train_seconds"] for s in seeds]) / 60 for loss in losses}
     # the runs' own times, stored with each run, so a resumed study reports the same total
     run_min = sum(r["train_seconds"] + r["infer_seconds"] for r in results.values()) / 60
@@ -328,6 +330,8 @@ def write_report(study, results: dict, command: str, n_boot: int = 2000) -> Path
         ),
         *[f"![{f.stem}]({f.name})" for f in figs],
         "",
+        plateau_markdown(checks, p.epochs),
+        "",
         "How to read it: intervals that overlap heavily mean the study cannot tell the losses apart at this size; "
         "the paired differences are the sharper test because every loss is scored on the same cases. A loss that "
         "raises small-lesion sensitivity while adding false-positive lesions trades precision for recall.",
@@ -336,6 +340,30 @@ def write_report(study, results: dict, command: str, n_boot: int = 2000) -> Path
     path = study.out / "report.md"
     path.write_text("\n".join(lines))
     return path
+
+
+def plateau_markdown(checks: list[dict], epochs: int) -> str:
+    """The plateau rule per run as a Markdown table (rows of :func:`~monai_losses_ext.benchmark.write_curves`)."""
+
+    def cell(c: dict) -> str:
+        verdict = {True: "plateaued", False: "**still rising**", None: "too few validations"}[c["plateaued"]]
+        return f"{c['m_mid']:.3f} → {c['m_end']:.3f} ({c['gain']:+.3f}, {verdict})"
+
+    metrics = list(dict.fromkeys(c["metric"] for c in checks))
+    runs = list(dict.fromkeys((c["loss"], c["seed"]) for c in checks))
+    by = {(c["loss"], c["seed"], c["metric"]): c for c in checks}
+    lines = [
+        "## Validation curves: the plateau rule (every validation in curves.csv)",
+        "",
+        f"Mean of the last 3 validations at 75% of the {epochs} epochs → at the end; a run has plateaued when the "
+        "rise is under 0.01 (docs/study/protocol.md).",
+        "",
+        "| loss | seed | " + " | ".join(metrics) + " |",
+        "|---|---|" + "---|" * len(metrics),
+    ]
+    for loss, seed in runs:
+        lines.append(f"| `{loss}` | {seed} | " + " | ".join(cell(by[(loss, seed, m)]) for m in metrics) + " |")
+    return "\n".join(lines)
 
 
 def _compact(d: dict) -> str:
