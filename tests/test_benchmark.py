@@ -18,9 +18,11 @@ from monai_losses_ext.benchmark import (
     Study,
     bootstrap_ci,
     bootstrap_ratio_ci,
+    decide_default,
     paired_comparison,
     plateau_check,
     validation_curves,
+    validation_summary,
 )
 from monai_losses_ext.benchmark import quality as Q
 from monai_losses_ext.benchmark import speed as S
@@ -386,6 +388,112 @@ def test_a_site_added_to_a_finished_study_is_scored_without_training(tiny_study,
     assert calls == []  # the site's scores are stored with the runs
     with pytest.raises(ValueError, match="unknown site 'hospital'"):
         Study(replace(PRESETS["tiny"], sites=("hospital",)), tiny_study)
+
+
+@pytest.mark.slow
+def test_a_loss_variant_and_validation_scores_added_to_a_finished_study(tiny_study, bundle_calls):
+    """An arm with arguments (``dice_ce@batch``) trains with them in its own folder; scoring the validation
+    cases is inference only for the stored runs; the decision rule reads those scores and names a default."""
+    Study(PRESETS["tiny"], tiny_study, log=lambda msg: None).run(progress=False)  # every run finished and stored
+    bundle_calls.clear()
+    arms = ["monai.losses.DiceLoss", "dice_ce", "dice_ce@batch"]
+    preset = replace(PRESETS["tiny"], losses=arms, loss_args={"dice_ce@batch": {"batch": True}}, score_validation=True)
+    study = Study(preset, tiny_study, log=lambda msg: None)
+    results = study.run(progress=False)
+    # the new arm: training and test inference; then one validation inference for each of the three runs (4 in all)
+    assert sorted(bundle_calls) == ["inference.json"] * 4 + ["train.json"]
+    rd = study.run_dir("dice_ce@batch", 0)
+    assert rd.name == "seed0" and rd.parent.name == "dice_ce_batch"
+    args = json.loads((rd / "models" / "model.json").read_text())["args"]
+    assert args["loss_name"] == "dice_ce" and args["loss_args"] == {"batch": True}
+    val_name = study.splits()[0][-1]["image"]
+    for res in results.values():
+        assert [r["case"] for r in res["validation"]] == [Q.case_name(val_name)]
+    # the arms without arguments kept their stored runs: same fingerprints as before the variant was added
+    assert "loss_args" not in study.settings("dice_ce", 0) and study.settings("dice_ce@batch", 0)["loss_args"]
+
+    from monai_losses_ext.benchmark.report import write_report
+
+    report = write_report(study, results, "test", n_boot=100).read_text()
+    decision = json.loads((tiny_study / "decision.json").read_text())
+    assert decision["rule"]["incumbent"] == "dice_ce" and decision["default"] in ("dice", "dice_ce")
+    assert set(decision["summary"]) == set(arms) and "## Decision on validation scores" in report
+
+
+def test_variants_need_their_arguments_and_distinct_folders(tmp_path):
+    tiny = PRESETS["tiny"]
+    with pytest.raises(ValueError, match="not among the losses"):
+        Study(replace(tiny, loss_args={"focal": {"gamma": 1.0}}), tmp_path)
+    with pytest.raises(ValueError, match="gives it no arguments"):
+        Study(replace(tiny, losses=["dice_ce", "dice_ce@batch"]), tmp_path)
+    with pytest.raises(ValueError, match="share run folder names"):
+        Study(
+            replace(tiny, losses=["dice_ce_batch", "dice_ce@batch"], loss_args={"dice_ce@batch": {"batch": True}}),
+            tmp_path,
+        )
+    assert Q.loss_name("dice_ce@batch") == "dice_ce" and Q.loss_name("monai.losses.DiceLoss") == "monai.losses.DiceLoss"
+
+
+def _validation(small_found, small_truth, fp, f1):
+    """Validation rows of one run: one case per entry."""
+    return [
+        {"truth_lesion_<10": t, "detected_lesion_<10": d, "fp_lesions_lesion": x, "f1_lesion": f, "dice_lesion": 0.5}
+        for d, t, x, f in zip(small_found, small_truth, fp, f1)
+    ]
+
+
+def test_validation_summary_pools_small_lesions_and_averages_seeds():
+    results = {
+        ("a", 0): {"validation": _validation([1, 0], [2, 2], [0, 2], [0.5, math.nan])},  # 1/4, FP 1.0, F1 0.5
+        ("a", 1): {"validation": _validation([2, 1], [2, 2], [1, 1], [0.7, 0.9])},  # 3/4, FP 1.0, F1 0.8
+        ("b", 0): {"validation": _validation([0, 0], [0, 0], [0, 0], [1.0, 1.0])},  # no small lesion: NaN
+        ("b", 1): {"validation": _validation([0, 1], [0, 2], [0, 0], [1.0, 1.0])},  # 1/2
+    }
+    s = validation_summary(results, ["a", "b"], [0, 1])
+    assert s["a"] == pytest.approx(
+        {"small_sensitivity": 0.5, "fp_per_case": 1.0, "lesion_f1": 0.65, "dice": 0.5, "n_small": 4}
+    )
+    assert s["b"]["small_sensitivity"] == 0.5 and s["b"]["n_small"] == 1.0  # the seed without small lesions skipped
+    with pytest.raises(KeyError, match="--score-validation"):
+        validation_summary({("a", 0): {"cases": []}}, ["a"], [0])
+
+
+def _summary(arms: dict) -> dict:
+    """Validation endpoints of arms given as (small-lesion sensitivity, FP per case, lesion F1)."""
+    return {
+        a: {"small_sensitivity": s, "fp_per_case": fp, "lesion_f1": f1, "dice": 0.7, "n_small": 10}
+        for a, (s, fp, f1) in arms.items()
+    }
+
+
+BASE = "monai.losses.DiceLoss"
+
+
+@pytest.mark.parametrize(
+    "arms, default, winner",
+    [
+        # the best eligible sensitivity wins
+        ({BASE: (0.30, 1.0, 0.6), "dice_ce": (0.20, 0.5, 0.7), "blob": (0.45, 1.4, 0.7)}, "blob", "blob"),
+        # blob adds 0.6 FP per case to the baseline's (more than 0.5): not eligible; MONAI's class -> our drop-in
+        ({BASE: (0.30, 1.0, 0.6), "dice_ce": (0.20, 0.5, 0.7), "blob": (0.45, 1.6, 0.7)}, "dice", BASE),
+        # a lead under 0.02 over the incumbent keeps the incumbent
+        ({BASE: (0.30, 1.0, 0.6), "dice_ce": (0.40, 0.5, 0.5), "blob": (0.415, 1.0, 0.9)}, "dice_ce", "dice_ce"),
+        # arms within 0.02 of the best are tied: the higher lesion F1 wins
+        (
+            {BASE: (0.30, 1.0, 0.6), "dice_ce": (0.10, 0.5, 0.9), "blob": (0.45, 1.0, 0.6), "tv": (0.44, 1.0, 0.8)},
+            "tv",
+            "tv",
+        ),
+        # the incumbent adds too many false positives: it cannot stay
+        ({BASE: (0.30, 1.0, 0.6), "dice_ce": (0.50, 2.0, 0.9), "blob": (0.31, 1.0, 0.6)}, "blob", "blob"),
+    ],
+)
+def test_decision_rule_on_known_summaries(arms, default, winner):
+    d = decide_default(_summary(arms), BASE, "dice_ce")
+    assert (d["default"], d["winner"]) == (default, winner)
+    assert set(d["eligible"]) == {a for a, (_, fp, _) in arms.items() if fp <= 1.5}
+    with pytest.raises(ValueError, match="incumbent 'focal'"):
+        decide_default(_summary({"dice_ce": (0.1, 0.0, 0.5)}), "dice_ce", "focal")
 
 
 def write_single_channel_task(root, n=5, shape=(24, 28, 20)):

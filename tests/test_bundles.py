@@ -468,3 +468,23 @@ def test_runner_echoes_epoch_lines_and_run_state_messages(tmp_path):
         f.write("ss 0.4 | 1.0 s\n")
     tail()
     assert seen[-1] == "[epoch 2/4] loss 0.4 | 1.0 s" and len(seen) == 3
+
+
+def test_overrides_reach_the_bundle_cli_as_the_python_values_given():
+    """fire (``python -m monai.bundle run``) parses each override as a Python literal: a bool inside a dict must
+    arrive as a bool (JSON's ``true`` arrived as the string ``'true'``, and ``'false'`` is truthy)."""
+    from fire import parser
+
+    values = {
+        "loss_args": {"batch": True, "include_background": False, "weight": None, "smooth_nr": 1e-5},
+        "modalities": ["FLAIR", "T1"],
+        "resume": False,
+        "epochs": 3,
+        "learning_rate": 0.003,
+        "loss_name": "dice_ce",
+        "label_remap": None,
+    }
+    cmd = bu.bundle_command(BUNDLES["lesion"], ["train.json"], values)
+    for key, value in values.items():
+        parsed = parser.DefaultParseValue(cmd[cmd.index(f"--{key}") + 1])
+        assert parsed == value and type(parsed) is type(value), (key, parsed)

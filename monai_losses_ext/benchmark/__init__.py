@@ -8,10 +8,11 @@ Two parts (``speed``, ``quality``; both by default):
   held-out test cases (voxel Dice, lesion-wise F1 and sensitivity by lesion size, false-positive lesions,
   HD95) with bootstrap intervals (:mod:`.stats`) and a paired comparison against a baseline loss
   (:mod:`.report`), and each run's validation curves with the plateau rule of the loss-study protocol
-  (:mod:`.curves`). Resumable.
+  (:mod:`.curves`) and the protocol's decision rule on validation scores (:mod:`.decision`). Resumable.
 """
 
 from .curves import plateau_check, validation_curves, write_curves
+from .decision import decide_default, validation_summary
 from .quality import PRESETS, Preset, Study
 from .stats import bootstrap_ci, bootstrap_ratio_ci, paired_comparison
 
@@ -21,8 +22,10 @@ __all__ = [
     "Study",
     "bootstrap_ci",
     "bootstrap_ratio_ci",
+    "decide_default",
     "paired_comparison",
     "plateau_check",
     "validation_curves",
+    "validation_summary",
     "write_curves",
 ]

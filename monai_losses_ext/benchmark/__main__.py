@@ -69,6 +69,20 @@ def parser() -> argparse.ArgumentParser:
         help="more bundle overrides for every run, a Python dict, e.g. \"{'in_channels': 1, "
         "'label_remap': {255: 1}}\" for single-channel images with 0/255 masks",
     )
+    q.add_argument(
+        "--loss-args",
+        type=_literal_dict,
+        metavar="DICT",
+        help="arguments of loss variants, by arm, a Python dict, e.g. \"{'dice_ce@batch': {'batch': True}}\" "
+        "with --losses dice_ce dice_ce@batch",
+    )
+    q.add_argument(
+        "--score-validation",
+        action="store_true",
+        default=None,
+        help="also score the validation cases with each run's selected checkpoint, and apply the loss-study "
+        "protocol's decision rule to them (decision.json)",
+    )
     q.add_argument("--no-progress", action="store_true")
     s = p.add_argument_group("speed (defaults from the preset: cpu 64^3, gpu 128^3 + AMP)")
     s.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
@@ -109,6 +123,8 @@ def study_from_args(a):
             "size_edges": tuple(a.size_edges) if a.size_edges else None,
             "sites": tuple(a.sites) if a.sites is not None else None,
             "num_site_cases": a.num_site_cases,
+            "loss_args": a.loss_args,
+            "score_validation": a.score_validation,
         }.items()
         if v is not None
     }

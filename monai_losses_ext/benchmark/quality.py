@@ -76,8 +76,9 @@ class Preset:
     ``dataclasses.replace(PRESETS["cpu"], epochs=10)``.
 
     Attributes:
-        losses: the losses compared, as the bundle's ``loss_name`` takes them: registry names (``"dice_ce"``)
-            or dotted paths of a loss class (``"monai.losses.DiceLoss"``). `Study` puts ``baseline`` first
+        losses: the arms compared: the bundle's ``loss_name`` (registry names such as ``"dice_ce"``, or dotted
+            paths of a loss class such as ``"monai.losses.DiceLoss"``), optionally followed by ``@`` and a variant
+            name (``"dice_ce@batch"``) whose arguments ``loss_args`` gives. `Study` puts ``baseline`` first
             when it is missing.
         seeds: the training seeds; every loss is trained once per seed (the seed changes the network's
             initialisation and the patch sampling, not the splits).
@@ -97,6 +98,10 @@ class Preset:
         sites: names of shifted phantom sites (``monai_losses_ext.phantoms.SITES``, e.g. ``"scanner"``) every
             trained model is also scored on; empty: in-domain test cases only.
         num_site_cases: phantoms generated per shifted site.
+        loss_args: the loss arguments of an arm (the bundle's ``loss_args``), by arm, e.g.
+            ``{"dice_ce@batch": {"batch": True}}``; arms not listed use the loss's defaults.
+        score_validation: also score the validation cases with each run's selected checkpoint (as the test
+            cases), for decisions that may read validation scores only (docs/study/protocol.md).
     """
 
     losses: list[str]
@@ -113,6 +118,8 @@ class Preset:
     size_edges: tuple[int, ...] = (10, 50)
     sites: tuple[str, ...] = ()  # shifted phantom sites every model is also scored on
     num_site_cases: int = 12
+    loss_args: dict[str, dict] = field(default_factory=dict)
+    score_validation: bool = False
 
 
 PRESETS: dict[str, Preset] = {
@@ -207,6 +214,19 @@ PRESETS: dict[str, Preset] = {
 """
 
 
+def loss_name(arm: str) -> str:
+    """The bundle's ``loss_name`` of an arm: the arm without its ``@variant`` (``"dice_ce@batch"`` ->
+    ``"dice_ce"``).
+
+    Args:
+        arm: an entry of ``Preset.losses``.
+
+    Returns:
+        The loss name or dotted path.
+    """
+    return arm.split("@", 1)[0]
+
+
 def slug(loss: str) -> str:
     """A folder name for a loss name or dotted path."""
     return re.sub(r"[^A-Za-z0-9_]+", "_", loss).strip("_")
@@ -268,6 +288,16 @@ class Study:
             self.preset.seeds
         ):
             raise ValueError(f"losses {self.preset.losses} and seeds {self.preset.seeds} must not repeat")
+        p = self.preset
+        unknown = sorted(set(p.loss_args) - set(p.losses))
+        if unknown:
+            raise ValueError(f"loss_args names arms {unknown} that are not among the losses {p.losses}")
+        bare = [a for a in p.losses if "@" in a and a not in p.loss_args]
+        if bare:
+            raise ValueError(f"arms {bare} name a variant but loss_args gives it no arguments")
+        folders = [slug(a) for a in p.losses]
+        if len(set(folders)) != len(folders):
+            raise ValueError(f"losses {p.losses} share run folder names {folders}: rename a variant")
         M.size_group_labels(self.preset.size_edges)  # validates the edges early
         for site in self.preset.sites:
             site_seed(site)  # validates the names early
@@ -407,6 +437,8 @@ class Study:
             "num_val": p.num_val,
             "test_cases": [case_name(c["image"]) for c in test],
             "size_edges": list(p.size_edges),
+            # only when given, so the runs of arms without arguments keep the fingerprints they were stored with
+            **({"loss_args": p.loss_args[loss]} if p.loss_args.get(loss) else {}),
         }
 
     @staticmethod
@@ -502,7 +534,12 @@ class Study:
                 "max_cases": len(trainval),
                 "num_val": p.num_val,
                 "epochs": p.epochs,
-                "loss_name": loss,
+                "loss_name": loss_name(loss),
+                **(
+                    {"loss_args": {**p.schedule.get("loss_args", {}), **p.loss_args[loss]}}
+                    if p.loss_args.get(loss)
+                    else {}
+                ),
                 "seed": seed,
                 "num_threads": p.threads,
                 "resume": True,
@@ -531,8 +568,9 @@ class Study:
         return self.score_sites(loss, seed, result), False
 
     def score_sites(self, loss: str, seed: int, result: dict) -> dict:
-        """Adds to ``result`` (and its file) the scores of each shifted site it lacks: the bundle's inference on
-        every case of the site's phantoms, scored like the test cases.
+        """Adds to ``result`` (and its file) the scores it lacks of each shifted site and, with
+        ``score_validation``, of the validation cases: the bundle's inference with the run's selected checkpoint
+        on every case of the set, scored like the test cases.
 
         Args:
             loss: the run's loss.
@@ -540,33 +578,43 @@ class Study:
             result: the run's result; changed in place.
 
         Returns:
-            ``result``, with ``result["sites"][site]`` (one metrics row per case) for every site of the preset.
+            ``result``, with ``result["sites"][site]`` (one metrics row per case) for every site of the preset
+                and, with ``score_validation``, ``result["validation"]`` (one row per validation case).
 
         Raises:
             RuntimeError: an inference run of the bundle failed.
             FileNotFoundError: the inference wrote no prediction for a case.
         """
-        missing = [s for s in self.preset.sites if s not in result.get("sites", {})]
-        if not missing:
-            return result
         p, rd = self.preset, self.run_dir(loss, seed)
-        bundle, env = bundle_dir(self.task, self.bundles), child_env(p.threads)
-        for site in missing:
+        for site in [s for s in p.sites if s not in result.get("sites", {})]:
             data = self.ensure_site_data(site)
             cases = msd_datalist(str(data), "all", task=self.task)
-            infer = {
-                **p.schedule,
-                "bundle_root": str(rd),
-                "dataset_dir": str(data),
-                "datalist": [{"image": c["image"]} for c in cases],
-                "output_dir": str(rd / f"pred_{site}"),
-                "num_threads": p.threads,
-            }
-            secs = run_bundle(bundle, ["inference.json"], infer, rd / f"inference_{site}.log", env)
-            result.setdefault("sites", {})[site] = self.score_predictions(rd / f"pred_{site}", cases, data)
-            result["infer_seconds"] = round(result["infer_seconds"] + secs, 1)
+            result.setdefault("sites", {})[site] = self._infer_and_score(rd, site, cases, data, result)
+            _write_json(rd / "result.json", result)
+        if p.score_validation and "validation" not in result:
+            trainval, _ = self.splits()
+            val = trainval[len(trainval) - p.num_val :]
+            result["validation"] = self._infer_and_score(rd, "validation", val, self.dataset_dir(), result)
             _write_json(rd / "result.json", result)
         return result
+
+    def _infer_and_score(self, rd: Path, name: str, cases: list[dict], data: Path, result: dict) -> list[dict]:
+        """The run's inference on ``cases`` into ``pred_<name>/``, scored; the inference time is added to
+        ``result``."""
+        p = self.preset
+        infer = {
+            **p.schedule,
+            "bundle_root": str(rd),
+            "dataset_dir": str(data),
+            "datalist": [{"image": c["image"]} for c in cases],
+            "output_dir": str(rd / f"pred_{name}"),
+            "num_threads": p.threads,
+        }
+        bundle, env = bundle_dir(self.task, self.bundles), child_env(p.threads)
+        secs = run_bundle(bundle, ["inference.json"], infer, rd / f"inference_{name}.log", env)
+        rows = self.score_predictions(rd / f"pred_{name}", cases, data)
+        result["infer_seconds"] = round(result["infer_seconds"] + secs, 1)
+        return rows
 
     def score_predictions(self, pred_dir: Path, test: list[dict], dataset_dir: Path | None = None) -> list[dict]:
         """Each test case's prediction file scored against its label file with the bundles' own scoring

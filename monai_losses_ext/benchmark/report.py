@@ -12,6 +12,7 @@ import numpy as np
 
 from .. import metrics as M
 from .curves import write_curves
+from .decision import decide_default, validation_summary
 from .stats import bootstrap_ci, bootstrap_ratio_ci, paired_comparison
 
 # per-case metrics reported as a mean: (column prefix, title, higher is better)
@@ -296,6 +297,7 @@ def write_report(study, results: dict, command: str, n_boot: int = 2000) -> Path
         )
         write_csvs(study.out, site_results(results, site), losses, seeds, tables[f"site `{site}`"], suffix=f"_{site}")
     _, checks = write_curves(study.out, {key: study.run_dir(*key) for key in results}, p.epochs)
+    decision = write_decision(study, results) if p.score_validation else None
     train_min = {loss: np.mean([results[(loss, s)]["train_seconds"] for s in seeds]) / 60 for loss in losses}
     # the runs' own times, stored with each run, so a resumed study reports the same total
     run_min = sum(r["train_seconds"] + r["infer_seconds"] for r in results.values()) / 60
@@ -331,6 +333,7 @@ def write_report(study, results: dict, command: str, n_boot: int = 2000) -> Path
         *[f"![{f.stem}]({f.name})" for f in figs],
         "",
         plateau_markdown(checks, p.epochs),
+        *(["", decision_markdown(decision)] if decision else []),
         "",
         "How to read it: intervals that overlap heavily mean the study cannot tell the losses apart at this size; "
         "the paired differences are the sharper test because every loss is scored on the same cases. A loss that "
@@ -340,6 +343,44 @@ def write_report(study, results: dict, command: str, n_boot: int = 2000) -> Path
     path = study.out / "report.md"
     path.write_text("\n".join(lines))
     return path
+
+
+def write_decision(study, results: dict) -> dict:
+    """The protocol's decision rule on the validation scores (decision.json in ``study.out``): the bundle's
+    current ``loss_name`` is the incumbent, the preset's baseline bounds the false positives."""
+    import json
+
+    from ..bundle import bundle_dir
+
+    p = study.preset
+    with open(bundle_dir(study.task, study.bundles) / "configs" / "train.json", encoding="utf-8") as f:
+        incumbent = json.load(f)["loss_name"]
+    summary = validation_summary(results, p.losses, p.seeds, size_group=M.size_group_labels(p.size_edges)[0])
+    decision = decide_default(summary, p.baseline, incumbent if incumbent in summary else p.baseline)
+    decision["summary"] = summary
+    (study.out / "decision.json").write_text(json.dumps(decision, indent=1), encoding="utf-8")
+    return decision
+
+
+def decision_markdown(decision: dict) -> str:
+    """The decision and the validation endpoints it read, as Markdown."""
+    rule = decision["rule"]
+    lines = [
+        "## Decision on validation scores (docs/study/protocol.md)",
+        "",
+        f"Default: **`{decision['default']}`** — {decision['reason']}. Eligible: false-positive lesions per case at "
+        f"most {rule['fp_margin']} above `{rule['baseline']}`'s; ties and the incumbent's margin: "
+        f"{rule['min_gain']} in small-lesion sensitivity.",
+        "",
+        "| arm | small-lesion sensitivity | FP lesions / case | lesion F1 | Dice | small lesions / seed | eligible |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for arm, v in decision["summary"].items():
+        lines.append(
+            f"| `{arm}` | {v['small_sensitivity']:.3f} | {v['fp_per_case']:.2f} | {v['lesion_f1']:.3f} | "
+            f"{v['dice']:.3f} | {v['n_small']:.0f} | {'yes' if arm in decision['eligible'] else 'no'} |"
+        )
+    return "\n".join(lines)
 
 
 def plateau_markdown(checks: list[dict], epochs: int) -> str:

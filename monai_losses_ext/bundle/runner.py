@@ -7,7 +7,6 @@ overlays on it (``["train.json", "evaluate.json"]``), as MONAI model-zoo bundles
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import subprocess
@@ -52,9 +51,9 @@ def bundle_dir(task: str, bundles_root: str | Path | None = None) -> Path:
 
 
 def _arg(v: Any) -> str:
-    """One CLI value as ``python -m monai.bundle run`` (fire) reads it: None, bools and numbers as Python
-    literals, lists and dicts as JSON."""
-    return v if isinstance(v, str) else str(v) if v is None or isinstance(v, (bool, int, float)) else json.dumps(v)
+    """One CLI value as ``python -m monai.bundle run`` (fire) reads it: Python literals, lists and dicts
+    included (JSON would not do: fire reads a JSON ``true`` inside a dict as the string ``'true'``)."""
+    return v if isinstance(v, str) else repr(v)
 
 
 def config_files(bundle: Path, configs: Sequence[str]) -> list[str]:
