@@ -539,6 +539,25 @@ def test_focal(case, dtype):
     check(out, R.focal_loss(rounded(x, dtype), y, **c), dtype, what=str(c))
 
 
+@pytest.mark.parametrize("kw", [{}, {"use_softmax": True}, {"include_background": False}])
+def test_focal_mean_with_ignore_index_follows_monai(kw):
+    """MONAI 1.6's FocalLoss (matched in test_monai_equivalence) divides the valid terms' sum by the number of valid
+    voxels, not by voxels x classes: the mean with ``ignore_index`` is C times the mean of the valid terms, even
+    when no voxel is ignored (the relation docs/losses.md and the docstring state)."""
+    x, yi, _ = make(21, C=3)
+    x, yi = torch.as_tensor(x), torch.as_tensor(yi)
+    y = yi.clone()
+    y[..., :2] = 7
+    c = 3 if kw.get("include_background", True) else 2
+    plain = run(ext.FocalLoss(to_onehot_y=True, **kw), x, yi, torch.float64).item()
+    assert run(ext.FocalLoss(to_onehot_y=True, ignore_index=7, **kw), x, yi, torch.float64).item() == pytest.approx(
+        c * plain, rel=1e-12
+    )
+    terms = run(ext.FocalLoss(to_onehot_y=True, ignore_index=7, reduction="none", **kw), x, y, torch.float64)
+    mean = run(ext.FocalLoss(to_onehot_y=True, ignore_index=7, **kw), x, y, torch.float64).item()
+    assert mean == pytest.approx(c * terms[(y != 7).expand_as(terms)].mean().item(), rel=1e-12)
+
+
 def test_focal_forum_form():
     """Lin et al. 2017 binary focal loss, alpha-balanced, on one sigmoid channel (mean over voxels)."""
     x, yi, _ = make(14, C=1, binary=True, scale=3.0)

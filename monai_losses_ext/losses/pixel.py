@@ -551,8 +551,10 @@ class FocalLoss(LossBase):
             the factor of each class.
         weight: factor of each scored class's terms: a scalar, or one value ``>= 0`` per scored class (a
             sequence needs more than one channel); None: all 1.
-        reduction: ``"mean"``: the mean over every (sample, class, voxel) term; ``"sum"``: as MONAI, the sum
-            over (sample, class) of the spatial means; ``"none"``: the per-voxel terms.
+        reduction: ``"mean"``: the mean over every (sample, class, voxel) term, but with ``ignore_index`` the
+            sum of the valid terms divided by the number of valid voxels (not times the classes), as MONAI 1.6
+            does: then C times the mean of the valid terms; ``"sum"``: as MONAI, the sum over (sample, class)
+            of the spatial means; ``"none"``: the per-voxel terms.
         use_softmax: ``False``: sigmoid focal loss per channel (binary or overlapping channels); ``True``:
             softmax focal loss over the channels (mutually exclusive classes).
         ignore_index: label of the voxels to leave out of the loss and of the spatial means; None: every
