@@ -126,6 +126,17 @@ def test_best_model_kept_across_resume(data, tmp_path):
     assert history(tmp_path)[1] == [1, 2, 3, 4, 5, 6]
 
 
+def test_a_nan_first_validation_is_replaced_by_the_first_number(data, tmp_path):
+    """Epoch 1 has nothing to score (NaN): a model is kept so that evaluation has one, and the first real
+    number replaces it; a later NaN never replaces a model (a NaN best used to block every later model)."""
+    metric = json.dumps(
+        {"val_mean_dice": {"_target_": "_bundle_data.ScriptedMetric", "values": ["nan", 0.4, "nan", 0.7]}}
+    )
+    run(tmp_path, data, epochs=4, **{"validate#key_metric": metric})
+    best = json.loads((tmp_path / "models" / "model.json").read_text())
+    assert (best["epoch"], best["value"]) == (4, 0.7)
+
+
 @pytest.mark.parametrize("damage", ["empty", "half"])
 def test_corrupt_newest_checkpoint_is_skipped_and_named(damage, data, tmp_path):
     run(tmp_path, data, epochs=2)
@@ -256,3 +267,27 @@ def test_torchrun_two_processes_kill_and_resume(data, tmp_path):
     assert len(list((tmp_path / "logs").glob("events.out.tfevents.*"))) <= 2  # one writer per run, rank 0 only
     ckpt = torch.load(str(tmp_path / "models" / "model.pt"), map_location="cpu", weights_only=True)
     assert not any(k.startswith("module.") for k in ckpt)
+
+
+def test_a_failing_close_neither_hides_the_run_error_nor_keeps_the_lock(tmp_path, caplog):
+    class Engine:
+        def run(self):
+            raise ValueError("the run's own error")
+
+    class BadWriter:
+        def close(self):
+            raise OSError("disk full while flushing")
+
+    class Writer:
+        closed = False
+
+        def close(self):
+            Writer.closed = True
+
+    rd = bu.RunDir(str(tmp_path), str(tmp_path / "models"), str(tmp_path / "logs")).open()
+    assert (tmp_path / ".lock").exists()
+    with caplog.at_level("WARNING", logger="monai_losses_ext.bundle.rundir"):
+        with pytest.raises(ValueError, match="the run's own error"):
+            rd.run(Engine(), close=[BadWriter(), Writer()])
+    assert Writer.closed and not (tmp_path / ".lock").exists()  # the next writer is closed, the lock released
+    assert "disk full while flushing" in caplog.text

@@ -17,6 +17,7 @@ import contextlib
 import glob
 import json
 import logging
+import math
 import os
 import re
 import tempfile
@@ -423,7 +424,8 @@ class BestModelSaver:
     run arguments the model was trained with, among them the target spacing evaluation and inference resample
     to). Rank 0 only.
 
-    The comparison is "higher is better" (Dice-like metrics); a tie keeps the earlier model. Every rank
+    The comparison is "higher is better" (Dice-like metrics); a tie keeps the earlier model. A NaN metric (a
+    validation with nothing to score) is saved only when there is no model yet, and any number replaces it. Every rank
     updates ``run_dir.best``, only rank 0 writes the files.
 
     Args:
@@ -475,8 +477,11 @@ class BestModelSaver:
                 f"BestModelSaver: metric {name!r} not among the validation metrics {sorted(engine.state.metrics)}"
             )
         value, best = float(engine.state.metrics[name]), self.run_dir.best
-        if best.get("epoch") and not value > float(best["value"]):
-            return
+        if best.get("epoch"):
+            stored = float(best["value"])
+            # a NaN validation (nothing to score) never replaces a model; a NaN best is replaced by any number
+            if math.isnan(value) or not (value > stored or math.isnan(stored)):
+                return
         self.run_dir.best = {"metric": name, "value": value, "epoch": int(engine.state.epoch)}
         if is_rank_zero():
             path = os.path.join(self.run_dir.ckpt_dir, self.filename)

@@ -263,9 +263,9 @@ class RunDir:
 
     # ------------------------------------------------------------------------------------------- run
     def run(self, engine: Engine, close: Iterable[Any] | Sequence[Any] = ()) -> None:
-        """``engine.run()``; afterwards, also when it fails, close every object of ``close`` that has a
-        ``close()`` (the TensorBoard writers: their writer threads must not outlive the run) and release the
-        lock.
+        """``engine.run()``; afterwards, also when it fails, close every object of ``close`` (the TensorBoard
+        writers: their writer threads must not outlive the run) and release the lock. A ``close()`` that fails
+        is logged as a warning: it neither hides the run's own error nor keeps the lock.
 
         Args:
             engine: the trainer (its data and ``max_epochs`` were given when it was built).
@@ -277,6 +277,11 @@ class RunDir:
         try:
             engine.run()
         finally:
-            for obj in close:
-                obj.close()
-            self.release()
+            try:
+                for obj in close:
+                    try:
+                        obj.close()
+                    except Exception as err:  # noqa: BLE001 - reported; the run's own outcome comes first
+                        logger.warning(f"closing {obj!r} after the run failed: {type(err).__name__}: {err}")
+            finally:
+                self.release()
