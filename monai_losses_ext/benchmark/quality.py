@@ -546,15 +546,7 @@ class Study:
                 "progress_bar": False,
             }
             train_s = run_bundle(bundle, ["train.json"], overrides, rd / "train.log", env, poll)
-        infer = {  # inference.json is an overlay on train.json: every schedule key is one of its ids
-            **p.schedule,
-            "bundle_root": str(rd),
-            "dataset_dir": str(data),
-            "datalist": [{"image": c["image"]} for c in test],
-            "output_dir": str(rd / "test_pred"),
-            "num_threads": p.threads,
-        }
-        infer_s = run_bundle(bundle, ["inference.json"], infer, rd / "inference.log", env)
+        infer_s = self._infer(rd, test, data, rd / "test_pred", rd / "inference.log")
         result = {
             "fingerprint": fp,
             "loss": loss,
@@ -598,23 +590,25 @@ class Study:
             _write_json(rd / "result.json", result)
         return result
 
-    def _infer_and_score(self, rd: Path, name: str, cases: list[dict], data: Path, result: dict) -> list[dict]:
-        """The run's inference on ``cases`` into ``pred_<name>/``, scored; the inference time is added to
-        ``result``."""
+    def _infer(self, rd: Path, cases: list[dict], data: Path, out: Path, log: Path) -> float:
+        """The run's inference (its selected checkpoint) on ``cases`` into ``out``; returns the seconds taken."""
         p = self.preset
-        infer = {
+        infer = {  # inference.json is an overlay on train.json: every schedule key is one of its ids
             **p.schedule,
             "bundle_root": str(rd),
             "dataset_dir": str(data),
             "datalist": [{"image": c["image"]} for c in cases],
-            "output_dir": str(rd / f"pred_{name}"),
+            "output_dir": str(out),
             "num_threads": p.threads,
         }
-        bundle, env = bundle_dir(self.task, self.bundles), child_env(p.threads)
-        secs = run_bundle(bundle, ["inference.json"], infer, rd / f"inference_{name}.log", env)
-        rows = self.score_predictions(rd / f"pred_{name}", cases, data)
+        return run_bundle(bundle_dir(self.task, self.bundles), ["inference.json"], infer, log, child_env(p.threads))
+
+    def _infer_and_score(self, rd: Path, name: str, cases: list[dict], data: Path, result: dict) -> list[dict]:
+        """The run's inference on ``cases`` into ``pred_<name>/``, scored; the inference time is added to
+        ``result``."""
+        secs = self._infer(rd, cases, data, rd / f"pred_{name}", rd / f"inference_{name}.log")
         result["infer_seconds"] = round(result["infer_seconds"] + secs, 1)
-        return rows
+        return self.score_predictions(rd / f"pred_{name}", cases, data)
 
     def score_predictions(self, pred_dir: Path, test: list[dict], dataset_dir: Path | None = None) -> list[dict]:
         """Each test case's prediction file scored against its label file with the bundles' own scoring
