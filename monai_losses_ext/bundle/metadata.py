@@ -55,16 +55,22 @@ _TENSOR_TYPES = {
 }
 
 
+def _is(v: Any, types: type | tuple[type, ...]) -> bool:
+    """``isinstance`` as JSON types mean it: a bool is no integer or number unless ``bool`` is asked for."""
+    types = types if isinstance(types, tuple) else (types,)
+    return isinstance(v, types) and (bool in types or not isinstance(v, bool))
+
+
 def _type_problems(where: str, spec: Mapping[str, Any]) -> list[str]:
     out = [
         f"{where}.{k} must be {t.__name__}, got {type(spec[k]).__name__}"
         for k, t in _TENSOR_TYPES.items()
-        if k in spec and (not isinstance(spec[k], t) or (t is int and isinstance(spec[k], bool)))
+        if k in spec and not _is(spec[k], t)
     ]
     shape, vrange = spec.get("spatial_shape", []), spec.get("value_range", [])
-    if not isinstance(shape, list) or not all(isinstance(v, (int, str)) and not isinstance(v, bool) for v in shape):
+    if not isinstance(shape, list) or not all(_is(v, (int, str)) for v in shape):
         out.append(f"{where}.spatial_shape must be a list of integers or strings, got {shape!r}")
-    if not isinstance(vrange, list) or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in vrange):
+    if not isinstance(vrange, list) or not all(_is(v, (int, float)) for v in vrange):
         out.append(f"{where}.value_range must be a list of numbers, got {vrange!r}")
     return out
 
@@ -100,7 +106,9 @@ def check_metadata(meta: str | Mapping[str, Any]) -> list[str]:
         problems.append("'references' must be a list of strings")
     metrics = meta.get("eval_metrics", {})
     if isinstance(metrics, Mapping):
-        problems += [f"eval_metrics.{k} must be a number, got {v!r}" for k, v in metrics.items() if not _number(v)]
+        problems += [
+            f"eval_metrics.{k} must be a number, got {v!r}" for k, v in metrics.items() if not _is(v, (int, float))
+        ]
     if isinstance(meta.get("schema"), str) and not meta["schema"].endswith("/" + METADATA_SCHEMA):
         problems.append(f"schema {meta['schema']!r} is not the current MONAI bundle schema {METADATA_SCHEMA}")
     if "version" in meta and str(meta["version"]) not in meta.get("changelog", {}):
@@ -114,7 +122,3 @@ def check_metadata(meta: str | Mapping[str, Any]) -> list[str]:
             problems += [f"network_data_format.{part}.{name}: missing '{k}'" for k in _REQUIRED_TENSOR if k not in spec]
             problems += _type_problems(f"network_data_format.{part}.{name}", spec)
     return problems
-
-
-def _number(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool)

@@ -18,6 +18,7 @@ archive is the same folder zipped under its bundle name, the layout of MONAI's m
 
 from __future__ import annotations
 
+import contextlib
 import importlib.metadata
 import json
 import os
@@ -112,14 +113,12 @@ def bundle_path(name: str) -> Path:
 
 def _license_text() -> str:
     """The package's licence: from the installed distribution's metadata, else the clone's LICENSE."""
-    try:
+    with contextlib.suppress(importlib.metadata.PackageNotFoundError):  # not installed: a clone on the path
         dist = importlib.metadata.distribution("monai-losses-ext")
         for rel in ("licenses/LICENSE", "LICENSE"):
             text = dist.read_text(rel)
             if text:
                 return text
-    except importlib.metadata.PackageNotFoundError:
-        pass
     path = _CHECKOUT / "LICENSE"
     if path.is_file():
         return path.read_text(encoding="utf-8")
