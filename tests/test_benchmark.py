@@ -20,7 +20,9 @@ from monai_losses_ext.benchmark import (
     bootstrap_ratio_ci,
     decide_default,
     paired_comparison,
+    paired_ratio_difference,
     plateau_check,
+    tumour_validation_summary,
     validation_curves,
     validation_summary,
 )
@@ -185,6 +187,34 @@ def test_paired_comparison_on_known_differences():
     assert spread.diff == pytest.approx(0.05) and spread.low < 0.0 < 0.1 < spread.high
     with pytest.raises(ValueError, match="same cases"):
         paired_comparison(base[:, :5], base)
+
+
+def test_paired_ratio_difference_pools_counts_on_the_same_cases():
+    """The difference of pooled ratios (counts summed before the ratio), its interval from resampling the same
+    cases for both arms; identical arms give exactly 0; a shift on one many-lesion case moves the pooled ratio by
+    its share of the lesions."""
+    rng = np.random.default_rng(1)
+    tru = np.tile(rng.integers(0, 6, 30), (2, 1))  # two seeds that agree: no seed spread
+    det = np.minimum(tru, np.tile(rng.integers(0, 6, 30), (2, 1)))
+    same = paired_ratio_difference(det, tru, det, tru)
+    assert same.diff == 0 and same.low == 0 and same.high == 0 and same.n_den == int(tru[0].sum())
+    spread = det.copy()
+    spread[1] = tru[1]  # seeds that disagree: each side's seeds are resampled, the interval opens
+    assert (lambda r: r.low < r.diff < r.high)(paired_ratio_difference(spread, tru, spread, tru))
+    better = det.copy()
+    better[:, 0] = tru[:, 0]  # one case with every lesion found
+    pr = paired_ratio_difference(better, tru, det, tru)
+    expected = better.sum() / tru.sum() - det.sum() / tru.sum()
+    assert pr.diff == pytest.approx(expected) and 0 <= pr.low <= pr.diff <= pr.high
+    worse = paired_ratio_difference(np.zeros_like(det), tru, det, tru)
+    assert worse.high < 0
+    assert all(
+        math.isnan(v) for v in (lambda r: (r.diff, r.low, r.high))(paired_ratio_difference([[0]], [[0]], [[0]], [[0]]))
+    )
+    with pytest.raises(ValueError, match="same cases"):
+        paired_ratio_difference(det[:, :5], tru[:, :5], det, tru)
+    with pytest.raises(ValueError, match="shape"):
+        paired_ratio_difference(det, tru[:, :5], det, tru)
 
 
 def test_bad_bootstrap_settings_are_refused():
@@ -494,6 +524,33 @@ def test_decision_rule_on_known_summaries(arms, default, winner):
     assert set(d["eligible"]) == {a for a, (_, fp, _) in arms.items() if fp <= 1.5}
     with pytest.raises(ValueError, match="incumbent 'focal'"):
         decide_default(_summary({"dice_ce": (0.1, 0.0, 0.5)}), "dice_ce", "focal")
+
+
+def test_tumour_rule_ranks_mean_dice_with_wt_false_positives_as_safety():
+    """The tumour task: mean Dice over TC/WT/ET decides, WT's FP components bound eligibility (same margins)."""
+
+    def rows(dice, fp_wt, f1=0.5):
+        regions = {"TC": dice - 0.1, "WT": dice, "ET": dice + 0.1}
+        return [
+            {**{f"dice_{g}": d for g, d in regions.items()}, **{f"f1_{g}": f1 for g in regions}, "fp_lesions_WT": fp_wt}
+            for _ in range(3)
+        ]
+
+    results = {
+        (BASE, 0): {"validation": rows(0.70, 1.0)},
+        ("dice_ce", 0): {"validation": rows(0.72, 1.0)},
+        ("blob", 0): {"validation": rows(0.80, 1.6)},  # the best Dice, but 0.6 more FP components than MONAI's
+        ("tversky", 0): {"validation": rows(0.75, 1.2)},
+    }
+    s = tumour_validation_summary(results, list({a for a, _ in results}), [0])
+    assert s["tversky"]["mean_dice"] == pytest.approx(0.75) and s["blob"]["fp_per_case"] == pytest.approx(1.6)
+    d = decide_default(s, BASE, "dice_ce", primary="mean_dice")
+    assert (d["winner"], d["default"]) == ("tversky", "tversky") and "blob" not in d["eligible"]
+    assert "mean Dice over the regions" in d["reason"] and d["rule"]["primary"] == "mean_dice"
+    with pytest.raises(ValueError, match="primary='dice'"):
+        decide_default(s, BASE, "dice_ce", primary="dice")
+    with pytest.raises(KeyError, match="--score-validation"):
+        tumour_validation_summary({("a", 0): {"cases": []}}, ["a"], [0])
 
 
 def write_single_channel_task(root, n=5, shape=(24, 28, 20)):

@@ -12,9 +12,9 @@ Two parts (``speed``, ``quality``; both by default):
 """
 
 from .curves import plateau_check, validation_curves, write_curves
-from .decision import decide_default, validation_summary
+from .decision import decide_default, tumour_validation_summary, validation_summary
 from .quality import PRESETS, Preset, Study
-from .stats import bootstrap_ci, bootstrap_ratio_ci, paired_comparison
+from .stats import bootstrap_ci, bootstrap_ratio_ci, paired_comparison, paired_ratio_difference
 
 __all__ = [
     "PRESETS",
@@ -24,7 +24,9 @@ __all__ = [
     "bootstrap_ratio_ci",
     "decide_default",
     "paired_comparison",
+    "paired_ratio_difference",
     "plateau_check",
+    "tumour_validation_summary",
     "validation_curves",
     "validation_summary",
     "write_curves",

@@ -12,8 +12,8 @@ import numpy as np
 
 from .. import metrics as M
 from .curves import write_curves
-from .decision import decide_default, validation_summary
-from .stats import bootstrap_ci, bootstrap_ratio_ci, paired_comparison
+from .decision import PRIMARY, decide_default, tumour_validation_summary, validation_summary
+from .stats import bootstrap_ci, bootstrap_ratio_ci, paired_comparison, paired_ratio_difference
 
 # per-case metrics reported as a mean: (column prefix, title, higher is better)
 CASE_METRICS = [
@@ -24,6 +24,7 @@ CASE_METRICS = [
     ("hd95", "HD95 (mm)", False),
 ]
 PAIRED = ("dice", "f1", "fp_lesions", "hd95")
+DIFF_KEYS = ("diff", "diff_low", "diff_high")
 
 
 def _arrays(results: dict, losses, seeds, key: str) -> dict[str, np.ndarray]:
@@ -71,17 +72,19 @@ def summarize(results: dict, losses, seeds, structures, size_edges, baseline: st
             tru = _arrays(results, losses, seeds, f"truth_{s}_{g}")
             for loss in losses:
                 ratio, lo, hi = bootstrap_ratio_ci(det[loss], tru[loss], n_boot=n_boot)
-                rows.append(
-                    {
-                        "structure": s,
-                        "loss": loss,
-                        "metric": f"sensitivity_{g}",
-                        "value": ratio,
-                        "low": lo,
-                        "high": hi,
-                        "n_lesions": int(tru[loss][0].sum()),
-                    }
-                )
+                row = {
+                    "structure": s,
+                    "loss": loss,
+                    "metric": f"sensitivity_{g}",
+                    "value": ratio,
+                    "low": lo,
+                    "high": hi,
+                    "n_lesions": int(tru[loss][0].sum()),
+                }
+                if loss != baseline:
+                    pr = paired_ratio_difference(det[loss], tru[loss], det[baseline], tru[baseline], n_boot=n_boot)
+                    row.update(diff=pr.diff, diff_low=pr.low, diff_high=pr.high)
+                rows.append(row)
     return rows
 
 
@@ -136,6 +139,19 @@ def markdown(rows: list[dict], losses, structures, size_edges, baseline: str, tr
             d = get[(s, loss, "dice")]
             cells.append(f"{d['higher']} / {d['equal']} / {d['lower']}")
             out.append("| " + " | ".join(cells) + " |")
+        out += [
+            "",
+            f"Pooled lesion sensitivity by size, paired against `{baseline}` (loss − baseline; detected and truth "
+            "lesions summed over the resampled cases and seeds before each ratio, the same cases for both arms; "
+            "95% bootstrap CI):",
+            "",
+        ]
+        head = ["loss"] + [f"Δ sensitivity {g} vox" for g in groups]
+        out += ["| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
+        for loss in losses:
+            if loss != baseline:
+                cells = [_ci(*(get[(s, loss, f"sensitivity_{g}")][k] for k in DIFF_KEYS)) for g in groups]
+                out.append("| " + " | ".join([f"`{loss}`", *cells]) + " |")
         out.append("")
     return "\n".join(out)
 
@@ -355,8 +371,13 @@ def write_decision(study, results: dict) -> dict:
     p = study.preset
     with open(bundle_dir(study.task, study.bundles) / "configs" / "train.json", encoding="utf-8") as f:
         incumbent = json.load(f)["loss_name"]
-    summary = validation_summary(results, p.losses, p.seeds, size_group=M.size_group_labels(p.size_edges)[0])
-    decision = decide_default(summary, p.baseline, incumbent if incumbent in summary else p.baseline)
+    incumbent = incumbent if incumbent in p.losses else p.baseline
+    if study.task == "tumour":
+        summary = tumour_validation_summary(results, p.losses, p.seeds)
+        decision = decide_default(summary, p.baseline, incumbent, primary="mean_dice")
+    else:
+        summary = validation_summary(results, p.losses, p.seeds, size_group=M.size_group_labels(p.size_edges)[0])
+        decision = decide_default(summary, p.baseline, incumbent)
     decision["summary"] = summary
     (study.out / "decision.json").write_text(json.dumps(decision, indent=1), encoding="utf-8")
     return decision
@@ -365,21 +386,33 @@ def write_decision(study, results: dict) -> dict:
 def decision_markdown(decision: dict) -> str:
     """The decision and the validation endpoints it read, as Markdown."""
     rule = decision["rule"]
+    primary = rule.get("primary", "small_sensitivity")
+    tumour = primary == "mean_dice"
     lines = [
         "## Decision on validation scores (docs/study/protocol.md)",
         "",
-        f"Default: **`{decision['default']}`** — {decision['reason']}. Eligible: false-positive lesions per case at "
-        f"most {rule['fp_margin']} above `{rule['baseline']}`'s; ties and the incumbent's margin: "
-        f"{rule['min_gain']} in small-lesion sensitivity.",
+        f"Default: **`{decision['default']}`** — {decision['reason']}. Eligible: false-positive "
+        f"{'components of WT' if tumour else 'lesions'} per case at most {rule['fp_margin']} above "
+        f"`{rule['baseline']}`'s; ties and the incumbent's margin: {rule['min_gain']} in {PRIMARY[primary]}.",
         "",
-        "| arm | small-lesion sensitivity | FP lesions / case | lesion F1 | Dice | small lesions / seed | eligible |",
-        "|---|---|---|---|---|---|---|",
     ]
+    if tumour:
+        lines += [
+            "| arm | mean Dice (TC, WT, ET) | FP components of WT / case | lesion F1 | eligible |",
+            "|---|---|---|---|---|",
+        ]
+    else:
+        lines += [
+            "| arm | small-lesion sensitivity | FP lesions / case | lesion F1 | Dice | small lesions / seed "
+            "| eligible |",
+            "|---|---|---|---|---|---|---|",
+        ]
     for arm, v in decision["summary"].items():
-        lines.append(
-            f"| `{arm}` | {v['small_sensitivity']:.3f} | {v['fp_per_case']:.2f} | {v['lesion_f1']:.3f} | "
-            f"{v['dice']:.3f} | {v['n_small']:.0f} | {'yes' if arm in decision['eligible'] else 'no'} |"
-        )
+        cells = [f"`{arm}`", f"{v[primary]:.3f}", f"{v['fp_per_case']:.2f}", f"{v['lesion_f1']:.3f}"]
+        if not tumour:
+            cells += [f"{v['dice']:.3f}", f"{v['n_small']:.0f}"]
+        cells.append("yes" if arm in decision["eligible"] else "no")
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 

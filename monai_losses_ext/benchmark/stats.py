@@ -17,7 +17,14 @@ import numpy as np
 from numpy.typing import ArrayLike
 from scipy import stats as _st
 
-__all__ = ["bootstrap_ci", "bootstrap_ratio_ci", "paired_comparison", "Paired"]
+__all__ = [
+    "bootstrap_ci",
+    "bootstrap_ratio_ci",
+    "paired_comparison",
+    "paired_ratio_difference",
+    "Paired",
+    "PairedRatio",
+]
 
 
 def _as_2d(values, what: str = "values") -> np.ndarray:
@@ -214,6 +221,90 @@ def _paired_boot(a: np.ndarray, b: np.ndarray, n_boot: int, rng: np.random.Gener
         da = np.nanmean(_gather(a, sa, c_idx), 1)
         db = np.nanmean(_gather(b, sb, c_idx), 1)
         return np.nanmean(da - db, 1)
+
+
+@dataclass
+class PairedRatio:
+    """A pooled ratio of a loss against the baseline's on the same test cases, e.g. small-lesion sensitivity.
+
+    Attributes:
+        diff: ``sum(num) / sum(den) - sum(base_num) / sum(base_den)``, each side pooled over its seeds and cases.
+        low: lower bound of the bootstrap interval of ``diff``.
+        high: upper bound of the bootstrap interval of ``diff``.
+        n_den: the baseline's denominator total over its first seed (e.g. the number of truth lesions).
+    """
+
+    diff: float
+    low: float
+    high: float
+    n_den: int
+
+
+def paired_ratio_difference(
+    num: ArrayLike,
+    den: ArrayLike,
+    base_num: ArrayLike,
+    base_den: ArrayLike,
+    level: float = 0.95,
+    n_boot: int = 2000,
+    seed: int = 0,
+) -> PairedRatio:
+    """Difference of two pooled ratios on the same cases, with a paired bootstrap interval.
+
+    Each resample draws the cases with replacement, the same ones for both sides, and each side's seeds
+    independently; the counts are summed over the resampled seeds and cases before each ratio, so a case with
+    many lesions weighs as much as its lesions. Resamples in which either side's denominator sums to zero are
+    left out of the interval. No p-value: per-case ratios of a few lesions are not a sound basis for a rank test.
+
+    Args:
+        num: the loss's numerator counts (e.g. detected lesions of a size group), ``(n_cases,)`` or
+            ``(n_seeds, n_cases)``.
+        den: the loss's denominator counts (truth lesions), the same shape as ``num``.
+        base_num: the baseline's numerator counts on the same cases, ``(n_cases,)`` or ``(n_seeds, n_cases)``.
+        base_den: the baseline's denominator counts, the same shape as ``base_num``.
+        level: the confidence level, in ``(0, 1)``.
+        n_boot: the number of resamples, at least 100.
+        seed: the seed of the resampling.
+
+    Returns:
+        The difference, its interval and the baseline's denominator total, as a `PairedRatio`; NaN difference
+            and bounds when either denominator sums to zero.
+
+    Raises:
+        ValueError: ``level`` is not in ``(0, 1)``, ``n_boot`` is under 100, an input is not 1-D or 2-D with at
+            least one case, a numerator's shape differs from its denominator's, or the two sides score a
+            different number of cases.
+    """
+    _check_level(level, n_boot)
+    a_n, a_d = _as_2d(num, "num"), _as_2d(den, "den")
+    b_n, b_d = _as_2d(base_num, "base_num"), _as_2d(base_den, "base_den")
+    if a_n.shape != a_d.shape or b_n.shape != b_d.shape:
+        raise ValueError(
+            f"num {a_n.shape} / den {a_d.shape} and base_num {b_n.shape} / base_den {b_d.shape}: each numerator "
+            "must have its denominator's shape"
+        )
+    if a_n.shape[1] != b_n.shape[1]:
+        raise ValueError(
+            f"the loss scores {a_n.shape[1]} cases and the baseline {b_n.shape[1]}: a paired comparison needs the "
+            "same cases"
+        )
+    n_den = int(b_d[0].sum())
+    if a_d.sum() <= 0 or b_d.sum() <= 0:
+        nan = float("nan")
+        return PairedRatio(nan, nan, nan, n_den)
+    rng = np.random.default_rng(seed)
+    c_idx = rng.integers(0, a_n.shape[1], size=(n_boot, a_n.shape[1]))
+    sa = rng.integers(0, a_n.shape[0], size=(n_boot, a_n.shape[0]))
+    sb = rng.integers(0, b_n.shape[0], size=(n_boot, b_n.shape[0]))
+
+    def ratio(n, d, s):
+        bn, bd = _gather(n, s, c_idx).sum((1, 2)), _gather(d, s, c_idx).sum((1, 2))
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.where(bd > 0, bn / np.where(bd > 0, bd, 1), np.nan)
+
+    boot = ratio(a_n, a_d, sa) - ratio(b_n, b_d, sb)
+    diff = float(a_n.sum() / a_d.sum() - b_n.sum() / b_d.sum())
+    return PairedRatio(diff, *_interval(boot, level), n_den)
 
 
 @contextmanager
