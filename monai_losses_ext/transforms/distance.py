@@ -19,6 +19,13 @@ distance to ``B`` keeps the boundary at exactly 0 with any spacing and satisfies
 ``edt(F) - max(spacing) <= d(x, B) < edt(F)``, so both definitions agree within one voxel. One EDT per
 class (of ``~B``) computes it, instead of two.
 
+``convention="reference"`` gives the published maps instead, exactly: signed ``edt(~F)`` outside and
+``-(edt(F) - 1)`` inside (Kervadec et al.'s code and MONAI's ``BoundaryLoss``; the 1 is subtracted in physical
+units whatever the spacing), unsigned ``edt(~F)`` outside and ``edt(F)`` inside (Karimi & Salcudean's
+``dt_fg + dt_bg`` and MONAI's ``HausdorffDTLoss``). With unit spacing the signed maps agree on every voxel
+whose nearest background voxel lies along an axis, and differ by less than one voxel elsewhere; the
+unsigned reference map is larger inside by ``edt(F) - d(x, B)``, between 0 and 1 voxel.
+
 * Signed map: boundary loss ``mean(softmax_k * phi_k)`` (Kervadec et al., "Boundary loss for highly
   unbalanced segmentation", MIDL 2019 / MedIA 2021).
 * Unsigned map: the ground-truth distance term of the Hausdorff-distance loss
@@ -149,7 +156,11 @@ def _edt(not_boundary: torch.Tensor, spacing: tuple[float, ...], backend: str) -
 
 
 def distance_to_boundary(
-    fg: torch.Tensor, spacing: Sequence[float] | None = None, signed: bool = True, backend: str = "scipy"
+    fg: torch.Tensor,
+    spacing: Sequence[float] | None = None,
+    signed: bool = True,
+    backend: str = "scipy",
+    convention: str = "boundary",
 ) -> torch.Tensor:
     """The map of one binary mask (*spatial) as defined in the module docstring (float32).
 
@@ -161,6 +172,8 @@ def distance_to_boundary(
         signed: ``True`` for the signed map (negative inside), ``False`` for the unsigned distance to the
             boundary.
         backend: ``"scipy"`` or ``"cupy"``; any value other than ``"cupy"`` runs SciPy.
+        convention: ``"boundary"``: the distance to the boundary voxels on both sides; ``"reference"``: the
+            published maps from two EDTs (module docstring).
 
     Returns:
         The float32 map ``(*spatial)`` on ``fg``'s device, in the units of ``spacing``; all zeros when the mask
@@ -175,6 +188,9 @@ def distance_to_boundary(
     b = inner_boundary(fg)
     if not bool(b.any()):  # absent class or class filling the volume: no surface
         return torch.zeros(fg.shape, dtype=torch.float32, device=fg.device)
+    if convention == "reference":
+        outside, inside = _edt(~fg, spacing, backend), _edt(fg, spacing, backend)
+        return torch.where(fg, -(inside - 1), outside) if signed else torch.where(fg, inside, outside)
     d = _edt(~b, spacing, backend)
     return torch.where(fg, -d, d) if signed else d
 
@@ -191,13 +207,16 @@ class SignedDistanceMap(Transform):
         spacing: voxel size per axis (or one number); wins over the MetaTensor affine.
         normalize: divide each class map by its max ``|phi|`` (so it lies in [-1, 1]); all-zero maps stay 0.
         backend: ``"auto"`` | ``"scipy"`` | ``"cupy"`` for the EDT (see :func:`resolve_backend`).
+        convention: ``"boundary"`` (default: the distance to the boundary voxels, 0 on the boundary with any
+            spacing) or ``"reference"`` (Kervadec et al.'s / Karimi's maps, as MONAI's losses compute them).
 
     Raises:
-        ValueError: at construction, a ``mode`` other than ``"signed"`` / ``"unsigned"`` or an unknown
-            ``backend``. At call time, a label that is not channel-first ``(C, H, W)`` / ``(C, H, W, D)``; index
-            labels ``(1, *spatial)`` without ``num_classes``, or holding fractional values or values outside
-            ``0 .. num_classes-1`` (``{0, 1}`` for ``num_classes=1``); one-hot labels whose channel count is not
-            ``num_classes``; or a ``spacing`` that is not one positive number or one per spatial axis.
+        ValueError: at construction, a ``mode`` other than ``"signed"`` / ``"unsigned"``, an unknown
+            ``backend`` or ``convention``. At call time, a label that is not channel-first ``(C, H, W)`` /
+            ``(C, H, W, D)``; index labels ``(1, *spatial)`` without ``num_classes``, or holding fractional values
+            or values outside ``0 .. num_classes-1`` (``{0, 1}`` for ``num_classes=1``); one-hot labels whose
+            channel count is not ``num_classes``; or a ``spacing`` that is not one positive number or one per
+            spatial axis.
         BackendUnavailableError: at construction, ``backend="cupy"`` while neither cuCIM nor CuPy's EDT can be
             imported (it is also a ``ValueError`` and an ``ImportError``).
     """
@@ -209,9 +228,12 @@ class SignedDistanceMap(Transform):
         spacing: float | Sequence[float] | None = None,
         normalize: bool = False,
         backend: str = "auto",
+        convention: str = "boundary",
     ) -> None:
         if mode not in ("signed", "unsigned"):
             raise ValueError(f"mode={mode!r}; choose 'signed' (boundary loss) or 'unsigned' (Hausdorff-DT loss)")
+        if convention not in ("boundary", "reference"):
+            raise ValueError(f"convention={convention!r}; choose 'boundary' or 'reference' (the published maps)")
         if backend not in _BACKENDS:
             raise ValueError(f"backend={backend!r}; choose one of {_BACKENDS}")
         if backend == "cupy":
@@ -221,6 +243,7 @@ class SignedDistanceMap(Transform):
         self.spacing = spacing
         self.normalize = bool(normalize)
         self.backend = backend
+        self.convention = convention
 
     def __call__(self, label: np.ndarray | torch.Tensor, name: str | None = None) -> np.ndarray | torch.Tensor:
         """Distance maps of one case's label.
@@ -241,7 +264,7 @@ class SignedDistanceMap(Transform):
         spacing = spacing_of(label, self.spacing, masks.ndim - 1)
         backend = resolve_backend(self.backend, as_torch(label).is_cuda)
         out = torch.stack(
-            [distance_to_boundary(m, spacing, signed=self.mode == "signed", backend=backend) for m in masks]
+            [distance_to_boundary(m, spacing, self.mode == "signed", backend, self.convention) for m in masks]
         )
         if self.normalize:
             peak = out.abs().flatten(1).amax(1).clamp_min(torch.finfo(torch.float32).tiny)
@@ -260,6 +283,7 @@ class SignedDistanceMapd(MapTransform):
         spacing: voxel size per axis (or one number); wins over the MetaTensor affine.
         normalize: divide each class map by its max ``|phi|`` (so it lies in [-1, 1]).
         backend: ``"auto"`` | ``"scipy"`` | ``"cupy"`` for the EDT (as in ``SignedDistanceMap``).
+        convention: ``"boundary"`` or ``"reference"`` (as in ``SignedDistanceMap``).
         output_keys: one per key; default ``f"{key}_sdf"`` (signed) or ``f"{key}_dt"`` (unsigned).
         allow_missing_keys: skip missing keys instead of raising.
 
@@ -281,9 +305,10 @@ class SignedDistanceMapd(MapTransform):
         backend: str = "auto",
         output_keys: KeysCollection | None = None,
         allow_missing_keys: bool = False,
+        convention: str = "boundary",
     ) -> None:
         super().__init__(keys, allow_missing_keys)
-        self.transform = SignedDistanceMap(num_classes, mode, spacing, normalize, backend)
+        self.transform = SignedDistanceMap(num_classes, mode, spacing, normalize, backend, convention)
         postfix = "_sdf" if mode == "signed" else "_dt"
         self.output_keys = output_keys_for(self.keys, output_keys, postfix, type(self).__name__)
 
