@@ -636,6 +636,17 @@ def topk_ce_loss(x, y, *, k=10, weight=None, ignore_index=None, label_smoothing=
     return float(vals[:n].mean())
 
 
+def topk_ce_nnunet(x, y, *, k=10, ignore_index=None):
+    """nnU-Net v2's TopKLoss (loss/robust_ce_loss.py, as its formula reads): the per-voxel CE with ignored voxels
+    at 0, over every voxel of the batch; the mean of the int(k/100 * n_all) largest."""
+    y = np.asarray(y, np.float64)
+    l = per_voxel_ce(x, y, ignore_index=ignore_index)
+    if ignore_index is not None:
+        l = np.where(y[:, 0] == ignore_index, 0.0, l)
+    n = int(l.size * k / 100)
+    return float(np.sort(l.ravel())[::-1][:n].mean())
+
+
 # ----------------------------------------------------------------------------------------------------
 # compound losses
 # ----------------------------------------------------------------------------------------------------
@@ -717,17 +728,21 @@ def combo_loss(
     eps=0.0,
     **dice_kw,
 ):
-    """Spec Combo: alpha * mean_{valid voxels, kept channels}(-(beta g log p + (1-beta)(1-g) log(1-p)))
-    + (1 - alpha) * DiceLoss (same args)."""
+    """Spec Combo: alpha * mean_{valid voxels, BCE channels}(-(beta g log p + (1-beta)(1-g) log(1-p)))
+    + (1 - alpha) * DiceLoss (same args). BCE channels: the kept channels with sigmoid / probabilities, the
+    foreground channels 1..C-1 with softmax (the background is their complement)."""
     p, g, m = prepare(
         x,
         y,
         sigmoid_act=sigmoid,
         softmax_act=softmax,
         to_onehot_y=to_onehot_y,
-        include_background=include_background,
+        include_background=True,
         ignore_index=ignore_index,
     )
+    c = p.shape[1]
+    bce_from = 1 if (softmax and c > 1) or (not include_background and c > 1) else 0
+    p, g = p[:, bce_from:], g[:, bce_from:]
     pc = np.clip(p, eps, 1 - eps) if eps else p
     ce = -(beta * g * np.log(pc) + (1 - beta) * (1 - g) * np.log(1 - pc))
     ce = float((ce * m).sum() / (m.sum() * p.shape[1]))

@@ -49,6 +49,33 @@ def test_every_loss_names_both_shapes_on_mismatch(make):
 
 
 @pytest.mark.parametrize("make", ALL_LOGIT_LOSSES)
+def test_shape_errors_are_also_monai_assertion_errors(make):
+    """MONAI's Dice, Tversky, generalized Dice and Hausdorff-DT losses raise AssertionError on a shape mismatch
+    (its own tests check the type): ours is a ValueError and an AssertionError."""
+    for t in (torch.zeros(2, 1, 5, 6, 3, dtype=torch.long), torch.zeros(3, 1, 5, 6, 4, dtype=torch.long)):
+        with pytest.raises(AssertionError) as info:
+            make()(_x(), t)
+        assert isinstance(info.value, ValueError) and isinstance(info.value, E.InputShapeError)
+
+
+@pytest.mark.parametrize("make", ALL_LOGIT_LOSSES)
+def test_every_loss_rejects_an_empty_batch(make):
+    """B = 0 (an empty last batch) stops with a message about the empty batch, not an aminmax RuntimeError."""
+    for validate in (True, False):
+        loss = make()
+        loss.validate = validate
+        with pytest.raises(ValueError, match=r"input \(0, 3, 5, 6, 4\) is empty \(B=0.*drop_last"):
+            loss(torch.randn(0, 3, 5, 6, 4), torch.zeros(0, 1, 5, 6, 4, dtype=torch.long))
+
+
+def test_near_integer_labels_are_shown_with_their_digits():
+    t = _t().float()
+    t[0, 0, 0, 0, 0] = 1 + 1e-7  # float32: 1.0000001
+    with pytest.raises(ValueError, match=r"non-integer values such as \{1\.0000001\}"):
+        E.DiceLoss(**SM)(_x(), t)
+
+
+@pytest.mark.parametrize("make", ALL_LOGIT_LOSSES)
 def test_every_loss_rejects_out_of_range_labels(make):
     t = _t()
     t[0, 0, 0, 0, 0] = 7
@@ -180,3 +207,47 @@ def test_ignore_index_labels_are_allowed_out_of_range():
     t[0, 0, :2] = 255
     value = E.DiceCELoss(ignore_index=255, **SM)(_x(), t)
     assert torch.isfinite(value)
+
+
+@pytest.mark.parametrize(
+    "make, index",
+    [
+        (lambda v: E.DiceLoss(validate=v, **SM), True),
+        (lambda v: E.DiceCELoss(validate=v, **SM), True),
+        (lambda v: E.TverskyLoss(validate=v, softmax=True), False),
+        (lambda v: E.FocalLoss(validate=v), False),
+    ],
+    ids=["dice", "dice_ce", "tversky-onehot", "focal-onehot"],
+)
+def test_value_checks_cost_one_host_sync(make, index):
+    """All value checks of a call read one small tensor back from the device: under torch.compile the only graph
+    break is at that one transfer (dynamo counts it once per enclosing frame), none with validate=False."""
+    import torch._dynamo
+
+    x, t = _x(), _t()
+    if not index:
+        t = torch.nn.functional.one_hot(t[:, 0], 3).movedim(-1, 1).float()
+    sites = {}
+    for validate in (False, True):
+        torch._dynamo.reset()
+        reasons = torch._dynamo.explain(make(validate))(x, t).break_reasons
+        sites[validate] = {(r.user_stack[-1].name, r.user_stack[-1].lineno) for r in reasons if r.user_stack}
+    assert sites[False] == set(), sites
+    assert len(sites[True]) == 1 and next(iter(sites[True]))[0] == "_value_checks", sites
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda s: E.WeightedCELoss(label_smoothing=s),
+        lambda s: E.TopKCELoss(label_smoothing=s),
+        lambda s: E.DiceTopKLoss(label_smoothing=s, **SM),
+        lambda s: E.WeightMapCELoss(label_smoothing=s),
+        lambda s: E.DiceCELoss(label_smoothing=s, **SM),
+    ],
+    ids=["weighted_ce", "topk_ce", "dice_topk", "weight_map_ce", "dice_ce"],
+)
+def test_label_smoothing_checked_at_construction(make):
+    for bad in (-0.1, 1.5):
+        with pytest.raises(ValueError, match=rf"label_smoothing must lie in \[0, 1\], got {bad}"):
+            make(bad)

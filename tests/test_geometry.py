@@ -49,6 +49,29 @@ def test_boundary_equals_monai_given_the_same_map(kw):
     torch.testing.assert_close(xa.grad, xb.grad, rtol=1e-6, atol=1e-7)
 
 
+def test_reference_convention_maps():
+    """convention="reference": the signed map equals MONAI's BoundaryLoss map (Kervadec et al.: edt(~F) outside,
+    -(edt(F) - 1) inside); the unsigned one is edt(F) + edt(~F) (Karimi & Salcudean). Inside, the default is
+    deeper by less than one voxel."""
+    from monai.losses import BoundaryLoss as MonaiBoundary
+    from scipy import ndimage
+
+    _, t = _case()
+    ref = MonaiBoundary(softmax=True, to_onehot_y=True).compute_distance_map(one_hot(t, 3))
+    for b in range(t.shape[0]):
+        ours = torch.as_tensor(SignedDistanceMap(num_classes=3, convention="reference")(t[b]))
+        torch.testing.assert_close(ours, ref[b].to(ours.dtype), rtol=0, atol=1e-5)
+        unsigned = torch.as_tensor(SignedDistanceMap(num_classes=3, mode="unsigned", convention="reference")(t[b]))
+        for k in range(3):
+            fg = (t[b, 0] == k).numpy()
+            expected = ndimage.distance_transform_edt(fg) + ndimage.distance_transform_edt(~fg)
+            np.testing.assert_allclose(unsigned[k].numpy(), expected, rtol=0, atol=1e-5)
+        default = torch.as_tensor(SignedDistanceMap(num_classes=3)(t[b]))
+        inside = one_hot(t[b : b + 1], 3)[0].bool()
+        gap = (ours - default)[inside]  # d(x, B) - (edt(F) - 1), in [0, 1): the default is as deep or deeper
+        assert float(gap.min()) > -1e-6 and float(gap.max()) < 1 and float(gap.max()) > 0.1
+
+
 @pytest.mark.parametrize(
     "loss, key, make",
     [
@@ -177,6 +200,40 @@ def test_blob_weighs_small_lesion_like_large():
     # plain Dice barely notices the missed small lesion, and is crushed by the missed big one
     assert float(dice(miss_small, t)) < 0.01 and float(dice(miss_big, t)) > 0.95
     assert float(blob(_probs_from_mask(t, 2), t, instances=inst)) < 1e-5
+
+
+@pytest.mark.parametrize("lesion_mean", ["batch", "image"])
+def test_blob_lesion_mean_conventions(lesion_mean):
+    """Per-lesion Dice re-derived in numpy (TP over the lesion, FP over instance 0, FN = size - TP). "batch": the
+    mean over the batch's 4 lesions; "image" (the authors'): per image, then over the images that hold a lesion
+    (image 2 has none and is left out)."""
+    t = torch.zeros(3, 1, 12, 12, 12, dtype=torch.long)
+    t[0, :, 1:4, 1:4, 1:4] = 1
+    for k, sl in enumerate([slice(1, 3), slice(5, 8), slice(9, 11)]):
+        t[1, :, sl, 2 + k : 5 + k, 3:6] = 1
+    inst = torch.stack([torch.as_tensor(LesionInstances()(t[b].to(torch.uint8))) for b in range(3)])
+    x = torch.randn(3, 2, 12, 12, 12, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    out = E.BlobLoss(alpha=0.0, softmax=True, to_onehot_y=True, lesion_mean=lesion_mean)(x, t, instances=inst)
+    pf = 1 - torch.softmax(x, 1)[:, 0].numpy()
+    ids = inst[:, 0].numpy()
+    per_image = []
+    for b in range(3):
+        fp = pf[b][ids[b] == 0].sum()
+        losses = []
+        for n in range(1, ids[b].max() + 1):
+            tp, g = pf[b][ids[b] == n].sum(), (ids[b] == n).sum()
+            losses.append(1 - (2 * tp + 1e-5) / (2 * tp + fp + (g - tp) + 1e-5))
+        per_image.append(losses)
+    assert [len(v) for v in per_image] == [1, 3, 0]
+    if lesion_mean == "batch":
+        expected = np.mean(per_image[0] + per_image[1])
+    else:
+        expected = np.mean([np.mean(per_image[0]), np.mean(per_image[1])])
+    assert abs(float(out) - expected) < 1e-10
+    other = E.BlobLoss(
+        alpha=0.0, softmax=True, to_onehot_y=True, lesion_mean={"batch": "image", "image": "batch"}[lesion_mean]
+    )
+    assert abs(float(other(x, t, instances=inst)) - float(out)) > 1e-4  # the conventions differ on this batch
 
 
 def test_blob_empty_patch_gives_global_term_only():

@@ -99,6 +99,11 @@ CONFIGS = {
             C,
         ),
     ],
+    "generalized_dice_focal": [
+        (_softmax_kw, "index", C),
+        (lambda t: dict(sigmoid=True, w_type="simple", batch=True, weight=[1.0, 2.0, 0.5]), "onehot", C),
+    ],
+    "asymmetric_unified_focal": [(dict(sigmoid=True, weight=0.3, gamma=0.4), "binary", 1)],
     "lovasz_softmax": [
         (dict(), "index", C),
         (dict(to_onehot_y=False, per_image=True), "onehot", C),
@@ -144,6 +149,19 @@ CONFIGS.update(
                 "onehot",
                 C,
                 lambda m: dict(distance_map=m["distance_map_unsigned"]),
+            ),
+        ],
+        "log_hausdorff_dt": [
+            (_softmax_kw, "index", C, lambda m: dict(distance_map=m["distance_map_unsigned"])),
+            (lambda t: dict(_softmax_kw(t), alpha=1.0, include_background=True), "onehot", C),
+        ],
+        "masked_dice": [
+            (_softmax_kw, "index", C, lambda m: dict(mask=(m["weight_map"] > 2).double())),
+            (
+                lambda t: dict(_softmax_kw(t), squared_pred=True),
+                "onehot",
+                C,
+                lambda m: dict(mask=m["weight_map"] / 6),  # a soft mask in (0, 1)
             ),
         ],
         "dice_boundary": [

@@ -548,3 +548,60 @@ def test_comparison_detects_differences():
             x,
             y,
         )
+
+
+# ----------------------------------------------------------------------------------------------------
+# (B, C) inputs without spatial axes (MONAI's FocalLoss tests use (128, 10))
+# ----------------------------------------------------------------------------------------------------
+
+
+def _no_spatial_grid():
+    grid = []
+    for name in ("DiceLoss", "TverskyLoss", "GeneralizedDiceLoss", "FocalLoss", "DiceCELoss", "DiceFocalLoss"):
+        overlap = name != "FocalLoss"
+        for i, (reduction, batch, include_background, weighted, index) in enumerate(
+            itertools.product(["mean", "sum", "none"], [False, True], [True, False], [False, True], [True, False])
+        ):
+            if (batch and not overlap) or (weighted and name in ("TverskyLoss", "GeneralizedDiceLoss")):
+                continue
+            if name in ("DiceCELoss", "DiceFocalLoss") and reduction == "none":
+                continue
+            if name == "GeneralizedDiceLoss" and not batch:
+                continue  # MONAI fails (IndexError); ours asks for batch=True, see the test below
+            kw = dict(reduction=reduction, include_background=include_background, to_onehot_y=index)
+            kw.update(dict(softmax=True, batch=batch) if overlap else dict(use_softmax=bool(i % 2)))
+            if weighted:  # MONAI weighs the scored classes, except DiceCELoss's cross-entropy (every class)
+                scored = include_background or name == "DiceCELoss"
+                kw["weight"] = [0.5, 1.0, 2.0] if scored else [1.0, 2.0]
+            grid.append((name, kw))
+    return grid
+
+
+NO_SPATIAL = _no_spatial_grid()
+
+
+@pytest.mark.parametrize("name, kw", NO_SPATIAL, ids=[f"{n}-{i}" for i, (n, _) in enumerate(NO_SPATIAL)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
+def test_no_spatial_inputs_equal_monai(name, kw, dtype):
+    """(B, C) logits: MONAI sums the overlap statistics over an empty list of spatial axes, which torch reads as
+    every axis (one score pooled over samples and classes unless batch=True); ours gives the same values, shapes
+    and input gradients."""
+    g = torch.Generator().manual_seed(_seed("no-spatial", name, sorted(kw.items())))
+    x = (torch.randn(6, 3, generator=g, dtype=torch.float64) * 2).to(dtype)
+    lab = torch.randint(0, 3, (6, 1), generator=g)
+    y = lab.to(dtype) if kw["to_onehot_y"] else torch.nn.functional.one_hot(lab[:, 0], 3).to(dtype)
+    kwargs = dict(kw)
+    if "weight" in kwargs:
+        kwargs["weight"] = torch.tensor(kwargs["weight"], dtype=dtype)
+    tol = None  # float32: TOL32
+    if dtype == torch.float64:  # MONAI's focal term casts to float32; its generalized Dice differs in the last bits
+        tol = TOL32 if "Focal" in name else dict(atol=1e-8, rtol=1e-8)
+    _compare(getattr(ext, name), getattr(ml, name), kwargs, x, y, tol)
+
+
+def test_no_spatial_generalized_dice_needs_batch():
+    x, y = torch.randn(4, 3), torch.randint(0, 3, (4, 1)).float()
+    with pytest.raises(ValueError, match="batch=True"):
+        ext.GeneralizedDiceLoss(softmax=True, to_onehot_y=True)(x, y)
+    with pytest.raises(ValueError, match=r"\(B, C, \*spatial\) with at least one spatial axis"):
+        ext.BlobLoss(softmax=True, to_onehot_y=True)(x, y)  # a per-lesion loss needs a spatial layout

@@ -53,6 +53,27 @@ class Cfg(tuple):
         return super().__new__(cls, (label, name, kw, kind, upper, lower, minimum))
 
 
+class _ClassOne(torch.nn.Module):
+    """A binary loss on a C-class case: the probability of class 1 against "label == 1" (a channel taken as it
+    is, so half-precision inputs are not rounded again here)."""
+
+    def __init__(self, loss):
+        super().__init__()
+        self.loss = loss
+
+    def forward(self, x, y):
+        return self.loss(x[:, 1:2], (y == 1).to(x.dtype) if y.shape[1] == 1 else y[:, 1:2])
+
+
+class _HoleMask(_ClassOne):
+    """A masked loss called with the first slice of the last spatial axis masked out (the same for every sample)."""
+
+    def forward(self, x, y):
+        mask = torch.ones((1, 1, *x.shape[2:]), device=x.device)
+        mask[..., 0] = 0
+        return self.loss(x, y, mask=mask)
+
+
 def _configs():
     cfg = []
     for name in OVERLAP:
@@ -101,6 +122,20 @@ def _configs():
             ("dice_ce", "dice_ce", lambda t: dict(softmax=True, to_onehot_y=_oh(t)), "logits", None),
             ("dice_ce-batch", "dice_ce", lambda t: dict(softmax=True, to_onehot_y=_oh(t), batch=True), "logits", None),
             ("dice_focal", "dice_focal", lambda t: dict(softmax=True, to_onehot_y=_oh(t)), "logits", None),
+            (
+                "generalized_dice_focal",
+                "generalized_dice_focal",
+                lambda t: dict(softmax=True, to_onehot_y=_oh(t)),
+                "logits",
+                None,
+            ),
+            (
+                "masked_dice-hole",
+                "masked_dice",
+                lambda t: dict(softmax=True, to_onehot_y=_oh(t), include_background=False, _adapt=_HoleMask),
+                "logits",
+                1.0,
+            ),
             ("dice_topk", "dice_topk", lambda t: dict(softmax=True, to_onehot_y=_oh(t)), "logits", None),
             ("combo", "combo", lambda t: dict(softmax=True, to_onehot_y=_oh(t)), "logits", None),
             ("unified_focal", "unified_focal", lambda t: dict(softmax=True, to_onehot_y=_oh(t)), "logits", None),
@@ -110,6 +145,15 @@ def _configs():
                 lambda t: dict(softmax=True, to_onehot_y=_oh(t), asymmetric=False, batch=True),
                 "logits",
                 None,
+            ),
+            (
+                "asymmetric_unified_focal-class1",
+                "asymmetric_unified_focal",
+                lambda t: dict(_adapt=_ClassOne),
+                "probs",
+                None,
+                0.0,
+                "argmin",  # MONAI's clamp: a sample without class 1 keeps 1 - TI_1 near 1 even when predicted empty
             ),
             ("exp_log", "exp_log", lambda t: dict(softmax=True, to_onehot_y=_oh(t)), "logits", None),
             ("lovasz_softmax", "lovasz_softmax", lambda t: dict(to_onehot_y=_oh(t)), "logits", 1.0),
@@ -144,6 +188,7 @@ def _configs():
             "argmin",
         ),
         Cfg("hausdorff_dt", "hausdorff_dt", lambda t: dict(softmax=True, to_onehot_y=_oh(t)), "logits"),
+        Cfg("log_hausdorff_dt", "log_hausdorff_dt", lambda t: dict(softmax=True, to_onehot_y=_oh(t)), "logits"),
         Cfg("weight_map_ce", "weight_map_ce", lambda t: dict(), "logits"),
         Cfg("blob", "blob", lambda t: dict(softmax=True, to_onehot_y=_oh(t)), "logits"),
     ]
@@ -159,7 +204,9 @@ def build(cfg, target_kind, C):
     kwargs = kw(target_kind)
     if "weight" in kwargs and isinstance(kwargs["weight"], list):
         kwargs["weight"] = kwargs["weight"][:C]
-    return ext.get_loss(name, **kwargs), kind
+    adapt = kwargs.pop("_adapt", None)  # a wrapper for losses called otherwise (binary only, extra mask)
+    loss = ext.get_loss(name, **kwargs)
+    return (adapt(loss) if adapt else loss), kind
 
 
 def call(loss, x, y):

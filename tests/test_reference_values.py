@@ -600,6 +600,20 @@ def test_topk_count_is_exact_ceil():
     assert abs(out.item() - vals[:7].mean()) < 1e-12, (out.item(), vals[:7].mean(), vals[:8].mean())
 
 
+@pytest.mark.parametrize("k", [10, 7.5, 60])
+@pytest.mark.parametrize("ignore", [None, 255])
+def test_topk_ce_nnunet_convention(k, ignore):
+    """k_of="all", rounding="floor" is nnU-Net's TopKLoss: k% of every voxel, truncated, ignored voxels at CE 0;
+    the default differs exactly by the count (ceil of k% of the valid voxels, ignored never chosen)."""
+    x, yi, _ = make(_seed("topk-nnunet", dict(k=k)), ignore=ignore)
+    nn = run(ext.TopKCELoss(k=k, ignore_index=ignore, k_of="all", rounding="floor"), x, yi, torch.float64).item()
+    assert abs(nn - R.topk_ce_nnunet(x, yi, k=k, ignore_index=ignore)) < 1e-12
+    ours = run(ext.TopKCELoss(k=k, ignore_index=ignore), x, yi, torch.float64).item()
+    assert abs(ours - R.topk_ce_loss(x, yi, k=k, ignore_index=ignore)) < 1e-12
+    if ignore is not None and k == 60:
+        assert ours > nn  # fewer voxels kept (60% of the valid ones, not of all): the hardest, a higher mean
+
+
 # ----------------------------------------------------------------------------------------------------
 # compound losses
 # ----------------------------------------------------------------------------------------------------
@@ -712,6 +726,41 @@ def test_combo_taghanaki_form():
     for alpha, beta in [(0.5, 0.5), (0.3, 0.7)]:
         out = run(ext.ComboLoss(alpha=alpha, beta=beta, smooth_nr=1.0, smooth_dr=1.0), p, yb, torch.float64)
         assert abs(out.item() - (R.combo_forum(p, yb, alpha, beta, smooth=1.0) + 1 - alpha)) < 1e-9
+
+
+def test_combo_beta_acts_with_two_softmax_channels():
+    """Two softmax channels, background included: beta weighs the foreground's false negatives, as in the paper's
+    binary form with p = softmax foreground probability (before the fix both channels' terms summed to plain CE
+    and beta had no effect)."""
+    x, yi, _ = make(23, B=2, C=2)
+    xf = torch.as_tensor(x, dtype=torch.float64)
+    p1 = torch.softmax(xf, 1)[:, 1].numpy()
+    g1 = (np.asarray(yi)[:, 0] == 1).astype(np.float64)
+    values = []
+    for beta in (0.2, 0.5, 0.8):
+        kw = dict(alpha=1.0, beta=beta, softmax=True, to_onehot_y=True)
+        out = run(ext.ComboLoss(**kw), x, yi, torch.float64).item()
+        paper = -np.mean(beta * g1 * np.log(p1) + (1 - beta) * (1 - g1) * np.log(1 - p1))
+        assert abs(out - paper) < 1e-10, (beta, out, paper)
+        values.append(out)
+    assert len({round(v, 8) for v in values}) == 3, values
+
+
+@pytest.mark.parametrize("kw", [dict(softmax=True, to_onehot_y=True), dict(sigmoid=True, onehot=True, batch=True)])
+def test_combo_dice_term_paper(kw):
+    """dice_term="paper" subtracts the sum over the K scored classes of the Dice score (mean over samples);
+    L_loss = alpha L_wBCE + (1 - alpha) + (L_paper - alpha L_wBCE) / K."""
+    kw = dict(kw)
+    onehot = kw.pop("onehot", False)
+    x, yi, g = make(29, B=2, C=3)
+    y = g if onehot else yi
+    alpha = 0.4
+    ours = run(ext.ComboLoss(alpha=alpha, **kw), x, y, torch.float64).item()
+    paper = run(ext.ComboLoss(alpha=alpha, dice_term="paper", **kw), x, y, torch.float64).item()
+    bce = run(ext.ComboLoss(alpha=1.0, **kw), x, y, torch.float64).item()
+    dsc = 1 - run(ext.DiceLoss(reduction="none", **kw), x, y, torch.float64).detach().numpy().reshape(-1, 3)
+    assert abs(paper - (alpha * bce - (1 - alpha) * dsc.mean(0).sum())) < 1e-10
+    assert abs(ours - (alpha * bce + (1 - alpha) + (paper - alpha * bce) / 3)) < 1e-10
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])

@@ -58,10 +58,37 @@ class _BCE(torch.nn.Module):
         return torch.nn.functional.binary_cross_entropy_with_logits(x, g, pos_weight=pw)
 
 
+class _CentralMask(torch.nn.Module):
+    """Calls a masked loss with the mask of the central half of every spatial axis (the same for ours and
+    MONAI's), built at each call from the input's shape."""
+
+    def __init__(self, loss: torch.nn.Module) -> None:
+        super().__init__()
+        self.loss = loss
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        mask = torch.zeros((1, 1, *x.shape[2:]), device=x.device)
+        mask[(..., *[slice(n // 4, n - n // 4) for n in x.shape[2:]])] = 1
+        return self.loss(x, t, mask=mask)
+
+
+class _Foreground(torch.nn.Module):
+    """Feeds a binary loss that reads probabilities the foreground of a multi-class case: 1 - softmax(x)_0 and
+    labels > 0 (the softmax is part of the timed step for ours and MONAI's alike)."""
+
+    def __init__(self, loss: torch.nn.Module) -> None:
+        super().__init__()
+        self.loss = loss
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return self.loss(1 - torch.softmax(x, 1)[:, :1], (t > 0).to(x.dtype))
+
+
 @dataclass
 class Case:
     """One row group of the table: our loss (a registry name), the references it is timed against and the
-    precomputed map it reads (``distance_map``, ``unsigned_map``, ``weight_map`` or ``instances``)."""
+    precomputed map it reads (``distance_map``, ``unsigned_map``, ``reference_map``, ``weight_map`` or
+    ``instances``)."""
 
     name: str
     registry: str
@@ -135,9 +162,27 @@ def _monai_cases() -> list[Case]:
             lambda: E.DiceFocalLoss(**SM),
             [("monai DiceFocalLoss", lambda: ML.DiceFocalLoss(**SM))],
         ),
+        Case(
+            "GeneralizedDiceFocalLoss",
+            "generalized_dice_focal",
+            lambda: E.GeneralizedDiceFocalLoss(**SM),
+            [("monai GeneralizedDiceFocalLoss", lambda: ML.GeneralizedDiceFocalLoss(**SM))],
+        ),
+        Case(
+            "MaskedDiceLoss (central mask)",
+            "masked_dice",
+            lambda: _CentralMask(E.MaskedDiceLoss(**SM)),
+            [("monai MaskedDiceLoss", lambda: _CentralMask(ML.MaskedDiceLoss(**SM)))],
+        ),
         Case("DiceTopKLoss", "dice_topk", lambda: E.DiceTopKLoss(**SM)),
         Case("ComboLoss", "combo", lambda: E.ComboLoss(**SM)),
         Case("UnifiedFocalLoss", "unified_focal", lambda: E.UnifiedFocalLoss(**SM)),
+        Case(
+            "AsymmetricUnifiedFocalLoss (foreground vs background)",
+            "asymmetric_unified_focal",
+            lambda: _Foreground(E.AsymmetricUnifiedFocalLoss()),
+            [("monai AsymmetricUnifiedFocalLoss", lambda: _Foreground(ML.AsymmetricUnifiedFocalLoss()))],
+        ),
         Case("ExpLogLoss", "exp_log", lambda: E.ExpLogLoss(**SM)),
         Case("LovaszSoftmaxLoss", "lovasz_softmax", lambda: E.LovaszSoftmaxLoss()),
         Case(
@@ -166,6 +211,13 @@ def _monai_cases() -> list[Case]:
             lambda: E.HausdorffDTLoss(**SM),
             [("monai HausdorffDTLoss", lambda: ML.HausdorffDTLoss(**SM))],
             "unsigned_map",
+        ),
+        Case(
+            "LogHausdorffDTLoss (precomputed map, d_P per step)",
+            "log_hausdorff_dt",
+            lambda: E.LogHausdorffDTLoss(**SM),
+            [("monai LogHausdorffDTLoss", lambda: ML.LogHausdorffDTLoss(**SM))],
+            "reference_map",
         ),
         Case("WeightMapCELoss (precomputed map)", "weight_map_ce", lambda: E.WeightMapCELoss(), [], "weight_map"),
         Case("BlobLoss (precomputed instances)", "blob", lambda: E.BlobLoss(**SM), [], "instances"),
@@ -252,6 +304,7 @@ def make_maps(labels: torch.Tensor, classes: int) -> dict[str, torch.Tensor]:
     return {
         "distance_map": stack(SignedDistanceMap(num_classes=classes)),
         "unsigned_map": stack(SignedDistanceMap(num_classes=classes, mode="unsigned")),
+        "reference_map": stack(SignedDistanceMap(num_classes=classes, mode="unsigned", convention="reference")),
         "weight_map": stack(UNetWeightMap()),
         "instances": stack(lambda c: LesionInstances()((c > 0).to(torch.uint8))),
     }
@@ -260,6 +313,7 @@ def make_maps(labels: torch.Tensor, classes: int) -> dict[str, torch.Tensor]:
 _MAP_KWARG = {
     "distance_map": "distance_map",
     "unsigned_map": "distance_map",
+    "reference_map": "distance_map",
     "weight_map": "weight_map",
     "instances": "instances",
 }

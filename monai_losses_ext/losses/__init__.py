@@ -1,7 +1,26 @@
 """Segmentation losses: overlap (region), per-voxel (pixel), compound and Lovasz."""
 
-from .compound import ComboLoss, CompoundLoss, DiceCELoss, DiceFocalLoss, DiceTopKLoss, ExpLogLoss, UnifiedFocalLoss
-from .geometry import BlobLoss, BoundaryAlphaScheduler, BoundaryLoss, DiceBoundaryLoss, HausdorffDTLoss, WeightMapCELoss
+from ._inputs import InputShapeError
+from .compound import (
+    AsymmetricUnifiedFocalLoss,
+    ComboLoss,
+    CompoundLoss,
+    DiceCELoss,
+    DiceFocalLoss,
+    DiceTopKLoss,
+    ExpLogLoss,
+    GeneralizedDiceFocalLoss,
+    UnifiedFocalLoss,
+)
+from .geometry import (
+    BlobLoss,
+    BoundaryAlphaScheduler,
+    BoundaryLoss,
+    DiceBoundaryLoss,
+    HausdorffDTLoss,
+    LogHausdorffDTLoss,
+    WeightMapCELoss,
+)
 from .lovasz import LovaszSoftmaxLoss
 from .pixel import FocalLoss, TopKCELoss, WeightedBCELoss, WeightedCELoss
 from .region import (
@@ -10,13 +29,16 @@ from .region import (
     GeneralizedDiceLoss,
     JaccardLoss,
     LogCoshDiceLoss,
+    MaskedDiceLoss,
     SensitivitySpecificityLoss,
     TverskyLoss,
 )
 
 __all__ = [
+    "InputShapeError",
     "DiceLoss",
     "JaccardLoss",
+    "MaskedDiceLoss",
     "TverskyLoss",
     "FocalTverskyLoss",
     "GeneralizedDiceLoss",
@@ -28,9 +50,11 @@ __all__ = [
     "TopKCELoss",
     "DiceCELoss",
     "DiceFocalLoss",
+    "GeneralizedDiceFocalLoss",
     "DiceTopKLoss",
     "ComboLoss",
     "UnifiedFocalLoss",
+    "AsymmetricUnifiedFocalLoss",
     "ExpLogLoss",
     "CompoundLoss",
     "LovaszSoftmaxLoss",
@@ -39,5 +63,6 @@ __all__ = [
     "DiceBoundaryLoss",
     "BoundaryAlphaScheduler",
     "HausdorffDTLoss",
+    "LogHausdorffDTLoss",
     "BlobLoss",
 ]

@@ -12,7 +12,7 @@ from torch.nn.modules.loss import _Loss
 from ._inputs import Prepared, as_class_vector, check_activation_flags, check_reduction, prepare
 from ._stats import all_reduce_sum, is_distributed
 
-__all__ = ["LossBase", "reduce_loss", "apply_class_weight", "safe_pow"]
+__all__ = ["LossBase", "reduce_loss", "apply_class_weight", "safe_pow", "not_scriptable"]
 
 
 def safe_pow(u: torch.Tensor, gamma: float) -> torch.Tensor:
@@ -83,6 +83,27 @@ def apply_class_weight(f: torch.Tensor, weight: torch.Tensor | None, n_kept: int
     return f * weight.to(f)
 
 
+def not_scriptable(self: torch.nn.Module) -> torch.nn.Module:
+    """``__prepare_scriptable__`` of every loss: ``torch.jit.script`` calls it first, so scripting stops with
+    this explanation instead of a TorchScript parse error deep inside a kernel.
+
+    Args:
+        self: the loss module being scripted.
+
+    Returns:
+        Never returns.
+
+    Raises:
+        TypeError: always.
+    """
+    raise TypeError(
+        f"{type(self).__name__} cannot be compiled by torch.jit.script: the losses dispatch in Python (custom "
+        "autograd Functions with chunk loops, prepared-input dataclasses, arbitrary other_act callables), and "
+        "TorchScript is deprecated in PyTorch 2. Compile the training step with torch.compile instead (the "
+        "losses give their eager values under it); see docs/losses.md, 'torch.compile, torch.func, TorchScript'."
+    )
+
+
 class LossBase(_Loss, metaclass=ABCMeta):
     """Holds the arguments every loss shares and runs the one input path.
 
@@ -124,6 +145,8 @@ class LossBase(_Loss, metaclass=ABCMeta):
     """
 
     probabilities = True  # overlap losses read probabilities when no activation is given
+    __prepare_scriptable__ = not_scriptable
+    accepts_no_spatial = False  # (B, C) inputs without spatial axes, where MONAI's peer takes them
 
     def __init__(
         self,
@@ -165,6 +188,7 @@ class LossBase(_Loss, metaclass=ABCMeta):
             validate=self.validate,
             probabilities=self.probabilities,
             soft_label=self.soft_label,
+            allow_no_spatial=self.accepts_no_spatial,
         )
 
     def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -202,7 +226,10 @@ class LossBase(_Loss, metaclass=ABCMeta):
         """The loss of an already prepared input; compound losses prepare once and call this on each term."""
 
     def _register_class_vector(self, name: str, value: object, allow_negative: bool = False) -> None:
-        self.register_buffer(name, as_class_vector(value, name, allow_negative), persistent=False)
+        """Check a per-class argument once and keep it as a non-persistent buffer ``name`` (the ``class_``
+        prefix of the buffer name is not the argument's: errors name the argument, e.g. ``weight``)."""
+        arg = name.removeprefix("class_") if name == "class_weight" else name
+        self.register_buffer(name, as_class_vector(value, arg, allow_negative), persistent=False)
 
     def _first_kept(self, n_channels: int) -> int:
         """Index of the first scored channel: 1 when the background is excluded (and there is one)."""

@@ -8,13 +8,24 @@ for backward.
 
 from __future__ import annotations
 
+import math
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
-__all__ = ["Prepared", "prepare", "check_activation_flags", "check_reduction", "as_class_vector", "as_class_logits"]
+__all__ = [
+    "InputShapeError",
+    "Prepared",
+    "prepare",
+    "check_activation_flags",
+    "check_label_smoothing",
+    "check_reduction",
+    "as_class_vector",
+    "as_class_logits",
+]
 
 REDUCTIONS = ("mean", "sum", "none")
 
@@ -24,6 +35,13 @@ def check_reduction(reduction: str) -> str:
     if value not in REDUCTIONS:
         raise ValueError(f"reduction={reduction!r} is not supported: use one of {REDUCTIONS}.")
     return value
+
+
+def check_label_smoothing(value: float) -> float:
+    """``label_smoothing`` as a float in ``[0, 1]`` (checked at construction, not by torch at the first call)."""
+    if not 0.0 <= value <= 1.0:
+        raise ValueError(f"label_smoothing must lie in [0, 1], got {value}.")
+    return float(value)
 
 
 def check_activation_flags(sigmoid: bool, softmax: bool, other_act: Callable | None) -> None:
@@ -80,89 +98,121 @@ class Prepared:
         return self.valid.sum() if self.valid is not None else self.x.shape[0] * self.x.shape[2]
 
 
+class InputShapeError(ValueError, AssertionError):
+    """``input`` and ``target`` do not fit together (shapes, channels, an empty batch).
+
+    A ``ValueError`` like every input error here, and also an ``AssertionError``: MONAI's Dice, Tversky,
+    generalized Dice and Hausdorff-DT losses raise ``AssertionError`` for a shape mismatch, so code (and
+    tests) written against MONAI that catch that type catch ours too.
+    """
+
+
+def _fmt(v: float | int, dtype: torch.dtype) -> str:
+    """The shortest text that reads back as the same value in ``dtype`` (1 + 1e-7 stays ``1.0000001``)."""
+    if isinstance(v, int) or not dtype.is_floating_point or (math.isfinite(v) and float(v).is_integer()):
+        return str(int(v))
+    if dtype == torch.float64:
+        return repr(float(v))
+    return str(np.float16(v) if dtype == torch.float16 else np.float32(v))
+
+
 def _describe(values: torch.Tensor, limit: int = 10) -> str:
     vals = torch.unique(values.detach()).cpu().tolist()
-    shown = ", ".join(f"{v:g}" if isinstance(v, float) else str(v) for v in vals[:limit])
+    shown = ", ".join(_fmt(v, values.dtype) for v in vals[:limit])
     return "{" + shown + (", ..." if len(vals) > limit else "") + "}"
 
 
-def _check_input(x: torch.Tensor, probabilities: bool) -> None:
-    lo, hi = torch.aminmax(x.detach())
-    lo, hi = float(lo), float(hi)
-    if not (torch.isfinite(torch.tensor([lo, hi])).all()):
-        bad = (~torch.isfinite(x.detach())).sum().item()
+def _bad_labels(t: torch.Tensor, n_classes: int, ignore_index: int | None) -> torch.Tensor:
+    """Mask of the index labels outside ``[0, n_classes)`` that are not ``ignore_index``."""
+    bad = (t < 0) | (t >= n_classes)
+    return bad if ignore_index is None else bad & (t != ignore_index)
+
+
+def _off_one_hot(t: torch.Tensor, valid: torch.Tensor | None) -> torch.Tensor:
+    """Mask of the (valid) voxels of a C-channel target whose channels do not sum to 1."""
+    off = (t.sum(1, keepdim=True) - 1).abs() > 1e-3
+    return off if valid is None else off & valid
+
+
+def _value_checks(
+    x: torch.Tensor,
+    t: torch.Tensor,
+    *,
+    probabilities: bool,
+    is_index: bool,
+    ignore_index: int | None,
+    act: str,
+    soft_label: bool,
+    valid: torch.Tensor | None,
+) -> None:
+    """Every value check of one call, with a single device-to-host transfer.
+
+    The few numbers the checks need (input range; target range, non-integer and out-of-range labels, voxels
+    off a one-hot) are reduced on the device into one small tensor and read back once, so a GPU step pays
+    one synchronisation (one graph break under ``torch.compile``) for all the checks. Only when a check fails
+    are more values fetched, to write the message.
+    """
+    n_classes = x.shape[1]
+    xs = torch.stack(torch.aminmax(x.detach())).to(torch.float64)
+    td = t.detach()
+    parts = [xs, torch.stack(torch.aminmax(td)).to(torch.float64)]
+    if is_index:
+        frac = (td != torch.round(td)).any() if td.is_floating_point() else td.new_zeros((), dtype=torch.bool)
+        parts.append(torch.stack([frac, _bad_labels(td, n_classes, ignore_index).any()]).to(torch.float64))
+    elif act == "softmax" and t.shape[1] > 1 and not soft_label:
+        parts.append(_off_one_hot(td, valid).any().reshape(1).to(torch.float64))
+    stats = torch.cat(parts).tolist()  # the one synchronisation
+    x_lo, x_hi, t_lo, t_hi = stats[:4]
+    if not (math.isfinite(x_lo) and math.isfinite(x_hi)):
+        bad = int((~torch.isfinite(x.detach())).sum())
         raise ValueError(
-            f"input holds {bad} NaN/Inf values (range [{lo}, {hi}]): the network diverged or the data holds "
+            f"input holds {bad} NaN/Inf values (range [{x_lo}, {x_hi}]): the network diverged or the data holds "
             "NaN; check the learning rate, the AMP loss scaling and the input images."
         )
-    if probabilities and (lo < -1e-6 or hi > 1 + 1e-6):
+    if probabilities and (x_lo < -1e-6 or x_hi > 1 + 1e-6):
         raise ValueError(
-            f"input values lie in [{lo:.4g}, {hi:.4g}] but no activation was asked for, so they are read as "
+            f"input values lie in [{x_lo:.4g}, {x_hi:.4g}] but no activation was asked for, so they are read as "
             "probabilities in [0, 1]: these look like logits. Pass softmax=True (mutually exclusive classes) "
             "or sigmoid=True (binary / overlapping channels), or other_act=..., or apply it before the loss."
         )
-
-
-def _check_index_target(t: torch.Tensor, n_classes: int, ignore_index: int | None) -> None:
-    if t.is_floating_point():
-        if not torch.isfinite(t).all():
-            raise ValueError("target index labels hold NaN/Inf values; check the label files.")
-        if (t != torch.round(t)).any():
-            frac = t[t != torch.round(t)]
+    if not (math.isfinite(t_lo) and math.isfinite(t_hi)):
+        what = "target index labels" if is_index else "target"
+        raise ValueError(f"{what} hold NaN/Inf values; check the label files.")
+    hint255 = (
+        " Masks saved as 0/255 must be remapped: ValidateLabeld(keys='label', num_classes=2, remap={255: 1})."
+        if t_hi == 255
+        else ""
+    )
+    if is_index:
+        frac, bad = stats[4:6]
+        if frac:
             raise ValueError(
-                f"target index labels hold non-integer values such as {_describe(frac, 5)}: labels were "
-                "probably resampled with linear interpolation; resample labels with mode='nearest', "
+                f"target index labels hold non-integer values such as {_describe(td[td != torch.round(td)], 5)}: "
+                "labels were probably resampled with linear interpolation; resample labels with mode='nearest', "
                 "or pass a one-hot / soft target with one channel per class."
             )
-    lo, hi = torch.aminmax(t.detach())
-    if int(lo) >= 0 and int(hi) < n_classes:
-        return
-    bad = t[(t < 0) | (t >= n_classes)]
-    if ignore_index is not None:
-        bad = bad[bad != ignore_index]
-    if bad.numel() == 0:
-        return
-    found = _describe(t)
-    hint = ""
-    if int(hi) == 255:
-        hint = " Masks saved as 0/255 must be remapped: ValidateLabeld(keys='label', num_classes=2, remap={255: 1})."
-    elif n_classes == 1:
-        hint = " A single-channel (binary) input needs a {0, 1} target."
-    raise ValueError(
-        f"target holds labels {found} but input has {n_classes} channel(s), so labels must lie in "
-        f"[0, {n_classes - 1}]"
-        + (f" (or equal ignore_index={ignore_index})" if ignore_index is not None else "")
-        + f"; out of range: {_describe(bad)}.{hint} If the network should predict more classes, give it more "
-        "output channels."
-    )
-
-
-def _check_dense_target(t: torch.Tensor, act: str, soft_label: bool, valid: torch.Tensor | None) -> None:
-    lo, hi = torch.aminmax(t.detach())
-    lo, hi = float(lo), float(hi)
-    if lo != lo or hi != hi or abs(lo) == float("inf") or abs(hi) == float("inf"):
-        raise ValueError("target holds NaN/Inf values; check the label files.")
-    if lo < 0 or hi > 1:
-        hint = (
-            " Masks saved as 0/255 must be remapped: ValidateLabeld(keys='label', num_classes=2, remap={255: 1})."
-            if hi == 255
-            else ""
-        )
-        raise ValueError(
-            f"target values lie in [{lo:g}, {hi:g}] but a one-hot/soft target must lie in [0, 1]. For index "
-            f"labels (B, 1, ...) with several classes pass to_onehot_y=True.{hint}"
-        )
-    if act == "softmax" and t.shape[1] > 1 and not soft_label:
-        sums = t.sum(1, keepdim=True)
-        off = (sums - 1).abs() > 1e-3
-        if valid is not None:
-            off &= valid
-        if off.any():
+        if bad:
             raise ValueError(
-                f"with softmax=True each voxel of a one-hot target must sum to 1 over its {t.shape[1]} channels, "
-                f"but {int(off.sum())} voxels sum to {_describe(sums[off], 5)}. Overlapping region channels (e.g. "
-                "BraTS TC/WT/ET) need sigmoid=True; missing labels need ignore_index."
+                f"target holds labels {_describe(td)} but input has {n_classes} channel(s), so labels must lie in "
+                f"[0, {n_classes - 1}]"
+                + (f" (or equal ignore_index={ignore_index})" if ignore_index is not None else "")
+                + f"; out of range: {_describe(td[_bad_labels(td, n_classes, ignore_index)])}.{hint255} If the "
+                "network should predict more classes, give it more output channels."
             )
+        return
+    if t_lo < 0 or t_hi > 1:
+        raise ValueError(
+            f"target values lie in [{t_lo:g}, {t_hi:g}] but a one-hot/soft target must lie in [0, 1]. For index "
+            f"labels (B, 1, ...) with several classes pass to_onehot_y=True.{hint255}"
+        )
+    if len(stats) > 4 and stats[4]:
+        off = _off_one_hot(td, valid)
+        sums = td.sum(1, keepdim=True)
+        raise ValueError(
+            f"with softmax=True each voxel of a one-hot target must sum to 1 over its {t.shape[1]} channels, "
+            f"but {int(off.sum())} voxels sum to {_describe(sums[off], 5)}. Overlapping region channels (e.g. "
+            "BraTS TC/WT/ET) need sigmoid=True; missing labels need ignore_index."
+        )
 
 
 def prepare(
@@ -177,6 +227,7 @@ def prepare(
     validate: bool = True,
     probabilities: bool = True,
     soft_label: bool = False,
+    allow_no_spatial: bool = False,
 ) -> Prepared:
     """Check and align ``input``/``target`` for every loss.
 
@@ -187,6 +238,9 @@ def prepare(
             cross-entropy does.
         probabilities: whether the loss reads probabilities when no activation is given (overlap losses);
             False for losses that always read logits (cross-entropy, focal).
+        allow_no_spatial: accept ``(B, C)`` inputs without spatial axes (read as one voxel per sample), as
+            MONAI's Dice, Tversky, focal and cross-entropy losses do; losses that need a spatial layout (maps,
+            blobs, Lovasz) keep it False.
     """
     if not isinstance(input, torch.Tensor) or not isinstance(target, torch.Tensor):
         raise TypeError(
@@ -200,19 +254,25 @@ def prepare(
         target = target.as_subclass(torch.Tensor)
     if not input.is_floating_point():
         raise TypeError(f"input must be a floating point tensor (logits or probabilities), got {input.dtype}.")
-    if input.ndim < 3:
-        raise ValueError(
-            f"input must be (B, C, *spatial) with at least one spatial dimension, got shape {tuple(input.shape)}."
-        )
+    min_ndim = 2 if allow_no_spatial else 3
+    if input.ndim < min_ndim:
+        layout = "(B, C) or (B, C, *spatial)" if allow_no_spatial else "(B, C, *spatial) with at least one spatial axis"
+        raise InputShapeError(f"input must be {layout}, got shape {tuple(input.shape)}.")
     if target.ndim != input.ndim or target.shape[0] != input.shape[0] or target.shape[2:] != input.shape[2:]:
-        raise ValueError(
+        raise InputShapeError(
             f"target shape {tuple(target.shape)} does not match input shape {tuple(input.shape)}: expected "
             f"(B, 1, *spatial) index labels or (B, C, *spatial) one-hot with B={input.shape[0]} and "
             f"spatial={tuple(input.shape[2:])}. A (B, *spatial) label needs a channel axis: target.unsqueeze(1)."
         )
+    if input.numel() == 0:
+        raise InputShapeError(
+            f"input {tuple(input.shape)} is empty (B={input.shape[0]}, an axis of length 0): a loss needs at least "
+            "one sample and one voxel. An empty batch usually comes from a data loader whose last batch is empty "
+            "or a sampler that found no patch: skip it before the loss, or use drop_last=True."
+        )
     n_ch, t_ch = input.shape[1], target.shape[1]
     if t_ch not in (1, n_ch):
-        raise ValueError(
+        raise InputShapeError(
             f"target has {t_ch} channels but input has {n_ch}: give index labels (B, 1, ...) or a one-hot target "
             f"with {n_ch} channels (input {tuple(input.shape)}, target {tuple(target.shape)})."
         )
@@ -226,25 +286,30 @@ def prepare(
         warnings.warn("single channel prediction, `to_onehot_y=True` ignored.", stacklevel=3)
     is_index = n_ch > 1 and t_ch == 1
     if is_index and to_onehot_y is False:
-        raise ValueError(
+        raise InputShapeError(
             f"target has 1 channel but input has {n_ch}: for index labels (B, 1, ...) pass to_onehot_y=True, "
             f"or give a one-hot target with {n_ch} channels (input {tuple(input.shape)}, target {tuple(target.shape)})."
         )
     if to_onehot_y and n_ch > 1 and t_ch != 1:
-        raise ValueError(
+        raise InputShapeError(
             f"to_onehot_y=True expects index labels with 1 channel, got a target with {t_ch} channels "
             f"{tuple(target.shape)}: it already looks one-hot, so pass to_onehot_y=False."
         )
     if target.dtype == torch.bool:
         target = target.to(torch.uint8)
-    if validate:
-        _check_input(input, probabilities and act == "none" and other_act is None)
     b = input.shape[0]
     x = input.reshape(b, n_ch, -1)
+    checks = dict(
+        probabilities=probabilities and act == "none" and other_act is None,
+        is_index=is_index,
+        ignore_index=ignore_index,
+        act=act,
+        soft_label=soft_label,
+    )
     if is_index:
-        if validate:
-            _check_index_target(target, n_ch, ignore_index)
         t = target.reshape(b, 1, -1)
+        if validate:
+            _value_checks(x, t, valid=None, **checks)
         valid = (t != ignore_index) if ignore_index is not None else None
         t = t.long()
         if valid is not None:
@@ -263,7 +328,7 @@ def prepare(
                 valid = t.sum(1, keepdim=True) > 0
         if validate:
             checked = t if valid is None or t_ch > 1 else torch.where(valid, t, 0)
-            _check_dense_target(checked, act, soft_label, valid)
+            _value_checks(x, checked, valid=valid, **checks)
         if valid is not None and t_ch == 1:
             t = torch.where(valid, t, 0)
     return Prepared(x=x, act=act, target=t, is_index=is_index, valid=valid, spatial=tuple(input.shape[2:]))

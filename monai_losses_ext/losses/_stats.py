@@ -19,9 +19,10 @@ DDP's gradient averaging the parameter gradients equal those of one process on t
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.distributed as dist
-from torch.autograd.function import once_differentiable
 
 __all__ = ["MOMENTS", "region_sums", "pool", "all_reduce_sum", "compute_dtype", "is_distributed"]
 
@@ -60,73 +61,207 @@ def _chunks(n: int):
         yield slice(start, min(start + size, n))
 
 
+# ----------------------------------------------------------------------------------------------------------------
+# What every fused kernel (a torch.autograd.Function with a hand-written first derivative) shares, so that it works
+# under torch.compile, torch.func.grad / vmap and vmap(grad): forward(...) + setup_context, a vmap rule that runs
+# the kernel once per slice of the vmapped dimension, and a backward that runs as one opaque ``_Backward`` step,
+# itself vmapped slice by slice, whose own derivative (a second derivative) and every jvp raise a clear error.
+# ----------------------------------------------------------------------------------------------------------------
+
+_ALTERNATIVES = {
+    "_RegionSums": "the unfused MONAI class of the loss (e.g. monai.losses.DiceLoss, DiceCELoss, TverskyLoss, "
+    "GeneralizedDiceLoss), or the loss's formula written on torch.softmax(input, 1) and the one-hot target",
+    "_FocalTerms": "monai.losses.FocalLoss (or DiceFocalLoss), which autograd differentiates to any order",
+    "_VoxelSums": "the loss's per-voxel formula written with plain PyTorch operations",
+    "_ForegroundProb": "1 - torch.softmax(input, 1)[:, 0] written with plain PyTorch operations",
+}
+
+
+def compiling() -> bool:
+    """Whether torch.compile is tracing: the kernels then avoid their data-dependent eager shortcuts."""
+    return torch.compiler.is_compiling()
+
+
+def first_order_error(kernel: str) -> RuntimeError:
+    """The error of a second derivative or a forward-mode derivative through fused kernel ``kernel``."""
+    return RuntimeError(
+        f"monai_losses_ext fused loss kernel {kernel} has a hand-written first derivative only: second derivatives "
+        "(backward through a gradient taken with create_graph=True, torch.func.hessian, jacfwd(jacrev(...))) and "
+        "forward-mode derivatives (torch.func.jvp, jacfwd, torch.autograd.forward_ad) are not supported. For "
+        f"higher-order or forward-mode derivatives use {_ALTERNATIVES.get(kernel, 'an unfused implementation')}."
+    )
+
+
+def vmap_by_slices(apply, info, in_dims, args):
+    """A vmap rule: ``apply`` once per slice of the vmapped dimension, outputs stacked along dimension 0 (None
+    outputs stay None). ``in_dims`` holds an int for each vmapped tensor (None, or a tree of Nones for a
+    non-tensor argument, otherwise)."""
+    outs = []
+    for i in range(info.batch_size):
+        outs.append(apply(*(a.select(d, i) if isinstance(d, int) else a for a, d in zip(args, in_dims))))
+    single = not isinstance(outs[0], tuple)
+    cols = [[o] if single else o for o in outs]
+    stacked = tuple(None if col[0] is None else torch.stack(col) for col in zip(*cols))
+    dims = tuple(None if t is None else 0 for t in stacked)
+    return (stacked[0], dims[0]) if single else (stacked, dims)
+
+
+class _Backward(torch.autograd.Function):
+    """A fused kernel's backward ``fn(*tensors)`` as one step: vmapped slice by slice (``vmap(grad(f))``), and
+    raising ``first_order_error`` when differentiated. ``anchor`` (the kernel's output) is not read: it only makes
+    the result depend on the kernel's inputs, so that a second derivative reaches this Function and raises."""
+
+    @staticmethod
+    def forward(fn, kernel, anchor, *tensors):
+        return tuple(fn(*tensors))
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        ctx.kernel = inputs[1]
+
+    @staticmethod
+    def backward(ctx, *grads):
+        raise first_order_error(ctx.kernel)
+
+    @staticmethod
+    def jvp(ctx, *tangents):
+        raise first_order_error(ctx.kernel)
+
+    @staticmethod
+    def vmap(info, in_dims, fn, kernel, anchor, *tensors):
+        return vmap_by_slices(lambda a, *t: _Backward.apply(fn, kernel, a, *t), info, in_dims[2:], (anchor, *tensors))
+
+
+def fused(cls):
+    """Class decorator of a fused kernel: ``cls.eager`` is ``cls`` with a ``jvp`` that raises ``first_order_error``
+    (forward-mode AD). torch.compile traces ``cls`` itself, as dynamo refuses Functions that define a jvp; call
+    the kernel through ``apply_fused``, which picks the right one."""
+
+    def jvp(ctx, *tangents):
+        raise first_order_error(cls.__name__)
+
+    cls.eager = type(cls.__name__, (cls,), {"jvp": staticmethod(jvp), "__doc__": cls.__doc__})
+    return cls
+
+
+def apply_fused(cls, *args):
+    """``cls.apply(*args)`` for a ``fused`` kernel: the jvp-free class while torch.compile traces, else ``eager``."""
+    return (cls if compiling() else cls.eager).apply(*args)
+
+
+def run_backward(fn, kernel: str, anchor: torch.Tensor, *tensors) -> tuple:
+    """Run a kernel's backward ``fn(*tensors)`` through ``_Backward`` (see there); while torch.compile traces the
+    backward it is called directly (the compiled graph is differentiated once)."""
+    if compiling():
+        return tuple(fn(*tensors))
+    return _Backward.apply(fn, kernel, anchor, *tensors)
+
+
+@fused
 class _RegionSums(torch.autograd.Function):
     """Fused activation + sums, one sample at a time. The probabilities (and, for index labels, the int32 flat
     index of each voxel's true class) are kept for backward: about one copy of the logits, cheaper in time
-    than recomputing the softmax and far cheaper in memory than autograd's graph of the same computation."""
+    than recomputing the softmax and far cheaper in memory than autograd's graph of the same computation.
+
+    forward returns ``(out (M, B, C), *probabilities, *flat indices, *log-probabilities)``; the log-probabilities
+    (dense targets with the cross-entropy) only when ``keep_logp``: the target's gradient needs them. Every result
+    is built out of place (per-sample rows, then stacked), which torch.compile traces exactly."""
 
     @staticmethod
-    def forward(ctx, x, target, valid, weight, act, moments, soft_label):
+    def forward(x, target, valid, weight, act, moments, soft_label, keep_logp):
         with torch.autocast(device_type=x.device.type, enabled=False):
             b, c, n = x.shape
             dt = compute_dtype(x)
-            out = torch.zeros(len(moments), b, c, dtype=dt, device=x.device)
-            idx = {m: i for i, m in enumerate(moments)}
             is_index = target.shape[1] == 1 and c > 1
-            if "nll" in idx and act != "softmax":
-                raise ValueError("the cross-entropy statistic needs softmax=True (it is a softmax cross-entropy).")
-            probs, flats = [], []
+            rows, probs, flats, logps = [], [], [], []
             for bi in range(b):
                 # dense targets need every log p for the cross-entropy; index labels only the true class's,
                 # which _index_sums takes from p (one exp pass less)
-                logp = torch.log_softmax(x[bi].to(dt), 0) if "nll" in idx and not is_index else None
+                logp = torch.log_softmax(x[bi].to(dt), 0) if "nll" in moments and not is_index else None
                 p = logp.exp() if logp is not None else activate(x[bi].to(dt), act, 0)
                 v = valid[bi] if valid is not None else None
                 w = weight[bi] if weight is not None else None
                 if is_index:
-                    flats.append(_index_sums(out[:, bi], idx, p, x[bi], target[bi], v, w, c))
+                    sums, flat = _index_sums(moments, p, x[bi], target[bi], v, w, c)
+                    flats.append(flat)
                 else:
-                    _dense_sums(out[:, bi], idx, p, logp, target[bi].to(dt), _mult(v, w), soft_label)
-                if "n" in idx:  # number of valid voxels, whatever the weights
-                    out[idx["n"], bi] += n if v is None else v.sum()
+                    sums = _dense_sums(moments, p, logp, target[bi].to(dt), _mult(v, w), soft_label)
+                    if keep_logp and logp is not None:
+                        logps.append(logp)
+                if "n" in moments:  # number of valid voxels, whatever the weights
+                    sums["n"] = p.new_full((c,), n) if v is None else v.sum().to(dt).expand(c)
+                rows.append(torch.stack([sums[m] for m in moments]))
                 probs.append(p)
-            ctx.save_for_backward(target, valid, weight, *probs, *flats)
-            ctx.act, ctx.idx, ctx.soft_label, ctx.is_index, ctx.x_dtype = act, idx, soft_label, is_index, x.dtype
-        return out
+            out = torch.stack(rows, 1)
+        return (out, *probs, *flats, *logps)
 
     @staticmethod
-    @once_differentiable
-    def backward(ctx, grad_out):
-        target, valid, weight, *saved = ctx.saved_tensors
-        b = target.shape[0]
-        probs, flats = saved[:b], saved[b:]
-        idx, act = ctx.idx, ctx.act
-        c, n = probs[0].shape
-        dt = probs[0].dtype
-        with torch.autocast(device_type=probs[0].device.type, enabled=False):
-            grad_out = grad_out.to(dt)
-            gx = torch.empty((b, c, n), dtype=ctx.x_dtype, device=probs[0].device)
-            for bi in range(b):
-                g = {m: grad_out[i, bi] for m, i in idx.items()}
-                p = probs[bi]
-                v = valid[bi] if valid is not None else None
-                w = weight[bi] if weight is not None else None
-                if ctx.is_index:
-                    in_place = gx.dtype == dt  # half-precision input: compute in float32, then cast
-                    out = gx[bi] if in_place else torch.empty_like(p)
-                    _index_backward(out, g, p, flats[bi], target[bi].reshape(1, -1), v, w, act)
-                    if not in_place:
-                        gx[bi] = out
-                    continue
-                m = _mult(v, w)
-                dp = _sums_backward(g, p, target[bi], m, ctx.soft_label, dt)
-                dx = activation_backward(dp, p, act, 0)
-                if "nll" in g:  # d/dx sum_c e_c (-g_c log p_c) = p * sum_c e_c g_c - e * g, on valid voxels
-                    eg = g["nll"].unsqueeze(1) * dense_chunk(target[bi], c, dt)
-                    nll_dx = p * eg.sum(0, keepdim=True) - eg
-                    dx += nll_dx if v is None else nll_dx * v
-                gx[bi] = dx
-        return gx, None, None, None, None, None, None
+    def setup_context(ctx, inputs, output):
+        x, target, valid, weight, act, moments, soft_label, _ = inputs
+        out, *kept = output
+        ctx.mark_non_differentiable(*kept)
+        ctx.save_for_backward(out, target, valid, weight, *kept)
+        ctx.act, ctx.moments, ctx.soft_label, ctx.x_dtype = act, moments, soft_label, x.dtype
+        ctx.is_index = target.shape[1] == 1 and x.shape[1] > 1
+
+    @staticmethod
+    def backward(ctx, grad_out, *_):
+        out, target, valid, weight, *kept = ctx.saved_tensors
+        need_x, need_t = ctx.needs_input_grad[0], ctx.needs_input_grad[1] and not ctx.is_index
+        if not (need_x or need_t):
+            return (None,) * 8
+        fn = functools.partial(
+            _region_sums_backward, ctx.act, ctx.moments, ctx.soft_label, ctx.is_index, ctx.x_dtype, need_x, need_t
+        )
+        gx, gt = run_backward(fn, "_RegionSums", out, grad_out, target, valid, weight, *kept)
+        return gx, gt, None, None, None, None, None, None
+
+    @staticmethod
+    def vmap(info, in_dims, *args):
+        return vmap_by_slices(_RegionSums.eager.apply, info, in_dims, args)
+
+
+def _region_sums_backward(
+    act, moments, soft_label, is_index, x_dtype, need_x, need_t, grad_out, target, valid, weight, *kept
+):
+    """dL/dx (B, C, N) and, for a dense floating target, dL/dtarget, from dL/d(sums) (M, B, C) and what forward
+    kept (probabilities, flat indices for index labels, log-probabilities when the target needs a gradient)."""
+    b = target.shape[0]
+    probs, rest = kept[:b], kept[b:]
+    flats = rest if is_index else ()
+    logps = rest if not is_index else ()
+    c, n = probs[0].shape
+    dt = probs[0].dtype
+    with torch.autocast(device_type=probs[0].device.type, enabled=False):
+        grad_out = grad_out.to(dt)
+        gx = torch.empty((b, c, n), dtype=x_dtype, device=probs[0].device) if need_x else None
+        gt = torch.empty_like(target) if need_t else None
+        for bi in range(b):
+            g = {m: grad_out[i, bi] for i, m in enumerate(moments)}
+            p = probs[bi]
+            v = valid[bi] if valid is not None else None
+            w = weight[bi] if weight is not None else None
+            if need_t:
+                logp = logps[bi] if logps else None
+                gt[bi] = _sums_target_backward(g, p, target[bi].to(dt), _mult(v, w), soft_label, logp)
+            if not need_x:
+                continue
+            if is_index:
+                in_place = gx.dtype == dt  # half-precision input: compute in float32, then cast
+                res = gx[bi] if in_place else torch.empty_like(p)
+                _index_backward(res, g, p, flats[bi], target[bi].reshape(1, -1), v, w, act)
+                if not in_place:
+                    gx[bi] = res
+                continue
+            m = _mult(v, w)
+            dp = _sums_backward(g, p, target[bi], m, soft_label, dt)
+            dx = activation_backward(dp, p, act, 0)
+            if "nll" in g:  # d/dx sum_c e_c (-g_c log p_c) = p * sum_c e_c g_c - e * g, on valid voxels
+                eg = g["nll"].unsqueeze(1) * dense_chunk(target[bi], c, dt)
+                nll_dx = p * eg.sum(0, keepdim=True) - eg
+                dx += nll_dx if v is None else nll_dx * v
+            gx[bi] = dx
+    return gx, gt
 
 
 def _mult(v, w):
@@ -209,52 +344,66 @@ def _index_backward(out, g, p, flat, t, v, w, act):
         out *= v
 
 
-def _index_sums(out, idx, p, x, t, v, w, c):
-    """Sums for one sample, index labels t (1, N), probabilities p (C, N) of the logits x; out (M, C) is
-    accumulated in place. Returns the flat index of the true class of every voxel, which backward reuses.
-    ``w`` (1 or C, N) weighs every voxel's contribution."""
+def _index_sums(moments, p, x, t, v, w, c):
+    """Sums for one sample, index labels t (1, N), probabilities p (C, N) of the logits x, as a dict of (C,)
+    vectors, and the flat index of the true class of every voxel, which backward reuses. ``w`` (1 or C, N) weighs
+    every voxel's contribution."""
     t = t.reshape(1, -1)
     bins = t[0] if v is None else torch.where(v[0], t[0], c)  # ignored voxels go to an extra bin, dropped
     nb = c + 1
+
+    def binned(src):  # per-class sums of a per-voxel vector; scatter_add, not bincount: one pass, static size
+        return torch.zeros(nb, dtype=src.dtype, device=src.device).scatter_add(0, bins, src)[:c]
+
     flat = _flat_index(t[0], p.shape[1], c)  # position of (t_v, v) in the flattened (C, N) map
-    pt = p.view(-1).index_select(0, flat).unsqueeze(0)
-    if "nll" in idx:
-        out[idx["nll"]] -= p.new_zeros(nb).scatter_add_(0, bins, _log_true_class(pt[0], x, flat))[:c]
+    pt = p.view(-1).index_select(0, flat)
+    s = {}
+    if "nll" in moments:
+        s["nll"] = -binned(_log_true_class(pt, x, flat))
     wt = _at_true_class(w, flat, p.dtype)
-    ptw = pt[0] if wt is None else pt[0] * wt
-    # scatter_add rather than a weighted bincount: bincount scans its input for min/max first
-    if "tp" in idx:
-        out[idx["tp"]] += p.new_zeros(nb).scatter_add_(0, bins, ptw)[:c]
-    if "p2g" in idx:
-        out[idx["p2g"]] += p.new_zeros(nb).scatter_add_(0, bins, pt[0] * ptw)[:c]
-    if "sg" in idx or "sg2" in idx:
-        if wt is None:
-            counts = torch.bincount(bins, minlength=nb)[:c].to(out.dtype)
-        else:
-            counts = p.new_zeros(nb).scatter_add_(0, bins, wt)[:c]
+    ptw = pt if wt is None else pt * wt
+    if "tp" in moments:
+        s["tp"] = binned(ptw)
+    if "p2g" in moments:
+        s["p2g"] = binned(pt * ptw)
+    if "sg" in moments or "sg2" in moments:
+        counts = (bin_counts(bins, nb)[:c] if wt is None else binned(wt)).to(p.dtype)
         for m in ("sg", "sg2"):
-            if m in idx:
-                out[idx[m]] += counts
+            if m in moments:
+                s[m] = counts
     m = _mult(v, w)
     pm = p if m is None else p * m
-    if "sp" in idx:
-        out[idx["sp"]] += pm.sum(1)
-    if "sp2" in idx:
-        out[idx["sp2"]] += (pm * p).sum(1)
-    return flat
+    if "sp" in moments:
+        s["sp"] = pm.sum(1)
+    if "sp2" in moments:
+        s["sp2"] = (pm * p).sum(1)
+    return s, flat
+
+
+def bin_counts(bins: torch.Tensor, nb: int) -> torch.Tensor:
+    """How many entries of the int64 vector ``bins`` (values in ``[0, nb)``) fall in each of ``nb`` bins, as int64:
+    exact at any size (float32 stops counting at 2^24), and of a static size, unlike ``torch.bincount`` whose
+    output size depends on the data (torch.compile cannot trace that)."""
+    ones = torch.ones((), dtype=torch.int64, device=bins.device).expand(bins.shape[0])
+    return torch.zeros(nb, dtype=torch.int64, device=bins.device).scatter_add(0, bins, ones)
 
 
 def _log_true_class(pt: torch.Tensor, x: torch.Tensor, flat: torch.Tensor) -> torch.Tensor:
     """log p_t from the softmax probability of the true class; where that probability underflows (a logit gap
     beyond ~80 in float32) it is recomputed exactly as x_t - logsumexp(x), so the cross-entropy equals
-    PyTorch's log-softmax value everywhere."""
+    PyTorch's log-softmax value everywhere. Eager recomputes only those voxels (usually none); under
+    torch.compile, which cannot branch on the data, every voxel's exact value is computed and selected."""
     lpt = torch.log(pt)
     low = pt < torch.finfo(pt.dtype).tiny * 2**20
-    if bool(low.any()):
+    if compiling():
+        cols = None
+    elif bool(low.any()):
         cols = low.nonzero()[:, 0]
-        xs = x[:, cols].to(pt.dtype)
-        lpt[cols] = x.reshape(-1).index_select(0, flat[cols]).to(pt.dtype) - torch.logsumexp(xs, 0)
-    return lpt
+    else:
+        return lpt
+    xs, fl = (x, flat) if cols is None else (x[:, cols], flat[cols])
+    exact = x.reshape(-1).index_select(0, fl).to(pt.dtype) - torch.logsumexp(xs.to(pt.dtype), 0)
+    return torch.where(low, exact, lpt) if cols is None else lpt.index_put((cols,), exact)
 
 
 _ARANGE: dict = {}
@@ -263,10 +412,11 @@ _ARANGE: dict = {}
 def _flat_index(t: torch.Tensor, n: int, c: int) -> torch.Tensor:
     """t * n + arange(n): with it, index_select / index_add on the flattened (C, N) map replace gather /
     scatter along the class axis, which are about twice as slow on CPU. int32 (half the memory kept for
-    backward) whenever the map has fewer than 2^31 entries."""
+    backward) whenever the map has fewer than 2^31 entries. The arange is cached in eager mode; torch.compile
+    fuses it into the addition (and would recompile on every change of a cached global)."""
     dtype = torch.int32 if c * n < 2**31 else torch.int64
     key = (n, t.device, dtype)
-    ar = _ARANGE.get(key)
+    ar = torch.arange(n, device=t.device, dtype=dtype) if compiling() else _ARANGE.get(key)
     if ar is None:
         if len(_ARANGE) >= 8:  # a few sizes (patch, validation volume) recur; keep the cache small
             _ARANGE.pop(next(iter(_ARANGE)))
@@ -274,25 +424,48 @@ def _flat_index(t: torch.Tensor, n: int, c: int) -> torch.Tensor:
     return torch.add(ar, t.to(dtype), alpha=n)
 
 
-def _dense_sums(out, idx, p, logp, g, m, soft_label):
-    """Sums for one sample with a dense target g (C, N); m (1 or C, N) multiplies every voxel's term."""
-    if "nll" in idx:
+def _dense_sums(moments, p, logp, g, m, soft_label):
+    """Sums for one sample with a dense target g (C, N), as a dict of (C,) vectors; m (1 or C, N) multiplies every
+    voxel's term."""
+    s = {}
+    if "nll" in moments:
         nll = -(g * logp)
-        out[idx["nll"]] += (nll if m is None else nll * m).sum(1)
+        s["nll"] = (nll if m is None else nll * m).sum(1)
     pm = p if m is None else p * m
     gm = g if m is None else g * m
-    if "tp" in idx:  # soft labels: sum min(p, g) (m is the 0/1 valid mask there)
-        out[idx["tp"]] += (torch.minimum(pm, gm) if soft_label else pm * g).sum(1)
-    if "sp" in idx:
-        out[idx["sp"]] += pm.sum(1)
-    if "sg" in idx:
-        out[idx["sg"]] += gm.sum(1)
-    if "sp2" in idx:
-        out[idx["sp2"]] += (pm * p).sum(1)
-    if "sg2" in idx:
-        out[idx["sg2"]] += (gm * g).sum(1)
-    if "p2g" in idx:
-        out[idx["p2g"]] += (pm * p * g).sum(1)
+    if "tp" in moments:  # soft labels: sum min(p, g) (m is the 0/1 valid mask there)
+        s["tp"] = (torch.minimum(pm, gm) if soft_label else pm * g).sum(1)
+    if "sp" in moments:
+        s["sp"] = pm.sum(1)
+    if "sg" in moments:
+        s["sg"] = gm.sum(1)
+    if "sp2" in moments:
+        s["sp2"] = (pm * p).sum(1)
+    if "sg2" in moments:
+        s["sg2"] = (gm * g).sum(1)
+    if "p2g" in moments:
+        s["p2g"] = (pm * p * g).sum(1)
+    return s
+
+
+def _sums_target_backward(g, p, t, m, soft_label, logp):
+    """dL/dt for one sample with a dense target t (C, N) (the gradient of a soft target, e.g. distillation), given
+    dL/d(sum) per class g[m] (C,); m (1 or C, N) multiplies every voxel's term. Soft labels differentiate MONAI's
+    L1 form TP = (|p|_1 + |t|_1 - |p - t|_1) / 2, sum t = |t|_1, with its subgradient sign(0) = 0."""
+    col = lambda k: g[k].unsqueeze(1)  # noqa: E731
+    dg = torch.zeros_like(p)
+    sgn = torch.sign(t) if soft_label else None
+    if "tp" in g:
+        dg += col("tp") * ((sgn + torch.sign(p - t)) / 2 if soft_label else p)
+    if "sg" in g:
+        dg += col("sg") * sgn if soft_label else col("sg")
+    if "sg2" in g:
+        dg += 2 * col("sg2") * t
+    if "p2g" in g:
+        dg += col("p2g") * p * p
+    if "nll" in g:
+        dg -= col("nll") * logp
+    return dg if m is None else dg * m
 
 
 def _sums_backward(g, p, t, m, soft_label, dt):
@@ -321,14 +494,22 @@ def region_sums(prep, moments, soft_label: bool = False, weight: torch.Tensor | 
     """Per-(sample, class) sums over the valid voxels of a ``Prepared`` input, as (B, C) tensors.
 
     ``weight`` (B, 1 or C, N), e.g. a distance map, multiplies every voxel's term: with it ``sp`` is
-    sum p * w (the boundary loss) and sp2 - 2 tp + sg2 is sum (p - g)^2 w (the Hausdorff-DT loss)."""
+    sum p * w (the boundary loss) and sp2 - 2 tp + sg2 is sum (p - g)^2 w (the Hausdorff-DT loss). It takes
+    neither soft labels nor the cross-entropy ``nll``. A dense floating target that requires grad gets its
+    gradient (soft labels: that of MONAI's L1 form, subgradient 0 at a target of 0)."""
     unknown = set(moments) - set(MOMENTS)
     if unknown:
         raise ValueError(f"unknown statistics {sorted(unknown)}; known: {MOMENTS}.")
     moments = tuple(moments)
     if weight is not None and soft_label:
         raise ValueError("soft-label statistics take no weight map.")
-    out = _RegionSums.apply(prep.x, prep.target, prep.valid, weight, prep.act, moments, soft_label)
+    if weight is not None and "nll" in moments:
+        raise ValueError("the cross-entropy statistic takes no weight map.")
+    if "nll" in moments and prep.act != "softmax":
+        raise ValueError("the cross-entropy statistic needs softmax=True (it is a softmax cross-entropy).")
+    # a soft target that requires grad (distillation) gets its gradient; its cross-entropy term needs log p
+    keep_logp = "nll" in moments and not prep.is_index and prep.target.requires_grad
+    out = apply_fused(_RegionSums, prep.x, prep.target, prep.valid, weight, prep.act, moments, soft_label, keep_logp)[0]
     return {m: out[i] for i, m in enumerate(moments)}
 
 

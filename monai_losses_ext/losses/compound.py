@@ -3,16 +3,19 @@
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
+import math
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
-from ._base import LossBase, reduce_loss, safe_pow
+from ._base import LossBase, not_scriptable, reduce_loss, safe_pow
 from ._inputs import Prepared, as_class_logits
-from ._stats import activate, all_reduce_sum, pool, region_sums
+from ._stats import activate, all_reduce_sum, compute_dtype, pool, region_sums
 from .pixel import (
     CE_MOMENTS,
     FocalLoss,
@@ -24,14 +27,16 @@ from .pixel import (
     masked_mean,
     voxel_sums,
 )
-from .region import DiceLoss, tversky_index
+from .region import DiceLoss, GeneralizedDiceLoss, tversky_index
 
 __all__ = [
     "DiceCELoss",
     "DiceFocalLoss",
+    "GeneralizedDiceFocalLoss",
     "DiceTopKLoss",
     "ComboLoss",
     "UnifiedFocalLoss",
+    "AsymmetricUnifiedFocalLoss",
     "ExpLogLoss",
     "CompoundLoss",
 ]
@@ -65,6 +70,24 @@ class _DicePlus(LossBase):
 
     def from_prepared(self, prep: Prepared) -> torch.Tensor:
         return self.lambda_dice * self.dice.from_prepared(prep) + self.lambda_other * self.other.from_prepared(prep)
+
+    def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """Compute the loss of a batch: both terms from one checked and aligned input.
+
+        Args:
+            input: the network output ``(B, C, *spatial)``; ``other_act``, as in MONAI, applies to the region
+                term only: the per-voxel term reads the raw input as logits.
+            target: ``(B, 1, *spatial)`` index labels or ``(B, C, *spatial)`` one-hot, as the class describes.
+
+        Returns:
+            The weighted sum of the two terms, shaped as the class describes for its ``reduction``.
+        """
+        prep = self._prepare(input, target)
+        if self.dice.other_act is None:
+            return self.from_prepared(prep)
+        raw = input if type(input) is torch.Tensor else input.as_subclass(torch.Tensor)
+        raw_prep = dataclasses.replace(prep, x=raw.reshape(prep.x.shape))
+        return self.lambda_dice * self.dice.from_prepared(prep) + self.lambda_other * self.other.from_prepared(raw_prep)
 
 
 def _dice_kwargs(loc: dict) -> dict:
@@ -304,6 +327,116 @@ class DiceFocalLoss(_DicePlus):
         self.lambda_focal = self.lambda_other
 
 
+class GeneralizedDiceFocalLoss(_DicePlus):
+    """``lambda_gdl * GeneralizedDiceLoss + lambda_focal * FocalLoss``, drop-in for
+    ``monai.losses.GeneralizedDiceFocalLoss`` (same arguments, values and input gradients).
+
+    As in MONAI, the generalised Dice term applies the activation (``sigmoid``, ``softmax`` or ``other_act``)
+    and its class weights from the reference volumes (``w_type``); the focal term always reads the raw input as
+    logits, with a sigmoid per channel (``FocalLoss`` with ``use_softmax=False`` and no ``alpha``), and is the
+    only term that takes ``weight``. ``include_background``, ``to_onehot_y`` and ``reduction`` apply to both.
+    The input is checked and aligned once for both terms; index targets are never expanded to a float one-hot.
+    Extra: ``ignore_index``, ``distributed``, ``validate``.
+
+    Focal term: ``sigmoid(-x (2g - 1))^gamma * BCE(x, g)`` per voxel and scored channel, see ``FocalLoss``.
+    Empty patch: the generalised Dice term as ``GeneralizedDiceLoss`` (0 when every scored class is absent and
+    predicted absent), plus the background focal terms.
+
+    Args:
+        include_background: whether channel 0 (background) is scored, by both terms. Ignored, with a warning,
+            for a single-channel input.
+        to_onehot_y: ``True``: the target is ``(B, 1, *spatial)`` index labels. ``False``: the target has one
+            channel per input channel (one-hot or soft); a single-channel input takes a ``(B, 1, *spatial)``
+            binary target.
+        sigmoid: apply a sigmoid to the input of the generalised Dice term.
+        softmax: apply a softmax over the channels for the generalised Dice term.
+        other_act: any other activation for the generalised Dice term, e.g. ``torch.tanh``. At most one of
+            ``sigmoid``, ``softmax`` and ``other_act``; with none of them the input must be probabilities in
+            ``[0, 1]``. The focal term always reads the raw input as logits, as in MONAI.
+        w_type: class weights of the generalised Dice term from the reference volume V of each class:
+            ``"square"`` 1/V^2, ``"simple"`` 1/V, ``"uniform"`` 1.
+        reduction: ``"mean"``: a 0-d tensor, the mean over samples of the generalised Dice loss plus the focal
+            term's mean. ``"sum"``: a 0-d tensor, the sum over samples of the generalised Dice loss plus, as in
+            MONAI, the sum over (sample, class) of the focal term's spatial means. ``"none"``:
+            ``(B, C, *spatial)``, the per-voxel focal terms plus the per-sample generalised Dice loss broadcast
+            over classes and voxels (``C`` counts the scored classes).
+        smooth_nr: added to the numerator of the generalised Dice score.
+        smooth_dr: added to the denominator of the generalised Dice score.
+        batch: pool the generalised Dice sums (and class volumes) over the batch (over every rank with
+            ``distributed``) before the score.
+        gamma: focusing exponent of the focal term, ``>= 0`` (0: plain BCE).
+        weight: factor of each scored class in the focal term: a scalar or one value ``>= 0`` per scored class
+            (after ``include_background``). None: all 1.
+        lambda_gdl: factor of the generalised Dice term, ``>= 0``.
+        lambda_focal: factor of the focal term, ``>= 0``.
+        ignore_index: label of the voxels left out of both terms (it may lie outside ``[0, C)``, e.g. 255);
+            with a C-channel target, the voxels where channel ``ignore_index`` is nonzero or, if it is not a
+            channel index, the voxels whose target is zero in every channel. None: every voxel counts.
+        distributed: for DDP: the means (and, with ``batch=True``, the generalised Dice sums) run over every
+            rank. No effect in a single process.
+        validate: check the values of ``input`` and ``target`` at every call (NaN/Inf, ranges, labels), each
+            check a host-device synchronisation; ``False`` skips them (the shape checks always run).
+
+    Raises:
+        ValueError: at construction: ``reduction`` is not ``"mean"``, ``"sum"`` or ``"none"``; more than one of
+            ``sigmoid``, ``softmax``, ``other_act`` is set; ``w_type`` is not ``"square"``, ``"simple"`` or
+            ``"uniform"``; ``lambda_gdl`` or ``lambda_focal`` is negative; ``gamma < 0``; ``weight`` is not a
+            scalar or 1-D, or holds negative or non-finite values.
+        ValueError: at call time: the shapes of ``input`` and ``target`` do not match (also a different number
+            of dimensions, or a target with neither 1 nor C channels, which MONAI reports as ValueError); a
+            one-channel target for a multi-channel input without ``to_onehot_y=True``, or a multi-channel target
+            with it; a 1-D ``weight`` without one value per scored class, or with a single-channel input; with
+            ``validate=True`` also NaN/Inf values, input outside ``[0, 1]`` when no activation is chosen,
+            non-integer or out-of-range index labels (other than ``ignore_index``), a dense target outside
+            ``[0, 1]``, or, with ``softmax=True``, a one-hot target that does not sum to 1 over the channels.
+        TypeError: ``other_act`` is not callable or ``ignore_index`` is not an int (construction); ``input`` or
+            ``target`` is not a tensor, or ``input`` is not floating point (call).
+    """
+
+    def __init__(
+        self,
+        include_background: bool = True,
+        to_onehot_y: bool = False,
+        sigmoid: bool = False,
+        softmax: bool = False,
+        other_act: Callable | None = None,
+        w_type: str = "square",
+        reduction: str = "mean",
+        smooth_nr: float = 1e-5,
+        smooth_dr: float = 1e-5,
+        batch: bool = False,
+        gamma: float = 2.0,
+        weight: Sequence[float] | float | torch.Tensor | None = None,
+        lambda_gdl: float = 1.0,
+        lambda_focal: float = 1.0,
+        ignore_index: int | None = None,
+        distributed: bool = False,
+        validate: bool = True,
+    ) -> None:
+        super().__init__(reduction=reduction)
+        _check_lambda(lambda_gdl=lambda_gdl, lambda_focal=lambda_focal)
+        gdl = GeneralizedDiceLoss(
+            include_background,
+            to_onehot_y,
+            sigmoid,
+            softmax,
+            other_act,
+            w_type,
+            reduction,
+            smooth_nr,
+            smooth_dr,
+            batch,
+            ignore_index=ignore_index,
+            distributed=distributed,
+            validate=validate,
+        )
+        focal = FocalLoss(
+            include_background, to_onehot_y, gamma, None, weight, reduction, False, ignore_index, distributed, False
+        )
+        self._combine(gdl, focal, lambda_gdl, lambda_focal)
+        self.lambda_gdl, self.lambda_focal = self.lambda_dice, self.lambda_other
+
+
 class DiceTopKLoss(_DicePlus):
     """``lambda_dice * DiceLoss + lambda_topk * TopKCELoss(k)`` (nnU-Net's Dice + TopK10): Dice for overlap,
     cross-entropy on the hardest k% voxels for the boundaries and small structures that Dice underweights.
@@ -343,19 +476,20 @@ class DiceTopKLoss(_DicePlus):
             pooled), and the k% are chosen among every rank's voxels. No effect in a single process.
         validate: check the values of ``input`` and ``target`` at every call (NaN/Inf, ranges, labels), each
             check a host-device synchronisation; ``False`` skips them (the shape checks always run).
+        k_of: as ``TopKCELoss``: ``"valid"`` (k% of the valid voxels) or ``"all"`` (of every voxel, nnU-Net).
+        rounding: as ``TopKCELoss``: ``"ceil"`` or ``"floor"`` (nnU-Net).
 
     Raises:
         ValueError: at construction: ``reduction`` is not ``"mean"``; more than one of ``sigmoid``,
             ``softmax``, ``other_act`` is set; ``lambda_dice`` or ``lambda_topk`` is negative; ``k`` lies outside
-            ``(0, 100]``; ``weight`` has more than one dimension or holds negative or non-finite values.
+            ``(0, 100]``; ``label_smoothing`` lies outside ``[0, 1]``; ``weight`` has more than one dimension or
+            holds negative or non-finite values; ``k_of`` or ``rounding`` is not one of its values.
         ValueError: at call time: the shapes of ``input`` and ``target`` do not match; a one-channel target
             for a multi-channel input without ``to_onehot_y=True``, or a multi-channel target with it;
             ``weight`` does not hold one value per channel; with ``validate=True`` also NaN/Inf values, input
             outside ``[0, 1]`` when no activation is chosen, non-integer or out-of-range index labels (other
             than ``ignore_index``), a dense target outside ``[0, 1]``, or, with ``softmax=True``, a one-hot
             target that does not sum to 1 over the channels.
-        RuntimeError: at the first call, from PyTorch's cross-entropy, when ``label_smoothing`` lies outside
-            ``[0, 1]`` (it is not checked at construction).
         TypeError: ``other_act`` is not callable or ``ignore_index`` is not an int (construction); ``input`` or
             ``target`` is not a tensor, or ``input`` is not floating point (call).
     """
@@ -381,6 +515,8 @@ class DiceTopKLoss(_DicePlus):
         ignore_index: int | None = None,
         distributed: bool = False,
         validate: bool = True,
+        k_of: str = "valid",
+        rounding: str = "ceil",
     ) -> None:
         reduction = _mean_or_sum(reduction, "DiceTopKLoss")
         if reduction != "mean":
@@ -388,38 +524,56 @@ class DiceTopKLoss(_DicePlus):
         super().__init__(reduction=reduction)
         dice_weight = torch.as_tensor(weight)[1:] if weight is not None and not include_background else weight
         dice = DiceLoss(weight=dice_weight, **_dice_kwargs(locals()))
-        topk = TopKCELoss(k, weight, ignore_index, label_smoothing, distributed, validate=False)
+        topk = TopKCELoss(k, weight, ignore_index, label_smoothing, distributed, False, k_of, rounding)
         self._combine(dice, topk, lambda_dice, lambda_topk)
         self.lambda_topk = self.lambda_other
+
+
+def _logsumexp_others(x: torch.Tensor) -> torch.Tensor:
+    """r_c = logsumexp over the classes k != c of x (C, n), per voxel. With it log p_c = -softplus(r_c - x_c) and
+    log(1 - p_c) = -softplus(x_c - r_c) for p = softmax(x) are exact in float32 also where p_c rounds to 1 (where
+    log_softmax and log1p(-p) lose every digit: gradients off by 1e-5 relative in float32)."""
+    return torch.stack([torch.logsumexp(torch.cat([x[:c], x[c + 1 :]]), 0) for c in range(x.shape[0])])
 
 
 def _log_probs(x: torch.Tensor, act: str) -> tuple[torch.Tensor, torch.Tensor]:
     """log p and log(1 - p) per channel, computed stably from logits (or clamped probabilities)."""
     if act == "sigmoid":
         return F.logsigmoid(x), F.logsigmoid(-x)
+    if act == "softmax":
+        rest = _logsumexp_others(x)
+        return -F.softplus(rest - x), (-F.softplus(x - rest)).clamp_min(math.log(_EPS))
     p = activate(x, act, 0)
-    logp = torch.log_softmax(x, 0) if act == "softmax" else torch.log(p.clamp_min(_EPS))
-    return logp, torch.log1p(-p.clamp_max(1 - _EPS))
+    return torch.log(p.clamp_min(_EPS)), torch.log1p(-p.clamp_max(1 - _EPS))
 
 
 class ComboLoss(LossBase):
     """Combo loss (Taghanaki et al., 2019): ``alpha * L_wBCE + (1 - alpha) * DiceLoss``.
 
-    ``L_wBCE = -mean over voxels and scored channels of [beta g log p + (1 - beta)(1 - g) log(1 - p)]``:
-    beta > 0.5 penalises false negatives more than false positives. The paper subtracts the Dice *score*;
-    this uses the Dice *loss* (the same up to the constant 1 - alpha), so the loss is never negative.
-    Works with sigmoid (binary / multi-label) or softmax (multi-class, every scored channel as one binary
-    term). Index targets are read directly. Empty patch: the background's BCE, and the Dice term 0.
+    ``L_wBCE = -mean over voxels and BCE channels of [beta g log p + (1 - beta)(1 - g) log(1 - p)]``: beta > 0.5
+    penalises false negatives more than false positives. The BCE channels: with ``sigmoid`` (or
+    probabilities) the scored channels; with ``softmax`` the foreground channels ``1..C-1`` whatever
+    ``include_background`` says, because the background is the complement of the foreground: its one-vs-rest
+    term counts every voxel again with beta and 1 - beta swapped, so that, for two channels, the sum of both
+    terms is the plain cross-entropy whatever beta. For two softmax channels this is exactly the paper's
+    binary form with ``p`` the foreground probability. Index targets are read directly. Empty patch: the
+    BCE of the background voxels, and the Dice term 0.
 
-    Called as ``loss(input, target)`` (``LossBase.forward``), it returns a 0-d tensor (the BCE is a mean over
-    the valid voxels and scored channels, the Dice term a mean over samples and scored classes).
+    The Dice term (``dice_term``): ``"loss"`` (default) adds ``(1 - alpha)`` times the Dice *loss*, the mean
+    over samples and the K scored classes of ``1 - DSC``, so the loss is never negative. ``"paper"`` subtracts
+    ``(1 - alpha)`` times the sum over the K classes of the Dice *score* (averaged over samples), as the
+    paper writes it. Exactly: ``L_loss = alpha L_wBCE + (1 - alpha) + (L_paper - alpha L_wBCE) / K``; for one
+    scored class a constant shift, ``L_loss = L_paper + (1 - alpha)``.
+
+    Called as ``loss(input, target)`` (``LossBase.forward``), it returns a 0-d tensor.
 
     Args:
         alpha: weight of the BCE term, in ``[0, 1]``; the Dice term weighs ``1 - alpha``.
         beta: weight of the positive (``g = 1``) voxels in the BCE, in ``[0, 1]``; the negatives weigh
             ``1 - beta``. 0.5: the plain BCE halved.
-        include_background: whether channel 0 (background) is scored, by both terms. Ignored, with a warning,
-            for a single-channel input.
+        include_background: whether channel 0 (background) is scored: by the Dice term, and by the BCE with
+            ``sigmoid`` or probabilities (with ``softmax`` the BCE never scores it, see above). Ignored, with a
+            warning, for a single-channel input.
         to_onehot_y: ``True``: the target is ``(B, 1, *spatial)`` index labels. ``False``: the target has one
             channel per input channel (one-hot or soft); a single-channel input takes a ``(B, 1, *spatial)``
             binary target.
@@ -438,10 +592,13 @@ class ComboLoss(LossBase):
             sums are pooled). No effect in a single process.
         validate: check the values of ``input`` and ``target`` at every call (NaN/Inf, ranges, labels), each
             check a host-device synchronisation; ``False`` skips them (the shape checks always run).
+        dice_term: ``"loss"``: add the mean Dice loss (never negative); ``"paper"``: subtract the sum over the
+            scored classes of the Dice score, as Taghanaki et al. write it (the loss is then negative near the
+            optimum). See above for the exact relation.
 
     Raises:
         ValueError: at construction: ``alpha`` or ``beta`` lies outside ``[0, 1]``; more than one of
-            ``sigmoid``, ``softmax``, ``other_act`` is set.
+            ``sigmoid``, ``softmax``, ``other_act`` is set; ``dice_term`` is not ``"loss"`` or ``"paper"``.
         ValueError: at call time: the shapes of ``input`` and ``target`` do not match; a one-channel target
             for a multi-channel input without ``to_onehot_y=True``, or a multi-channel target with it; with
             ``validate=True`` also NaN/Inf values, input outside ``[0, 1]`` when no activation is chosen,
@@ -467,13 +624,16 @@ class ComboLoss(LossBase):
         ignore_index: int | None = None,
         distributed: bool = False,
         validate: bool = True,
+        dice_term: str = "loss",
     ) -> None:
         super().__init__(include_background=include_background)
         if not (0 <= alpha <= 1 and 0 <= beta <= 1):
             raise ValueError(f"alpha and beta must lie in [0, 1], got alpha={alpha}, beta={beta}.")
-        jaccard, reduction = False, "mean"
+        if dice_term not in ("loss", "paper"):
+            raise ValueError(f"dice_term must be 'loss' or 'paper', got {dice_term!r}.")
+        jaccard, reduction = False, "none"  # the Dice term is reduced here (see dice_term)
         self.dice = DiceLoss(**_dice_kwargs(locals()))
-        self.alpha, self.beta = float(alpha), float(beta)
+        self.alpha, self.beta, self.dice_term = float(alpha), float(beta), dice_term
 
     def _prepare(self, input, target):
         return self.dice._prepare(input, target)
@@ -489,19 +649,25 @@ class ComboLoss(LossBase):
         """
         first = self.dice._first_kept(prep.num_classes)
         act, beta = prep.act, self.beta
+        bce_first = 1 if act == "softmax" and prep.num_classes > 1 else first  # softmax: foreground channels
 
         def wbce(x, g, v):
             logp, log1mp = _log_probs(x, act)
-            term = -(beta * g * logp + (1 - beta) * (1 - g) * log1mp)[first:]
+            term = -(beta * g * logp + (1 - beta) * (1 - g) * log1mp)[bce_first:]
             return term if v is None else term * v
 
         sums = voxel_sums(wbce, prep)
-        bce = masked_mean(sums.sum(), prep.n_valid * sums.shape[1], self.dice.distributed)
-        return self.alpha * bce + (1 - self.alpha) * self.dice.from_prepared(prep)
+        distributed = self.dice.distributed
+        bce = masked_mean(sums.sum(), prep.n_valid * sums.shape[1], distributed)
+        dice_loss = reduce_loss(self.dice.from_prepared(prep), "mean", distributed and not self.dice.batch)
+        if self.dice_term == "paper":  # minus the sum over the K scored classes of the mean Dice score
+            dice_loss = -(1 - dice_loss) * (prep.num_classes - first)
+        return self.alpha * bce + (1 - self.alpha) * dice_loss
 
 
 class UnifiedFocalLoss(LossBase):
-    """Unified focal loss (Yeung et al., 2022), multi-class: ``weight * L_FT + (1 - weight) * L_F``.
+    """Unified focal loss (Yeung et al., 2022), multi-class: ``weight * L_FT + (1 - weight) * L_F`` (the authors'
+    code; ``convention="monai"`` weighs the terms as ``monai.losses.AsymmetricUnifiedFocalLoss``).
 
     Class 0 is the background, classes >= 1 are the rare classes (binary tasks: one sigmoid channel or two
     softmax channels). With TI_c = (TP + s) / (TP + delta FN + (1 - delta) FP + s):
@@ -510,6 +676,16 @@ class UnifiedFocalLoss(LossBase):
     the rare classes enhanced. symmetric: the focal factor and the 1 - gamma exponent apply to every class.
     Defaults as the paper: weight (lambda) 0.5, delta 0.6, gamma 0.5. Targets: index labels or one-hot.
     Empty patch: the foreground Tversky terms are 0, the background terms remain.
+
+    What ``weight`` weighs (``convention``): ``"authors"`` (default), the authors' released code,
+    ``weight * L_FT + (1 - weight) * L_F``; the paper's equation ``lambda L_F + (1 - lambda) L_FT`` is the same
+    loss with ``weight = 1 - lambda``. ``"monai"``, as ``monai.losses.AsymmetricUnifiedFocalLoss``:
+    ``weight * L_F / C + (1 - weight) * L_FT``, the weight on the focal term, and the focal term averaged over
+    the C class maps as well as the voxels (MONAI takes the mean of its stacked ``(B, 2, *spatial)`` map: for a
+    binary task half the authors' L_F). With the defaults (weight 0.5) that is ``0.25 L_F + 0.5 L_FT`` instead
+    of ``0.5 L_F + 0.5 L_FT``. On a binary task, ``convention="monai"`` with ``smooth_nr = smooth_dr = 1e-7``
+    (MONAI's epsilon) gives MONAI's value and gradient for the same ``weight``, ``delta``, ``gamma``, wherever
+    no probability lies within 1e-7 of 0 or 1 (MONAI clamps there); MONAI's default delta is 0.7.
 
     Every class is scored (there is no ``include_background``). Called as ``loss(input, target)``
     (``LossBase.forward``), it returns a 0-d tensor.
@@ -541,10 +717,13 @@ class UnifiedFocalLoss(LossBase):
             Tversky sums are pooled). No effect in a single process.
         validate: check the values of ``input`` and ``target`` at every call (NaN/Inf, ranges, labels), each
             check a host-device synchronisation; ``False`` skips them (the shape checks always run).
+        convention: ``"authors"``: ``weight * L_FT + (1 - weight) * L_F`` (the authors' code); ``"monai"``:
+            ``weight * L_F / C + (1 - weight) * L_FT`` (MONAI's ``AsymmetricUnifiedFocalLoss``), see above.
 
     Raises:
         ValueError: at construction: ``weight``, ``delta`` or ``gamma`` lies outside ``[0, 1]``; more than one
-            of ``sigmoid``, ``softmax``, ``other_act`` is set.
+            of ``sigmoid``, ``softmax``, ``other_act`` is set; ``convention`` is not ``"authors"`` or
+            ``"monai"``.
         ValueError: at call time: ``sigmoid=True`` with more than one channel (overlapping channels have no
             single true class); the shapes of ``input`` and ``target`` do not match; a one-channel target for a
             multi-channel input without ``to_onehot_y=True``, or a multi-channel target with it; with
@@ -571,6 +750,7 @@ class UnifiedFocalLoss(LossBase):
         ignore_index: int | None = None,
         distributed: bool = False,
         validate: bool = True,
+        convention: str = "authors",
     ) -> None:
         super().__init__(
             to_onehot_y=to_onehot_y,
@@ -584,8 +764,15 @@ class UnifiedFocalLoss(LossBase):
         for name, v in (("weight", weight), ("delta", delta), ("gamma", gamma)):
             if not 0 <= v <= 1:
                 raise ValueError(f"{name} must lie in [0, 1], got {v}.")
+        if convention not in ("authors", "monai"):
+            raise ValueError(
+                f"convention must be 'authors' (weight on the focal Tversky term, the authors' code) or 'monai' "
+                f"(weight on the focal term, averaged over the classes, as MONAI's AsymmetricUnifiedFocalLoss), "
+                f"got {convention!r}."
+            )
         self.weight, self.delta, self.gamma, self.asymmetric = float(weight), float(delta), float(gamma), asymmetric
         self.smooth_nr, self.smooth_dr, self.batch = float(smooth_nr), float(smooth_dr), batch
+        self.convention = convention
 
     def from_prepared(self, prep: Prepared) -> torch.Tensor:
         """The loss of an input already checked and aligned by ``_prepare`` (as compound losses hand it on).
@@ -608,7 +795,189 @@ class UnifiedFocalLoss(LossBase):
         if self.asymmetric:
             ft = torch.cat([1 - ti[..., :1], ft[..., 1:]], -1)
         l_ft = reduce_loss(ft, "mean", self.distributed and not self.batch)
+        if self.convention == "monai":  # MONAI: the focal term is a mean over the class maps too
+            return self.weight * l_f / c + (1 - self.weight) * l_ft
         return self.weight * l_ft + (1 - self.weight) * l_f
+
+
+class AsymmetricUnifiedFocalLoss(LossBase):
+    """Asymmetric unified focal loss for binary segmentation, drop-in for
+    ``monai.losses.AsymmetricUnifiedFocalLoss`` (same arguments, values and input gradients), in MONAI's
+    convention: ``weight * L_F + (1 - weight) * L_FT`` (Yeung et al., 2022).
+
+    The input holds probabilities, as MONAI reads it (it applies no activation, whatever its docstring says):
+    one channel p, the foreground (the background is 1 - p), or two channels [background, foreground] taken
+    as they are. Every probability is clamped to ``[eps, 1 - eps]``, eps = 1e-7, as MONAI. With
+    ``TI_c = (TP_c + eps) / (TP_c + delta FN_c + (1 - delta) FP_c + eps)`` and ``CE_c = -g_c log p_c``:
+
+    * ``L_F`` = mean over the voxels *and the 2 class maps* of ``[(1 - delta)(1 - p_0)^gamma CE_0, delta CE_1]``:
+      the focal modulation suppresses the background, the foreground keeps its plain cross-entropy;
+    * ``L_FT`` = mean over samples and the 2 classes of ``[1 - TI_0, (1 - TI_1)^(1 - gamma)]``: the exponent
+      1 - gamma < 1 enhances the foreground.
+
+    Relation to ``UnifiedFocalLoss`` (the authors' code: ``weight * L_FT + (1 - weight) * L_F'`` with
+    ``L_F' = 2 L_F``, their focal term summing the two classes): this loss is ``UnifiedFocalLoss(weight, delta,
+    gamma, convention="monai", smooth_nr=1e-7, smooth_dr=1e-7)`` on the same probabilities, wherever no
+    probability lies within eps of 0 or 1; ``UnifiedFocalLoss(..., softmax=True, convention="monai")`` takes
+    logits and any number of classes. Mind the defaults: delta 0.7 here (MONAI's), 0.6 there (the paper's).
+
+    MONAI's behaviour kept for equal values: two input channels are read independently (not renormalised);
+    every ``reduction`` returns the 0-d loss (MONAI's terms reduce with their mean first, although its
+    docstring promises ``(B, 2)`` for ``"none"``); with ``ignore_index`` the ignored voxels are zeroed before the
+    clamp, so each adds eps to the false positives of both classes, and they still count in the denominator of
+    the focal mean (the valid voxels' terms summed, divided by 2 x all voxels). Departures: ``num_classes`` must
+    be 2 (MONAI accepts other values, then fails at call time or scores channels 0 and 1 only); an input with
+    more than 2 channels, outside ``[0, 1]`` (logits; MONAI clamps them silently) or labels outside {0, 1} raise
+    a ValueError; ``weight``, ``delta``, ``gamma`` must lie in ``[0, 1]``; at a perfect foreground match the
+    gradient of ``(1 - TI_1)^(1 - gamma)`` is taken as 0 (MONAI's is infinite). Extra: ``sigmoid`` /
+    ``softmax`` (logits), ``distributed``, ``validate``.
+
+    Empty patch (no foreground, none predicted): not a perfect score, as in MONAI. The clamp leaves every voxel
+    a foreground probability of at least eps, whose sum over the N voxels (``N eps`` false positives) outweighs
+    the eps smoothing, so ``TI_1 = 1 / (1 + (1 - delta) N)`` and the foreground Tversky term stays near 1 (the
+    loss is 0.24 for an 8 x 8 patch with the defaults). ``UnifiedFocalLoss`` on logits scores such a patch about 0.
+
+    Args:
+        to_onehot_y: ``True``: with a two-channel input, the target is ``(B, 1, *spatial)`` index labels in
+            {0, 1}. ``False``: the target has two channels (one-hot), or one binary channel for a one-channel
+            input. Ignored, with a warning, for a one-channel input.
+        num_classes: the number of classes; only 2 is supported, as in MONAI.
+        weight: the weight of the focal term ``L_F``, in ``[0, 1]``; the focal Tversky term ``L_FT`` weighs
+            ``1 - weight`` (MONAI's convention, see above).
+        gamma: in ``[0, 1]``: the focal exponent of the background's cross-entropy and, as ``1 - gamma``, the
+            exponent of the foreground's ``1 - TI``.
+        delta: in ``[0, 1]``: the weight of false negatives in the Tversky index (false positives weigh
+            ``1 - delta``), and the class balance of ``L_F`` (background ``1 - delta``, foreground ``delta``).
+        reduction: ``"mean"``, ``"sum"`` or ``"none"``: accepted as MONAI does; each returns the same 0-d loss.
+        ignore_index: label of the voxels to leave out (it may lie outside ``[0, 2)``, e.g. 255): for index
+            labels and a one-channel binary target the voxels holding it; for a two-channel target the voxels
+            where channel ``ignore_index`` is nonzero or, if it is not 0 or 1, the voxels whose target is zero in
+            both channels. Their effect on the means is MONAI's (see above). None: every voxel counts.
+        sigmoid: read the input as logits of one channel (a sigmoid gives p); not for two channels.
+        softmax: read the input as logits of two channels (a softmax gives the probabilities).
+        distributed: for DDP: the means run over every rank's voxels / samples. No effect in a single process.
+        validate: check the values of ``input`` and ``target`` at every call (NaN/Inf, probability range,
+            labels), each check a host-device synchronisation; ``False`` skips them (the shape checks always
+            run).
+
+    Raises:
+        ValueError: at construction: ``num_classes`` is not 2; ``weight``, ``gamma`` or ``delta`` lies outside
+            ``[0, 1]``; ``reduction`` is not ``"mean"``, ``"sum"`` or ``"none"``; both ``sigmoid`` and
+            ``softmax``.
+        ValueError: at call time (see ``forward``): the input is not 2D or 3D ``(B, C, H, W[, D])`` or has more
+            than 2 channels; the shapes do not match; with ``validate=True`` values outside ``[0, 1]``, NaN/Inf,
+            or labels outside {0, 1} (other than ``ignore_index``).
+        TypeError: ``ignore_index`` is not an int (construction); ``input`` or ``target`` is not a tensor, or
+            ``input`` is not floating point (call).
+    """
+
+    def __init__(
+        self,
+        to_onehot_y: bool = False,
+        num_classes: int = 2,
+        weight: float = 0.5,
+        gamma: float = 0.5,
+        delta: float = 0.7,
+        reduction: str = "mean",
+        ignore_index: int | None = None,
+        sigmoid: bool = False,
+        softmax: bool = False,
+        distributed: bool = False,
+        validate: bool = True,
+    ) -> None:
+        super().__init__(
+            to_onehot_y=to_onehot_y,
+            sigmoid=sigmoid,
+            softmax=softmax,
+            reduction=reduction,
+            ignore_index=ignore_index,
+            distributed=distributed,
+            validate=validate,
+        )
+        if num_classes != 2:
+            raise ValueError(
+                f"AsymmetricUnifiedFocalLoss is binary (num_classes=2, as MONAI supports), got num_classes="
+                f"{num_classes}; for more classes use UnifiedFocalLoss(softmax=True, to_onehot_y=True, "
+                "convention='monai')."
+            )
+        for name, v in (("weight", weight), ("gamma", gamma), ("delta", delta)):
+            if not 0 <= v <= 1:
+                raise ValueError(f"{name} must lie in [0, 1], got {v}.")
+        self.num_classes = num_classes
+        self.weight, self.gamma, self.delta = float(weight), float(gamma), float(delta)
+
+    def forward(self, y_pred: torch.Tensor, y_true: torch.Tensor) -> torch.Tensor:
+        """Compute the loss of a batch (MONAI's argument names).
+
+        Args:
+            y_pred: ``(B, 1, H, W[, D])`` foreground probabilities or ``(B, 2, H, W[, D])`` probabilities of
+                [background, foreground] (logits with ``sigmoid`` / ``softmax``), floating point.
+            y_true: ``(B, 1, H, W[, D])`` binary target for a one-channel input; for a two-channel input
+                ``(B, 2, H, W[, D])`` one-hot, or ``(B, 1, H, W[, D])`` index labels with ``to_onehot_y=True``.
+
+        Returns:
+            The loss, a 0-d tensor (for every ``reduction``, as MONAI).
+
+        Raises:
+            ValueError: the input is not 2D or 3D, has more than 2 channels, or ``sigmoid=True`` with 2 channels;
+                the shapes do not match; with ``validate=True`` values outside ``[0, 1]``, NaN/Inf, or labels
+                outside {0, 1} (other than ``ignore_index``).
+            TypeError: ``y_pred`` or ``y_true`` is not a tensor, or ``y_pred`` is not floating point.
+        """
+        if isinstance(y_pred, torch.Tensor):
+            if y_pred.ndim not in (4, 5):
+                raise ValueError(
+                    f"AsymmetricUnifiedFocalLoss takes 2D or 3D input (B, C, H, W[, D]), got shape "
+                    f"{tuple(y_pred.shape)}."
+                )
+            if y_pred.shape[1] == 1 and self.ignore_index is not None:
+                warnings.warn(
+                    "single channel prediction, `ignore_index` is applied to label-encoded targets.", stacklevel=2
+                )
+        return super().forward(y_pred, y_true)
+
+    def from_prepared(self, prep: Prepared) -> torch.Tensor:
+        """The loss of an input already checked and aligned by ``_prepare``.
+
+        Args:
+            prep: the prepared input and target.
+
+        Returns:
+            The loss, a 0-d tensor.
+
+        Raises:
+            ValueError: the input has more than 2 channels, or ``sigmoid=True`` with 2 channels.
+        """
+        c, b, n = prep.num_classes, prep.x.shape[0], prep.x.shape[2]
+        if c > 2:
+            raise ValueError(
+                f"AsymmetricUnifiedFocalLoss is binary: the input has {c} channels, expected 1 (foreground) or 2 "
+                "(background, foreground); for more classes use UnifiedFocalLoss(convention='monai')."
+            )
+        if prep.act == "sigmoid" and c == 2:
+            raise ValueError("sigmoid=True needs a one-channel input; two channels take softmax=True.")
+        p = activate(prep.x.to(compute_dtype(prep.x)), prep.act, 1)
+        t = prep.target
+        if c == 1:  # MONAI: [1 - p, p] and [1 - g, g]
+            p, t = torch.cat([1 - p, p], 1), torch.cat([1 - t, t], 1)
+        p = p.clamp(_EPS, 1 - _EPS)
+        pair = Prepared(p, "none", t, prep.is_index, prep.valid, prep.spatial)
+        d, g = self.delta, self.gamma
+
+        def focal(q, y, v):  # MONAI's asymmetric focal terms of one chunk, (1, n)
+            ce = -y * torch.log(q)
+            term = (1 - d) * (1 - q[:1]) ** g * ce[:1] + d * ce[1:]
+            return term if v is None else term * v
+
+        # MONAI's mean over the (B, 2, *spatial) map of all voxels, the ignored ones included
+        l_f = masked_mean(voxel_sums(focal, pair).sum(), 2 * b * n, self.distributed)
+        s = region_sums(pair, ("tp", "sp", "sg"))
+        if prep.valid is not None:  # MONAI zeroes ignored voxels, then clamps them to eps: each adds eps to FP
+            s["sp"] = s["sp"] + _EPS * (n - prep.valid.sum((1, 2))).unsqueeze(1)
+        ti = tversky_index(s, 1 - d, d, _EPS, _EPS)
+        ft = torch.stack([1 - ti[:, 0], safe_pow(1 - ti[:, 1], 1 - g)], -1)
+        l_ft = reduce_loss(ft, "mean", self.distributed)
+        return self.weight * l_f + (1 - self.weight) * l_ft
 
 
 class ExpLogLoss(LossBase):
@@ -731,11 +1100,12 @@ class ExpLogLoss(LossBase):
         w = torch.where(freq > 0, (freq.sum() / freq.clamp_min(_EPS)).sqrt(), 0.0)
         gamma = self.gamma_cross
 
-        def cross(x, g, v):
-            term = (w.to(x).unsqueeze(1) * g * safe_pow(-torch.log_softmax(x, 0), gamma)).sum(0, keepdim=True)
+        def cross(x, g, v, w):  # w passed as a parameter of voxel_sums, not read from the closure (vmap)
+            nll = F.softplus(_logsumexp_others(x) - x)  # -log softmax(x), exact also where p -> 1 (see there)
+            term = (w.to(x).unsqueeze(1) * g * safe_pow(nll, gamma)).sum(0, keepdim=True)
             return term if v is None else term * v
 
-        l_cross = masked_mean(voxel_sums(cross, prep).sum(), prep.n_valid, self.distributed)
+        l_cross = masked_mean(voxel_sums(cross, prep, w).sum(), prep.n_valid, self.distributed)
         return self.w_dice * l_dice + self.w_cross * l_cross
 
 
@@ -761,6 +1131,8 @@ class CompoundLoss(torch.nn.Module):
         TypeError: a term is neither a ``torch.nn.Module`` nor a string, or its string names a class that is
             not a ``torch.nn.Module``.
     """
+
+    __prepare_scriptable__ = not_scriptable
 
     def __init__(self, terms: Mapping[str, object]) -> None:
         super().__init__()

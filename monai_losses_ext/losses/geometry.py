@@ -21,11 +21,20 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
-from torch.autograd.function import once_differentiable
 
-from ._base import LossBase, reduce_loss
-from ._inputs import Prepared
-from ._stats import _chunks, activate, all_reduce_sum, compute_dtype, region_sums
+from ._base import LossBase, not_scriptable, reduce_loss
+from ._inputs import Prepared, check_label_smoothing
+from ._stats import (
+    _chunks,
+    activate,
+    all_reduce_sum,
+    apply_fused,
+    compute_dtype,
+    fused,
+    region_sums,
+    run_backward,
+    vmap_by_slices,
+)
 from .pixel import cross_entropy_map, masked_mean
 from .region import DiceLoss
 
@@ -38,6 +47,7 @@ __all__ = [
     "DiceBoundaryLoss",
     "BoundaryAlphaScheduler",
     "HausdorffDTLoss",
+    "LogHausdorffDTLoss",
     "BlobLoss",
 ]
 
@@ -104,14 +114,13 @@ class WeightMapCELoss(LossBase):
             run).
 
     Raises:
-        ValueError: at construction: ``reduction`` is not ``"mean"``, ``"sum"`` or ``"none"``.
+        ValueError: at construction: ``reduction`` is not ``"mean"``, ``"sum"`` or ``"none"``; ``label_smoothing``
+            lies outside ``[0, 1]``.
         ValueError: at call time: ``weight_map`` is not ``(B, 1, *spatial)``, or, with ``validate=True``,
             holds negative or non-finite values; the shapes of ``input`` and ``target`` do not match (a target
             with neither 1 nor C channels); with ``validate=True`` also NaN/Inf input values, non-integer or
             out-of-range index labels (other than ``ignore_index``), or a dense target outside ``[0, 1]``.
             Without ``weight_map``, ``w0 < 0`` or ``sigma <= 0`` (from ``UNetWeightMap``).
-        RuntimeError: at call time, from PyTorch's cross-entropy, when ``label_smoothing`` lies outside
-            ``[0, 1]`` (multi-channel input).
         TypeError: ``ignore_index`` is not an int (construction); ``input`` or ``target`` is not a tensor, or
             ``input`` is not floating point (call).
     """
@@ -131,7 +140,7 @@ class WeightMapCELoss(LossBase):
         super().__init__(
             to_onehot_y=None, reduction=reduction, ignore_index=ignore_index, distributed=distributed, validate=validate
         )
-        self.label_smoothing, self.w0, self.sigma = float(label_smoothing), float(w0), float(sigma)
+        self.label_smoothing, self.w0, self.sigma = check_label_smoothing(label_smoothing), float(w0), float(sigma)
 
     def forward(
         self, input: torch.Tensor, target: torch.Tensor, weight_map: torch.Tensor | None = None
@@ -467,6 +476,195 @@ class HausdorffDTLoss(_MapRegionLoss):
         return s["sp2"] - 2 * s["tp"] + s["sg2"]
 
 
+class LogHausdorffDTLoss(HausdorffDTLoss):
+    """Logarithm of the Hausdorff distance-transform loss, drop-in for ``monai.losses.LogHausdorffDTLoss``
+    (same arguments, values and input gradients): ``log(1 + h)`` with h MONAI's ``HausdorffDTLoss``, the mean
+    over voxels of ``(p - g)^2 (d_P^alpha + d_G^alpha)`` per sample and scored class, reduced, then the log
+    (elementwise for ``reduction="none"``).
+
+    The distance fields are MONAI's (Karimi & Salcudean's ``dt_fg + dt_bg``): for the mask ``F`` of a channel
+    (the target, and the activated prediction, each thresholded at 0.5), ``edt(F)`` inside and ``edt(~F)``
+    outside, all zeros when ``F`` is empty or fills the volume; ``SignedDistanceMap(mode="unsigned",
+    convention="reference")`` computes the same map. Unlike ``HausdorffDTLoss`` (one-sided by default, maps of
+    the boundary voxels) this class is two-sided by default (``include_pred_dt=True``) and computes ``d_G`` itself
+    when no ``distance_map`` is given, without warning; both fields are computed on the CPU (SciPy) at every
+    call, at MONAI's cost. Precompute ``d_G`` with ``SignedDistanceMapd(mode="unsigned",
+    convention="reference")`` and pass ``distance_map=`` to save half of it with the same values. As MONAI, the
+    weight ``d_P^alpha + d_G^alpha`` is computed in float32 (also for float64 input); unit voxels unless
+    ``spacing`` is given (a MetaTensor's affine is not read, as MONAI does not).
+
+    Exact relations: without ``distance_map``, equal to ``monai.losses.LogHausdorffDTLoss`` with the same
+    arguments; with ``include_pred_dt=False`` and a map m,
+    ``LogHausdorffDTLoss(...)(x, y, distance_map=m) = log(1 + HausdorffDTLoss(...)(x, y, distance_map=m))``
+    (to float32 rounding of ``m^alpha``), except for the shape of ``"none"``: ``(B, C, 1, ..., 1)`` here as
+    MONAI's, ``(B, C)`` there. Empty patch: ``d_G`` is 0 for an absent class, so only ``d_P`` (a predicted
+    false positive) makes its term nonzero.
+
+    Args:
+        alpha: exponent of the distances, ``> 0``.
+        include_background: whether channel 0 (background) is scored (default ``False``, as MONAI). Ignored,
+            with a warning, for a single-channel input.
+        to_onehot_y: ``True``: the target is ``(B, 1, *spatial)`` index labels. ``False``: the target has one
+            channel per input channel (one-hot); a single-channel input takes a ``(B, 1, *spatial)`` binary
+            target.
+        sigmoid: apply a sigmoid to the input.
+        softmax: apply a softmax over the channels. Ignored, with a warning, for a single channel.
+        other_act: any other activation, called on the input first. At most one of ``sigmoid``, ``softmax``
+            and ``other_act``; with none of them the input is read as probabilities in ``[0, 1]``.
+        reduction: ``"mean"`` or ``"sum"`` of the per-(sample, class) values before the log, or ``"none"``:
+            ``log(1 + value)`` of each, ``(B, C, 1, ..., 1)`` (``(1, C, 1, ..., 1)`` with ``batch=True``).
+        batch: average the per-sample values over the batch first: one value per class.
+        include_pred_dt: add the prediction's field ``d_P`` (MONAI's two-sided form); ``False``: the target's
+            field only.
+        spacing: voxel size per axis (or one number) for the fields computed here; None: unit voxels.
+        ignore_index: label of the voxels left out of the loss (as ``HausdorffDTLoss``); they belong to no class
+            in the target's fields. None: every voxel counts.
+        distributed: for DDP: the mean / sum runs over every rank's samples. No effect in a single process.
+        validate: check the values of ``input``, ``target`` and ``distance_map`` at every call; ``False`` skips
+            them (the shape checks always run).
+
+    Raises:
+        ValueError: at construction: ``alpha <= 0``; ``reduction`` is not ``"mean"``, ``"sum"`` or ``"none"``;
+            more than one of ``sigmoid``, ``softmax``, ``other_act`` is set.
+        ValueError: at call time (see ``forward``): the input is not 2D or 3D; ``distance_map`` is not
+            ``(B, C, *spatial)`` or, with ``validate=True``, holds negative values; every input error of
+            ``HausdorffDTLoss``; an invalid ``spacing``.
+        TypeError: ``other_act`` is not callable or ``ignore_index`` is not an int (construction); ``input`` or
+            ``target`` is not a tensor, or ``input`` is not floating point (call).
+    """
+
+    def __init__(
+        self,
+        alpha: float = 2.0,
+        include_background: bool = False,
+        to_onehot_y: bool = False,
+        sigmoid: bool = False,
+        softmax: bool = False,
+        other_act: Callable | None = None,
+        reduction: str = "mean",
+        batch: bool = False,
+        *,
+        include_pred_dt: bool = True,
+        spacing: float | Sequence[float] | None = None,
+        ignore_index: int | None = None,
+        distributed: bool = False,
+        validate: bool = True,
+    ) -> None:
+        super().__init__(
+            alpha,
+            include_background,
+            to_onehot_y,
+            sigmoid,
+            softmax,
+            other_act,
+            reduction,
+            batch,
+            spacing,
+            ignore_index,
+            distributed,
+            validate,
+            include_pred_dt=include_pred_dt,
+        )
+
+    def forward(
+        self, input: torch.Tensor, target: torch.Tensor, distance_map: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Compute the loss of a batch.
+
+        Args:
+            input: the network output ``(B, C, H, W[, D])``: logits with an activation, otherwise probabilities.
+            target: ``(B, 1, H, W[, D])`` index labels (``to_onehot_y=True``) or ``(B, C, H, W[, D])`` one-hot;
+                a single-channel input takes a ``(B, 1, H, W[, D])`` binary target.
+            distance_map: the target's field ``(B, C, H, W[, D])`` (background included), e.g. from
+                ``SignedDistanceMapd(mode="unsigned", convention="reference")``; None: computed here from the
+                target (MONAI's field).
+
+        Returns:
+            ``log(1 + loss)``: 0-d for ``"mean"``/``"sum"``; ``(B, C, 1, ..., 1)`` (``(1, C, 1, ..., 1)`` with
+            ``batch=True``) for ``"none"``, ``C`` the scored classes.
+
+        Raises:
+            ValueError: the input is not 2D or 3D ``(B, C, H, W[, D])``; ``distance_map`` has the wrong shape or,
+                with ``validate=True``, negative values; every input error of ``HausdorffDTLoss.forward``.
+            TypeError: ``input`` or ``target`` is not a tensor, or ``input`` is not floating point.
+        """
+        if isinstance(input, torch.Tensor) and input.ndim not in (4, 5):
+            raise ValueError(
+                f"LogHausdorffDTLoss takes 2D or 3D input (B, C, H, W[, D]), got shape {tuple(input.shape)}."
+            )
+        return super().forward(input, target, distance_map)
+
+    def from_prepared(self, prep: Prepared, dmap: torch.Tensor) -> torch.Tensor:
+        """``log(1 + HausdorffDT loss)`` of a prepared input with the target's field.
+
+        Args:
+            prep: the prepared input and target.
+            dmap: the target's field, ``(B, C, *spatial)``.
+
+        Returns:
+            The loss, shaped as ``forward`` returns it.
+        """
+        f = super().from_prepared(prep, dmap)
+        if self.reduction == "none":  # MONAI's broadcastable shape
+            f = f.reshape(-1, f.shape[-1], *[1] * len(prep.spatial))
+        return torch.log(f + 1)
+
+    def _distance_map(self, target, distance_map, input):
+        if distance_map is not None:
+            return _check_map(distance_map, "distance_map", input, (input.shape[1],))
+        t = target.as_subclass(torch.Tensor).detach() if isinstance(target, torch.Tensor) else target
+        c = input.shape[1]
+        if c > 1 and t.shape[1] == 1:  # index labels; an ignored label belongs to no class
+            masks = t == torch.arange(c, device=t.device).view(1, c, *[1] * (t.ndim - 2))
+        else:
+            masks = t > 0.5
+            if self.ignore_index is not None:
+                masks = masks & (t != self.ignore_index)
+        return self._fields(masks, c)
+
+    def _fields(self, masks: torch.Tensor, c: int) -> torch.Tensor:
+        """MONAI's field of each (sample, scored channel) mask ``(B, C, *spatial)``, float32 (0 for the
+        channels left out by ``include_background=False``)."""
+        from ..transforms.distance import distance_to_boundary
+
+        nd = masks.ndim - 2
+        sp = self.spacing
+        sp = None if sp is None else tuple(float(v) for v in sp) if isinstance(sp, Sequence) else (float(sp),) * nd
+        first = 1 if not self.include_background and c > 1 else 0
+        cpu = masks.cpu()
+        out = torch.zeros(masks.shape, dtype=torch.float32)
+        for bi in range(masks.shape[0]):
+            for ci in range(first, masks.shape[1]):
+                out[bi, ci] = distance_to_boundary(cpu[bi, ci], sp, False, "scipy", "reference")
+        return out.to(masks.device)
+
+    def voxel_weight(self, d: torch.Tensor, prep: Prepared) -> torch.Tensor:
+        """The per-voxel weight ``d_P^alpha + d_G^alpha``, computed in float32 as MONAI.
+
+        Args:
+            d: the target's field ``(B, C, N)`` (spatial dimensions flattened).
+            prep: the prepared input (the prediction's field is computed from it).
+
+        Returns:
+            The weight, ``(B, C, N)``, in float32 (float64 for float64 input, from the float32 values).
+
+        Raises:
+            ValueError: with ``validate=True``, ``d`` holds negative values.
+        """
+        if self.validate and bool((d < 0).any()):
+            raise ValueError(
+                "LogHausdorffDTLoss reads unsigned distance maps (>= 0), got negative values: compute them "
+                "with SignedDistanceMapd(mode='unsigned', convention='reference')."
+            )
+        w = d.float() ** self.alpha
+        if self.include_pred_dt:
+            with torch.no_grad():
+                p = activate(prep.x.to(compute_dtype(prep.x)), prep.act, 1)
+            pred = (p > 0.5).reshape(p.shape[0], p.shape[1], *prep.spatial)
+            w = self._fields(pred, p.shape[1]).reshape(w.shape) ** self.alpha + w
+        return w.to(compute_dtype(prep.x))
+
+
 class DiceBoundaryLoss(torch.nn.Module):
     """``alpha * region + (1 - alpha) * BoundaryLoss`` with the rebalancing schedule of Kervadec et al.: alpha
     starts at 1 (region loss only) and falls by ``step`` after every epoch down to ``min_alpha``, so the
@@ -505,6 +703,8 @@ class DiceBoundaryLoss(torch.nn.Module):
         TypeError: ``other_act`` is not callable (construction); ``input`` or ``target`` is not a tensor, or
             ``input`` is not floating point (call).
     """
+
+    __prepare_scriptable__ = not_scriptable
 
     def __init__(
         self,
@@ -645,30 +845,42 @@ class BoundaryAlphaScheduler:
             loss.alpha = float(a)
 
 
+@fused
 class _ForegroundProb(torch.autograd.Function):
     """1 - softmax(x)[:, 0] for x (B, C, N), chunk by chunk: nothing of size (B, C, N) is kept (autograd's
     logsumexp would keep two), backward recomputes the softmax. d(1 - p_0)/dx_c = p_0 (p_c - [c == 0])."""
 
     @staticmethod
-    def forward(ctx, x):
-        out = torch.empty((x.shape[0], x.shape[2]), dtype=x.dtype, device=x.device)
+    def forward(x):
+        out = torch.empty((x.shape[0], x.shape[2]), dtype=x.dtype, device=x.device)  # fresh, written by chunk
         for bi in range(x.shape[0]):
             for sl in _chunks(x.shape[2]):
                 out[bi, sl] = 1 - torch.softmax(x[bi, :, sl], 0)[0]
-        ctx.save_for_backward(x)
         return out
 
     @staticmethod
-    @once_differentiable
+    def setup_context(ctx, inputs, output):
+        ctx.save_for_backward(inputs[0])
+
+    @staticmethod
     def backward(ctx, grad_out):
         (x,) = ctx.saved_tensors
-        gx = torch.empty_like(x)
-        for bi in range(x.shape[0]):
-            for sl in _chunks(x.shape[2]):
-                p = torch.softmax(x[bi, :, sl], 0)
-                p[0] -= 1
-                gx[bi, :, sl] = p.mul_(p[0:1] + 1).mul_(grad_out[bi, sl])
-        return gx
+        return run_backward(_foreground_prob_backward, "_ForegroundProb", x, grad_out, x)[0]
+
+    @staticmethod
+    def vmap(info, in_dims, *args):
+        return vmap_by_slices(_ForegroundProb.eager.apply, info, in_dims, args)
+
+
+def _foreground_prob_backward(grad_out, x):
+    """dL/dx of ``_ForegroundProb``, the softmax recomputed chunk by chunk."""
+    gx = torch.empty_like(x)
+    for bi in range(x.shape[0]):
+        for sl in _chunks(x.shape[2]):
+            p = torch.softmax(x[bi, :, sl], 0)
+            p[0] -= 1
+            gx[bi, :, sl] = p.mul_(p[0:1] + 1).mul_(grad_out[bi, sl])
+    return (gx,)
 
 
 class BlobLoss(LossBase):
@@ -683,9 +895,12 @@ class BlobLoss(LossBase):
     ``global_loss`` (default: ``DiceLoss`` with the same input arguments). Paper defaults: alpha 2, beta 1.
 
     forward(input, target, instances=None): instances (B, 1, ...) lesion ids from ``LesionInstancesd``
-    (0 background, 1..K); computed on the fly with ``LesionInstances`` when absent. The blob term is the
-    mean over every lesion of the batch (over every rank's lesions with ``distributed``). Empty patch:
-    no lesion, the blob term is 0 and only the global term remains.
+    (0 background, 1..K); computed on the fly with ``LesionInstances`` when absent. The blob term
+    (``lesion_mean``): ``"batch"`` (default) the mean over every lesion of the batch (over every rank's lesions
+    with ``distributed``), so that every lesion weighs the same; ``"image"`` the authors' order, the mean over
+    each image's lesions, then the mean over the images that hold a lesion, so that every image weighs the
+    same. The two agree when every image holds the same number of lesions. Empty patch: no lesion, the blob
+    term is 0 and only the global term remains.
 
     Per lesion n: ``blob_n = 1 - (2 TP_n + smooth_nr) / (2 TP_n + FP_n + FN_n + smooth_dr)`` (``"dice"``) or
     ``1 - (TP_n + smooth_nr) / (TP_n + tversky_alpha FP_n + tversky_beta FN_n + smooth_dr)`` (``"tversky"``),
@@ -718,10 +933,13 @@ class BlobLoss(LossBase):
         validate: check the values of ``input``, ``target`` and ``instances`` at every call (NaN/Inf, ranges,
             labels), each check a host-device synchronisation; ``False`` skips them (the shape checks always
             run).
+        lesion_mean: ``"batch"``: the blob term is the mean over the batch's lesions; ``"image"``: the mean
+            over each image's lesions, then over the images with a lesion (Kofler et al.'s code).
 
     Raises:
         ValueError: at construction: ``region`` is not ``"dice"`` or ``"tversky"``; ``alpha`` or ``beta`` is
-            negative; more than one of ``sigmoid``, ``softmax``, ``other_act`` is set.
+            negative; more than one of ``sigmoid``, ``softmax``, ``other_act`` is set; ``lesion_mean`` is not
+            ``"batch"`` or ``"image"``.
         ValueError: at call time: ``instances`` is not ``(B, 1, *spatial)``, holds non-integer values, or, with
             ``validate=True``, negative ids; ``sigmoid=True`` with more than one channel (overlapping channels
             have no single foreground); the shapes of ``input`` and ``target`` do not match; a one-channel
@@ -750,6 +968,7 @@ class BlobLoss(LossBase):
         ignore_index: int | None = None,
         distributed: bool = False,
         validate: bool = True,
+        lesion_mean: str = "batch",
     ) -> None:
         super().__init__(
             to_onehot_y=to_onehot_y,
@@ -762,6 +981,11 @@ class BlobLoss(LossBase):
         )
         if region not in ("dice", "tversky"):
             raise ValueError(f"region must be 'dice' or 'tversky', got {region!r}.")
+        if lesion_mean not in ("batch", "image"):
+            raise ValueError(
+                f"lesion_mean must be 'batch' or 'image' (the authors' per-image mean), got {lesion_mean!r}."
+            )
+        self.lesion_mean = lesion_mean
         if alpha < 0 or beta < 0:
             raise ValueError(f"alpha and beta must be >= 0, got {alpha}, {beta}.")
         self.global_loss = (
@@ -845,7 +1069,7 @@ class BlobLoss(LossBase):
         if c == 1:
             pf = torch.sigmoid(x[:, 0]) if prep.act == "sigmoid" else x[:, 0]
         elif prep.act == "softmax":
-            pf = _ForegroundProb.apply(x)  # 1 - softmax(x)_0, chunked, no graph
+            pf = apply_fused(_ForegroundProb, x)  # 1 - softmax(x)_0, chunked, no graph
         elif prep.act == "none":
             pf = 1 - x[:, 0]
         else:
@@ -857,8 +1081,9 @@ class BlobLoss(LossBase):
             pf = pf * prep.valid[:, 0]
         k = int(inst.max()) + 1 if inst.numel() else 1
         # per lesion n: TP_n = sum of p over lesion n; P_n = TP_n + sum of p over background; G_n = |lesion n|
-        s_lesion = pf.new_zeros(inst.shape[0], k).scatter_add_(1, inst, pf)
-        counts = torch.zeros(inst.shape[0], k, dtype=dt, device=pf.device).scatter_add_(1, inst, torch.ones_like(pf))
+        # out of place: torch.func.vmap cannot scatter a batched source into a fresh unbatched buffer
+        s_lesion = pf.new_zeros(inst.shape[0], k).scatter_add(1, inst, pf)
+        counts = torch.zeros(inst.shape[0], k, dtype=dt, device=pf.device).scatter_add(1, inst, torch.ones_like(pf))
         tp, bg_p, g = s_lesion[:, 1:], s_lesion[:, :1], counts[:, 1:]
         fp, fn = bg_p, g - tp
         if self.region == "dice":
@@ -867,4 +1092,8 @@ class BlobLoss(LossBase):
             score = (tp + self.smooth_nr) / (tp + self.tversky_alpha * fp + self.tversky_beta * fn + self.smooth_dr)
         present = g > 0
         losses = (1 - score) * present
-        return masked_mean(losses.sum(), present.sum(), self.distributed)
+        if self.lesion_mean == "batch":
+            return masked_mean(losses.sum(), present.sum(), self.distributed)
+        n_lesions = present.sum(1)
+        per_image = losses.sum(1) / n_lesions.clamp_min(1)
+        return masked_mean(per_image.sum(), (n_lesions > 0).sum(), self.distributed)

@@ -158,7 +158,9 @@ class LovaszSoftmaxLoss(LossBase):
         """Per voxel and class, the weight w (1 - 2 g) of p in the loss, the constant sum g w, and which classes
         count (present in the target, or all)."""
         p = activate(prep.x.float() if prep.x.dtype != torch.float64 else prep.x, prep.act, 1)
-        if p.data_ptr() == prep.x.data_ptr():  # probabilities given: copy, the buffer is overwritten below
+        # probabilities given (no activation, no cast): p is the input itself, and the buffer is overwritten below;
+        # decided statically, not by data_ptr(), which torch.compile and torch.func cannot read
+        if prep.act == "none" and p.dtype == prep.x.dtype:
             p = p.clone()
         b, c, n = p.shape
         weight = p  # each class's probabilities are read once, then overwritten by its weights (no second copy)

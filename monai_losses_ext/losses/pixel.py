@@ -9,17 +9,30 @@ the means (voxel counts, weight sums) and the TopK threshold are pooled over all
 
 from __future__ import annotations
 
+import functools
 import math
 import warnings
 from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
-from torch.autograd.function import once_differentiable
 
 from ._base import LossBase, reduce_loss
-from ._inputs import Prepared
-from ._stats import _chunks, _take, all_reduce_sum, compute_dtype, dense_chunk, is_distributed
+from ._inputs import Prepared, check_label_smoothing
+from ._stats import (
+    _chunks,
+    _take,
+    all_reduce_sum,
+    apply_fused,
+    bin_counts,
+    compiling,
+    compute_dtype,
+    dense_chunk,
+    fused,
+    is_distributed,
+    run_backward,
+    vmap_by_slices,
+)
 
 __all__ = ["WeightedCELoss", "WeightedBCELoss", "FocalLoss", "TopKCELoss", "cross_entropy_map", "masked_mean"]
 
@@ -96,9 +109,7 @@ def _cross_entropy_total(prep: Prepared, weight: torch.Tensor | None, label_smoo
         if prep.valid is not None:
             t = torch.where(prep.valid[:, 0], t, -100)
         num = F.cross_entropy(x.to(dt), t, weight=w, reduction="sum", label_smoothing=label_smoothing)
-        counts = torch.bincount((t + 1).clamp_min(0).reshape(-1), minlength=prep.num_classes + 1)[1:].to(
-            dt
-        )  # ignored -> bin 0
+        counts = bin_counts((t + 1).clamp_min(0).reshape(-1), prep.num_classes + 1)[1:].to(dt)  # ignored -> bin 0
         den = (counts * w).sum() if w is not None else counts.sum()
         return num, den
     num = F.cross_entropy(x.to(dt), prep.target.to(dt), weight=w, reduction="sum", label_smoothing=label_smoothing)
@@ -181,6 +192,7 @@ class WeightedCELoss(LossBase):
     """
 
     probabilities = False
+    accepts_no_spatial = True
 
     def __init__(
         self,
@@ -194,9 +206,7 @@ class WeightedCELoss(LossBase):
         super().__init__(
             to_onehot_y=None, reduction=reduction, ignore_index=ignore_index, distributed=distributed, validate=validate
         )
-        if not 0.0 <= label_smoothing <= 1.0:
-            raise ValueError(f"label_smoothing must lie in [0, 1], got {label_smoothing}.")
-        self.label_smoothing = float(label_smoothing)
+        self.label_smoothing = check_label_smoothing(label_smoothing)
         self._register_class_vector("class_weight", weight)
 
     def from_prepared(self, prep: Prepared) -> torch.Tensor:
@@ -263,6 +273,7 @@ class WeightedBCELoss(LossBase):
     """
 
     probabilities = False
+    accepts_no_spatial = True
 
     def __init__(
         self,
@@ -311,6 +322,7 @@ def _dense_target(prep: Prepared, dt) -> torch.Tensor:
     return t.scatter_(1, prep.target, 1.0)
 
 
+@fused
 class _FocalTerms(torch.autograd.Function):
     """Focal terms per voxel and class, fused. Formulas as MONAI's sigmoid/softmax focal loss:
 
@@ -318,26 +330,28 @@ class _FocalTerms(torch.autograd.Function):
     softmax: l_c = -a_c * (1 - p_c)^gamma_c * g_c * log p_c,  p = softmax(x)
     with a the alpha/class-weight factor; ``gamma`` is per class (the unified focal loss needs that).
 
-    Forward returns the per-(sample, class) sums (or the per-voxel map for reduction "none"). When the input
-    needs a gradient, forward also computes d(sum of terms)/dx chunk by chunk and keeps it: backward is
+    Forward returns the per-(sample, class) sums (or the per-voxel map for reduction "none"). With ``keep_grad``
+    (the input needs a gradient) forward also computes d(sum of terms)/dx chunk by chunk and keeps it: backward is
     then one multiplication, and nothing else of the computation is stored (MONAI's autograd graph holds
-    about a dozen tensors of the size of the logits). For the per-voxel map, backward recomputes instead.
+    about a dozen tensors of the size of the logits). For the per-voxel map, backward recomputes instead, and so
+    does the softmax kernel under torch.compile (its shortcut needs a data-dependent test). A dense floating
+    target that requires grad gets its gradient, recomputed chunk by chunk in backward.
     """
 
     @staticmethod
-    def forward(ctx, x, target, valid, gamma, alpha, alpha_pos_only, weight, use_softmax, per_voxel):
+    def forward(
+        x, target, valid, gamma, gamma_scalar, alpha, alpha_pos_only, weight, use_softmax, per_voxel, keep_grad
+    ):
         with torch.autocast(device_type=x.device.type, enabled=False):
             b, c, n = x.shape
             dt = compute_dtype(x)
-            p = _FocalParams(gamma, alpha, alpha_pos_only, weight, use_softmax, dt)
-            out = (
-                torch.empty(b, c, n, dtype=dt, device=x.device)
-                if per_voxel
-                else torch.zeros(b, c, dtype=dt, device=x.device)
-            )
-            keep_grad = ctx.needs_input_grad[0] and not per_voxel
+            p = _FocalParams(gamma, gamma_scalar, alpha, alpha_pos_only, weight, use_softmax, dt)
+            # fresh buffers written chunk by chunk (never a view of an input): exact under torch.compile too
+            out = torch.empty(b, c, n, dtype=dt, device=x.device) if per_voxel else None
             grad = torch.empty(b, c, n, dtype=dt, device=x.device) if keep_grad else None
+            rows = []
             for bi in range(b):
+                row = None
                 for sl in _chunks(n):
                     loss, g = _focal_chunk(
                         x[bi, :, sl].to(dt), target[bi, :, sl], _vchunk(valid, bi, sl), p, 1.0 if keep_grad else None
@@ -345,45 +359,78 @@ class _FocalTerms(torch.autograd.Function):
                     if per_voxel:
                         out[bi, :, sl] = loss
                     else:
-                        out[bi] += loss.sum(1)
+                        row = loss.sum(1) if row is None else row + loss.sum(1)
                     if keep_grad:
                         grad[bi, :, sl] = g
-            ctx.save_for_backward(x, target, valid, grad)
-            ctx.params, ctx.per_voxel = p, per_voxel
-        return out
+                rows.append(row)
+            if not per_voxel:
+                out = torch.stack(rows)
+        return out, grad
 
     @staticmethod
-    @once_differentiable
-    def backward(ctx, grad_out):
-        x, target, valid, grad = ctx.saved_tensors
-        p = ctx.params
-        with torch.autocast(device_type=x.device.type, enabled=False):
-            b, c, n = x.shape
-            grad_out = grad_out.to(p.dt)
-            if grad is not None:
-                u = grad_out.unsqueeze(-1)  # (B, C, 1)
-                if not p.use_softmax:  # elementwise: exact for any per-(sample, class) weight
-                    return (grad * u).to(x.dtype), *[None] * 8
-                if bool((u == u[:, :1]).all()):  # softmax couples the classes: exact for one weight per sample
-                    return (grad * u[:, :1]).to(x.dtype), *[None] * 8
+    def setup_context(ctx, inputs, output):
+        x, target, valid, gamma, gamma_scalar, alpha, alpha_pos_only, weight, use_softmax, per_voxel, _ = inputs
+        grad = output[1]
+        if grad is not None:
+            ctx.mark_non_differentiable(grad)
+        ctx.save_for_backward(x, target, valid, grad, gamma, alpha, weight)
+        ctx.config = (gamma_scalar, alpha_pos_only, use_softmax, per_voxel)
+
+    @staticmethod
+    def backward(ctx, grad_out, _):
+        x = ctx.saved_tensors[0]
+        need_x, need_t = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        if not (need_x or need_t):
+            return (None,) * 11
+        fn = functools.partial(_focal_backward, ctx.config, need_x, need_t)
+        gx, gt = run_backward(fn, "_FocalTerms", x, grad_out, *ctx.saved_tensors)
+        return gx, gt, *[None] * 9
+
+    @staticmethod
+    def vmap(info, in_dims, *args):
+        return vmap_by_slices(_FocalTerms.eager.apply, info, in_dims, args)
+
+
+def _focal_backward(config, need_x, need_t, grad_out, x, target, valid, grad, gamma, alpha, weight):
+    """dL/dx and, for a dense floating target, dL/dtarget of the focal sums (or map) given dL/dout; ``config`` is
+    (gamma_scalar, alpha_pos_only, use_softmax, per_voxel)."""
+    gamma_scalar, alpha_pos_only, use_softmax, per_voxel = config
+    dt = compute_dtype(x)
+    p = _FocalParams(gamma, gamma_scalar, alpha, alpha_pos_only, weight, use_softmax, dt)
+    with torch.autocast(device_type=x.device.type, enabled=False):
+        b, c, n = x.shape
+        grad_out = grad_out.to(dt)
+        gx = None
+        if need_x and grad is not None:
+            u = grad_out.unsqueeze(-1)  # (B, C, 1)
+            if not use_softmax:  # elementwise: exact for any per-(sample, class) weight
+                gx = (grad * u).to(x.dtype)
+            elif bool((u == u[:, :1]).all()):  # softmax couples the classes: exact for one weight per sample
+                gx = (grad * u[:, :1]).to(x.dtype)
+        recompute = need_x and gx is None
+        if recompute:
             gx = torch.empty_like(x)
+        gt = torch.empty_like(target) if need_t else None
+        if recompute or need_t:
             for bi in range(b):
                 for sl in _chunks(n):
-                    u = grad_out[bi, :, sl] if ctx.per_voxel else grad_out[bi].unsqueeze(1)
-                    gx[bi, :, sl] = _focal_chunk(
-                        x[bi, :, sl].to(p.dt), target[bi, :, sl], _vchunk(valid, bi, sl), p, u
-                    )[1]
-        return gx, *[None] * 8
+                    u = grad_out[bi, :, sl] if per_voxel else grad_out[bi].unsqueeze(1)
+                    xc, tc, vc = x[bi, :, sl].to(dt), target[bi, :, sl], _vchunk(valid, bi, sl)
+                    if recompute:
+                        gx[bi, :, sl] = _focal_chunk(xc, tc, vc, p, u)[1]
+                    if need_t:
+                        gt[bi, :, sl] = _focal_target_grad(xc, tc.to(dt), vc, p, u)
+    return gx, gt
 
 
 class _FocalParams:
-    """Per-class focal parameters in the compute dtype, with the special cases that make the kernel cheap."""
+    """Per-class focal parameters in the compute dtype, with the special cases that make the kernel cheap;
+    ``gamma_scalar`` is the common exponent when every class has the same one (a Python float), else None."""
 
-    def __init__(self, gamma, alpha, alpha_pos_only, weight, use_softmax, dt):
+    def __init__(self, gamma, gamma_scalar, alpha, alpha_pos_only, weight, use_softmax, dt):
         self.dt, self.use_softmax, self.alpha_pos_only = dt, use_softmax, alpha_pos_only
         self.gamma = gamma.to(dt)
-        g0 = float(gamma[0])
-        self.gamma_scalar = g0 if bool((gamma == g0).all()) else None
+        self.gamma_scalar = gamma_scalar
         self.alpha = alpha.to(dt) if alpha.numel() else None
         self.weight = weight.to(dt) if weight.numel() else None
 
@@ -404,23 +451,12 @@ def _focal_chunk(x, t, v, p: _FocalParams, u):
     if p.use_softmax and index:
         return _softmax_focal_index(x, t.long(), v, p, u)
     g = (t.long() == torch.arange(c, device=x.device).unsqueeze(1)) if index else t.to(dt)
-    hard = index or bool(((g == 0) | (g == 1)).all())
+    # a 0/1 target takes the cheaper, exact hard-label formulas; torch.compile, which cannot branch on the data,
+    # takes MONAI's general (soft-target) formulas, equal up to rounding
+    hard = index or (not compiling() and bool(((g == 0) | (g == 1)).all()))
     gb = g.bool() if hard else None
     gam = p.gamma.unsqueeze(1)
-    # the alpha / class-weight / mask factor a
-    if p.alpha is None:
-        a = None
-    elif p.alpha_pos_only:  # per-class alpha on positives only (MONAI's sequence alpha, sigmoid)
-        a = torch.where(g == 1, p.alpha.unsqueeze(1), 1.0)
-    elif p.use_softmax:
-        a = p.alpha.unsqueeze(1)
-    else:  # scalar alpha, sigmoid: alpha on positives, 1 - alpha on negatives
-        al = p.alpha[0]
-        a = torch.where(gb, al, 1 - al) if hard else g * al + (1 - g) * (1 - al)
-    if p.weight is not None:
-        a = p.weight.unsqueeze(1) if a is None else a * p.weight.unsqueeze(1)
-    if v is not None:
-        a = v.to(dt) if a is None else a * v
+    a = _times(_alpha_factor(g, gb, p), _weight_mask_factor(p, v, dt))  # the alpha / class-weight / mask factor
     if u is not None:
         a_u = u if a is None else a * u
         a_u = 1.0 if isinstance(a_u, float) else a_u
@@ -466,6 +502,55 @@ def _focal_chunk(x, t, v, p: _FocalParams, u):
     return loss, a_u * (mod * (torch.sigmoid(x) - g) + bce * dmod)
 
 
+def _times(a, b):
+    """a * b where None stands for 1."""
+    if a is None:
+        return b
+    return a if b is None else a * b
+
+
+def _alpha_factor(g, gb, p: _FocalParams):
+    """MONAI's alpha factor of every focal term (None: no alpha); ``gb`` is the boolean target of a 0/1 target,
+    None for the general (soft) formula."""
+    if p.alpha is None:
+        return None
+    if p.alpha_pos_only:  # per-class alpha on positives only (MONAI's sequence alpha, sigmoid)
+        return torch.where(g == 1, p.alpha.unsqueeze(1), 1.0)
+    if p.use_softmax:
+        return p.alpha.unsqueeze(1)
+    al = p.alpha[0]  # scalar alpha, sigmoid: alpha on positives, 1 - alpha on negatives
+    return torch.where(gb, al, 1 - al) if gb is not None else g * al + (1 - g) * (1 - al)
+
+
+def _weight_mask_factor(p: _FocalParams, v, dt):
+    """The class-weight and valid-mask factor of every focal term (None: 1)."""
+    a = None if p.weight is None else p.weight.unsqueeze(1)
+    if v is not None:
+        a = v.to(dt) if a is None else a * v
+    return a
+
+
+def _focal_target_grad(x, g, v, p: _FocalParams, u):
+    """u * dloss/dg (C, n) for one chunk with a dense floating target g (C, n): MONAI's focal formulas
+    differentiated in the target (soft targets, distillation)."""
+    gam = p.gamma.unsqueeze(1)
+    rest = _weight_mask_factor(p, v, x.dtype)
+    a = _times(_alpha_factor(g, None, p), rest)
+    if p.use_softmax:  # l_c = -a_c (1 - p_c)^gamma g_c log p_c
+        logp = torch.log_softmax(x, 0)
+        d = -p.pow((1 - logp.exp()).clamp_min(0), gam) * logp
+        return _times(d, a) * u
+    # l = a mod bce, mod = sigmoid(z)^gamma, z = x (1 - 2g), bce = softplus(x) - x g:
+    # dl/dg = a mod (-x) (1 + 2 gamma sigmoid(-z) bce) + da/dg mod bce
+    z = x * (1 - 2 * g)
+    mod = p.pow(torch.sigmoid(z), gam)
+    bce = F.softplus(x) - x * g
+    d = _times(-mod * x * (1 + 2 * gam * torch.sigmoid(-z) * bce), a)
+    if p.alpha is not None and not p.alpha_pos_only:  # a = (g alpha + (1 - g)(1 - alpha)) * rest
+        d = d + _times(mod * bce * (2 * p.alpha[0] - 1), rest)
+    return d * u
+
+
 def _softmax_focal_index(x, t, v, p: _FocalParams, u):
     """Softmax focal with index labels: only the true class has a term, so everything but the softmax is a
     per-voxel vector; the gradient is (onehot - p) * dl/dlogp_t. Returns the terms as a (C, n) map."""
@@ -505,7 +590,11 @@ def focal_terms(
     x = prep.x
     c = x.shape[1]
     dev = x.device
-    gamma_v = torch.as_tensor(gamma, dtype=torch.float64, device=dev).reshape(-1).expand(c).contiguous()
+    # the common exponent, decided from the Python values (no tensor read, which torch.compile cannot branch on)
+    gammas = gamma.reshape(-1).tolist() if isinstance(gamma, torch.Tensor) else gamma
+    gammas = [float(g) for g in gammas] if isinstance(gammas, Sequence) else [float(gammas)]
+    gamma_scalar = gammas[0] if all(g == gammas[0] for g in gammas) else None
+    gamma_v = torch.as_tensor(gammas, dtype=torch.float64, device=dev).reshape(-1).expand(c).contiguous()
     alpha_v = (
         torch.as_tensor(alpha, dtype=torch.float64, device=dev).reshape(-1)
         if alpha is not None
@@ -516,9 +605,23 @@ def focal_terms(
         if weight is not None
         else torch.empty(0, device=dev)
     )
-    return _FocalTerms.apply(
-        x, prep.target, prep.valid, gamma_v, alpha_v, alpha_pos_only, weight_v, use_softmax, per_voxel
+    # the gradient kept by forward: not for the per-voxel map, nor for the softmax kernel under torch.compile
+    keep_grad = torch.is_grad_enabled() and x.requires_grad and not per_voxel and not (use_softmax and compiling())
+    out, _ = apply_fused(
+        _FocalTerms,
+        x,
+        prep.target,
+        prep.valid,
+        gamma_v,
+        gamma_scalar,
+        alpha_v,
+        alpha_pos_only,
+        weight_v,
+        use_softmax,
+        per_voxel,
+        keep_grad,
     )
+    return out
 
 
 class FocalLoss(LossBase):
@@ -587,6 +690,7 @@ class FocalLoss(LossBase):
     """
 
     probabilities = False
+    accepts_no_spatial = True
 
     def __init__(
         self,
@@ -651,7 +755,9 @@ class FocalLoss(LossBase):
         if per_voxel:
             return out.reshape(out.shape[0], c, *prep.spatial)
         n_vox = prep.valid.sum() if prep.valid is not None else prep.x.shape[2]
-        if self.reduction == "sum":  # MONAI: spatial mean per (b, c), then sum
+        # MONAI's "sum": the spatial mean per (b, c), then the sum. For a (B, C) input MONAI's spatial mean runs
+        # over an empty list of axes, which torch reads as every axis: its "sum" is then the mean, as here
+        if self.reduction == "sum" and prep.spatial:
             per_b = prep.valid.sum((1, 2)).unsqueeze(1) if prep.valid is not None else prep.x.shape[2]
             if prep.valid is not None:
                 per_b = per_b.clamp_min(1)
@@ -667,9 +773,15 @@ def _drop_background(prep: Prepared) -> Prepared:
 
 
 class TopKCELoss(LossBase):
-    """TopK cross-entropy: the mean CE of the hardest ``k`` percent of the voxels of the batch (as nnU-Net's
-    TopK loss), so the easy background stops dominating. ``weight``, ``ignore_index`` and ``label_smoothing``
-    as ``WeightedCELoss``; the CE values are ranked after weighting.
+    """TopK cross-entropy: the mean CE of the hardest ``k`` percent of the voxels of the batch (nnU-Net's TopK
+    loss), so the easy background stops dominating. ``weight``, ``ignore_index`` and ``label_smoothing`` as
+    ``WeightedCELoss``; the CE values are ranked after weighting.
+
+    Relation to nnU-Net's ``TopKLoss``: by default the count is ``ceil(k% of the valid voxels)`` and ignored
+    voxels are never chosen; nnU-Net takes ``int(k% of all voxels)`` (truncated), ignored voxels included with
+    a CE of 0 (they enter the mean when fewer voxels have a positive CE). ``k_of="all", rounding="floor"``
+    gives nnU-Net's value exactly (except that at least one voxel is kept where nnU-Net's count is 0 and its
+    mean is NaN); without ``ignore_index`` only the rounding differs.
 
     With ``distributed=True`` the k% are chosen over every rank's voxels (exact: the global threshold is found
     from each rank's candidates, ties split in rank order), so 2 ranks x batch 2 equals 1 process x batch 4.
@@ -681,8 +793,9 @@ class TopKCELoss(LossBase):
     voxels' (weighted) CE divided by their number ``k`` (not by their weights).
 
     Args:
-        k: the percentage of the batch's valid voxels kept, in ``(0, 100]``: the ``ceil(k% of n)`` voxels with
-            the largest CE. 100 keeps every voxel: the mean CE (divided by the voxel count, even with ``weight``).
+        k: the percentage of the batch's voxels kept, in ``(0, 100]``: the ``ceil(k% of n)`` voxels with the
+            largest CE (``n`` and the rounding: ``k_of``, ``rounding``). 100 keeps every voxel: the mean CE
+            (divided by the voxel count, even with ``weight``).
         weight: one weight ``>= 0`` per class, as ``torch.nn.CrossEntropyLoss``'s ``weight``; None: all 1.
             For a single-channel input, the BCE ``pos_weight``.
         ignore_index: label of the voxels to leave out of the ranking (they are never chosen); None: every voxel
@@ -690,27 +803,31 @@ class TopKCELoss(LossBase):
             with a C-channel target, the voxels where channel ``ignore_index`` is nonzero or, if it is not a
             channel index, the voxels whose target is zero in every channel.
         label_smoothing: in ``[0, 1]``, as ``torch.nn.CrossEntropyLoss``; not used for a single-channel input.
-            Not checked at construction: torch raises at call time.
         distributed: for DDP (an initialised process group with more than one rank): the k% are chosen over
             every rank's voxels, exactly. No effect in a single process.
         validate: run the value checks on every call (NaN/Inf input, label range, target range), each a
             reduction over the tensor and a host-device synchronisation. ``False`` skips them; the shape checks
             always run.
+        k_of: ``"valid"``: ``n`` counts the valid voxels, and ignored voxels are never chosen; ``"all"``: ``n``
+            counts every voxel, and ignored voxels (CE 0) may be chosen, as nnU-Net does.
+        rounding: ``"ceil"`` (at least k%) or ``"floor"`` (nnU-Net's ``int()``; at least one voxel).
 
     Raises:
-        ValueError: at construction: ``k`` lies outside ``(0, 100]``; ``weight`` has more than one dimension, or
-            holds negative or non-finite values.
+        ValueError: at construction: ``k`` lies outside ``(0, 100]``; ``label_smoothing`` lies outside ``[0, 1]``;
+            ``weight`` has more than one dimension, or holds negative or non-finite values; ``k_of`` or
+            ``rounding`` is not one of its values.
         ValueError: at call time: the shapes do not match (``input`` ``(B, C, *spatial)``, ``target``
             ``(B, 1, *spatial)`` or ``(B, C, *spatial)``); with ``validate=True`` also NaN/Inf values,
             non-integer or out-of-range index labels (other than ``ignore_index``), or a dense target outside
             ``[0, 1]``.
         TypeError: ``ignore_index`` is not an int (construction); ``input`` or ``target`` is not a tensor, or
             ``input`` is not floating point (call).
-        RuntimeError: at call time, from ``torch.nn.functional.cross_entropy`` (C > 1): ``label_smoothing``
-            outside ``[0, 1]``, or ``weight`` without one value per class.
+        RuntimeError: at call time, from ``torch.nn.functional.cross_entropy`` (C > 1): ``weight`` without one
+            value per class.
     """
 
     probabilities = False
+    accepts_no_spatial = True
 
     def __init__(
         self,
@@ -720,12 +837,19 @@ class TopKCELoss(LossBase):
         label_smoothing: float = 0.0,
         distributed: bool = False,
         validate: bool = True,
+        k_of: str = "valid",
+        rounding: str = "ceil",
     ) -> None:
         super().__init__(to_onehot_y=None, ignore_index=ignore_index, distributed=distributed, validate=validate)
         if not 0 < k <= 100:
             raise ValueError(f"k is a percentage of voxels and must lie in (0, 100], got {k}.")
+        if k_of not in ("valid", "all"):
+            raise ValueError(f"k_of must be 'valid' or 'all' (nnU-Net), got {k_of!r}.")
+        if rounding not in ("ceil", "floor"):
+            raise ValueError(f"rounding must be 'ceil' or 'floor' (nnU-Net), got {rounding!r}.")
         self.k = float(k)
-        self.label_smoothing = float(label_smoothing)
+        self.k_of, self.rounding = k_of, rounding
+        self.label_smoothing = check_label_smoothing(label_smoothing)
         self._register_class_vector("class_weight", weight)
 
     def from_prepared(self, prep: Prepared) -> torch.Tensor:
@@ -734,35 +858,43 @@ class TopKCELoss(LossBase):
         # only: the graph (and the backward work) is k% of the volume, not all of it
         with torch.no_grad():
             values, _ = cross_entropy_map(prep, self.class_weight, self.label_smoothing)
-        flat_valid = None if prep.valid is None else prep.valid.reshape(-1).nonzero()[:, 0]
+        rank_valid = prep.valid is not None and self.k_of == "valid"
+        flat_valid = prep.valid.reshape(-1).nonzero()[:, 0] if rank_valid else None
         values = values.reshape(-1) if flat_valid is None else values.reshape(-1)[flat_valid]
-        chosen, k = topk_select(values, self.k, self.distributed)
+        chosen, k = topk_select(values, self.k, self.distributed, self.rounding)
         if flat_valid is not None:
             chosen = flat_valid[chosen]
         b_idx, v_idx = chosen // prep.x.shape[2], chosen % prep.x.shape[2]
         x_sel = prep.x[b_idx, :, v_idx].unsqueeze(-1)  # (k, C, 1)
         t_sel = prep.target[b_idx, :, v_idx].unsqueeze(-1)
-        sel = Prepared(x_sel, prep.act, t_sel, prep.is_index, None, (1,))
+        # k_of="all": a chosen ignored voxel keeps its CE of 0
+        v_sel = None if prep.valid is None or rank_valid else prep.valid[b_idx, :, v_idx].unsqueeze(-1)
+        sel = Prepared(x_sel, prep.act, t_sel, prep.is_index, v_sel, (1,))
         ce, _ = cross_entropy_map(sel, self.class_weight, self.label_smoothing)
         return all_reduce_sum(ce.sum(), self.distributed) / k
 
 
-def _topk_count(k_percent: float, n: int) -> int:
-    """ceil(k% of n), robust to floating point (7/100 * 100 is 7.000000000000001)."""
+def _topk_count(k_percent: float, n: int, rounding: str = "ceil") -> int:
+    """ceil (or floor) of k% of n, at least 1, robust to floating point (7/100 * 100 is 7.000000000000001)."""
+    if rounding == "floor":
+        return max(1, math.floor(k_percent * n / 100 + 1e-9))
     return max(1, math.ceil(k_percent * n / 100 - 1e-9))
 
 
-def topk_select(values: torch.Tensor, k_percent: float, distributed: bool) -> tuple[torch.Tensor, int]:
-    """Indices of this rank's entries among the ceil(k% * n) largest of ``values`` (n and the ranking pooled
-    over every rank when distributed; ties at the threshold are split in rank order), and that global k."""
+def topk_select(
+    values: torch.Tensor, k_percent: float, distributed: bool, rounding: str = "ceil"
+) -> tuple[torch.Tensor, int]:
+    """Indices of this rank's entries among the k largest of ``values``, k = ceil (or floor) of k% of n (n and
+    the ranking pooled over every rank when distributed; ties at the threshold are split in rank order), and
+    that global k."""
     n_local = values.numel()
     if not is_distributed(distributed):
-        k = _topk_count(k_percent, n_local) if n_local else 1
+        k = _topk_count(k_percent, n_local, rounding) if n_local else 1
         return torch.topk(values, min(k, n_local), sorted=False).indices, k
     import torch.distributed as dist
 
     n_total = int(all_reduce_sum(torch.tensor(float(n_local), device=values.device), True).item())
-    k = _topk_count(k_percent, n_total)
+    k = _topk_count(k_percent, n_total, rounding)
     cand_v, cand_i = torch.topk(values, min(k, n_local), sorted=True)
     # global threshold: the k-th largest among every rank's local top-k candidates
     sizes = [torch.zeros(1, dtype=torch.long, device=values.device) for _ in range(dist.get_world_size())]
@@ -783,51 +915,92 @@ def topk_select(values: torch.Tensor, k_percent: float, distributed: bool) -> tu
     return torch.cat([cand_i[above], cand_i[ties][:take]]), k
 
 
+@fused
 class _VoxelSums(torch.autograd.Function):
-    """Per-(sample, class) sums of a per-voxel term ``fn(x, g, v) -> (C, n)``, checkpointed by chunk: forward
-    runs without a graph, backward rebuilds each chunk's graph and differentiates it, so the memory held is
-    one chunk's graph instead of the whole volume's."""
+    """Per-(sample, class) sums of a per-voxel term ``fn(x, g, v, *params) -> (C, n)``, checkpointed by chunk:
+    forward runs without a graph, backward rebuilds each chunk's graph and differentiates it, so the memory held
+    is one chunk's graph instead of the whole volume's. A dense floating target (and any parameter) that
+    requires grad gets its gradient from the same rebuilt graphs. Tensors ``fn`` reads go in ``params``, not in
+    its closure, so that vmap slices them and autograd sees them."""
 
     @staticmethod
-    def forward(ctx, x, target, valid, fn):
-        with torch.autocast(device_type=x.device.type, enabled=False):
-            b, c, n = x.shape
-            dt = compute_dtype(x)
-            out = None
-            for bi in range(b):
-                for sl in _chunks(n):
-                    with torch.no_grad():
-                        val = fn(x[bi, :, sl].to(dt), dense_chunk(target[bi, :, sl], c, dt), _vchunk(valid, bi, sl))
-                    if out is None:
-                        out = torch.zeros(b, *val.shape[:-1], dtype=dt, device=x.device)
-                    out[bi] += val.sum(-1)
-        ctx.save_for_backward(x, target, valid)
+    def forward(x, target, valid, fn, *params):
+        return _voxel_sums_forward(x, target, valid, fn, params)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        x, target, valid, fn, *params = inputs
+        ctx.save_for_backward(x, target, valid, *params)
         ctx.fn = fn
-        return out
 
     @staticmethod
-    @once_differentiable
     def backward(ctx, grad_out):
-        x, target, valid = ctx.saved_tensors
-        with torch.autocast(device_type=x.device.type, enabled=False):
-            b, c, n = x.shape
-            dt = compute_dtype(x)
-            gx = torch.empty_like(x)
-            for bi in range(b):
-                for sl in _chunks(n):
-                    with torch.enable_grad():
-                        xc = x[bi, :, sl].detach().to(dt).requires_grad_(True)
-                        val = ctx.fn(xc, dense_chunk(target[bi, :, sl], c, dt), _vchunk(valid, bi, sl))
-                        (g,) = torch.autograd.grad(val.sum(-1), xc, grad_out[bi].to(dt))
-                    gx[bi, :, sl] = g
-        return gx, None, None, None
+        x = ctx.saved_tensors[0]
+        need = (ctx.needs_input_grad[0], ctx.needs_input_grad[1], *ctx.needs_input_grad[4:])
+        if not any(need):
+            return (None,) * len(ctx.needs_input_grad)
+        fn = functools.partial(_voxel_sums_backward, ctx.fn, need)
+        gx, gt, *gp = run_backward(fn, "_VoxelSums", x, grad_out, *ctx.saved_tensors)
+        return gx, gt, None, None, *gp
+
+    @staticmethod
+    def vmap(info, in_dims, *args):
+        return vmap_by_slices(_VoxelSums.eager.apply, info, in_dims, args)
+
+
+def _voxel_sums_forward(x, target, valid, fn, params):
+    """The sums of ``_VoxelSums``, chunk by chunk (differentiable when run under autograd)."""
+    with torch.autocast(device_type=x.device.type, enabled=False):
+        b, c, n = x.shape
+        dt = compute_dtype(x)
+        rows = []
+        for bi in range(b):
+            row = None
+            for sl in _chunks(n):
+                val = fn(x[bi, :, sl].to(dt), dense_chunk(target[bi, :, sl], c, dt), _vchunk(valid, bi, sl), *params)
+                row = val.sum(-1) if row is None else row + val.sum(-1)
+            rows.append(row)
+    return torch.stack(rows)
+
+
+def _voxel_sums_backward(fn, need, grad_out, x, target, valid, *params):
+    """dL/dx, dL/dtarget (a dense floating target) and dL/dparams of ``_VoxelSums``, for those ``need`` flags:
+    each chunk's graph rebuilt and differentiated."""
+    with torch.autocast(device_type=x.device.type, enabled=False):
+        b, c, n = x.shape
+        dt = compute_dtype(x)
+        gx = torch.empty_like(x) if need[0] else None
+        gt = torch.empty_like(target) if need[1] else None
+        gp = [torch.zeros_like(q) if nq else None for q, nq in zip(params, need[2:])]
+        for bi in range(b):
+            for sl in _chunks(n):
+                with torch.enable_grad():
+                    xc = x[bi, :, sl].detach().to(dt).requires_grad_(need[0])
+                    tc = dense_chunk(target[bi, :, sl].detach(), c, dt).requires_grad_(need[1])
+                    ps = [q.detach().requires_grad_(nq) for q, nq in zip(params, need[2:])]
+                    val = fn(xc, tc, _vchunk(valid, bi, sl), *ps)
+                    wrt = [t for t, nt in zip((xc, tc, *ps), need) if nt]
+                    grads = list(torch.autograd.grad(val.sum(-1), wrt, grad_out[bi].to(dt)))
+                if need[0]:
+                    gx[bi, :, sl] = grads.pop(0)
+                if need[1]:
+                    gt[bi, :, sl] = grads.pop(0)
+                for k, nq in enumerate(need[2:]):
+                    if nq:
+                        gp[k] += grads.pop(0)
+    return gx, gt, *gp
 
 
 def _vchunk(valid, bi, sl):
     return None if valid is None else valid[bi, :, sl]
 
 
-def voxel_sums(fn, prep: Prepared) -> torch.Tensor:
-    """Sum over the voxels of ``fn(x_chunk (C, n), g_chunk (C, n), valid_chunk (1, n) | None) -> (K, n)`` per
-    sample: returns (B, K). ``x`` is the raw input in float32/64, ``g`` the dense target of the chunk."""
-    return _VoxelSums.apply(prep.x, prep.target, prep.valid, fn)
+def voxel_sums(fn, prep: Prepared, *params: torch.Tensor) -> torch.Tensor:
+    """Sum over the voxels of ``fn(x_chunk (C, n), g_chunk (C, n), valid_chunk (1, n) | None, *params) -> (K, n)``
+    per sample: returns (B, K). ``x`` is the raw input in float32/64, ``g`` the dense target of the chunk; every
+    tensor ``fn`` reads besides them must come in ``params`` (not from its closure: vmap slices params). Under
+    torch.compile the sums are traced directly (dynamo cannot trace the checkpointed backward's
+    ``torch.autograd.grad``; the compiler plans what to keep or recompute itself)."""
+    if compiling():
+        return _voxel_sums_forward(prep.x, prep.target, prep.valid, fn, params)
+    return apply_fused(_VoxelSums, prep.x, prep.target, prep.valid, fn, *params)

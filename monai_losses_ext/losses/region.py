@@ -8,6 +8,7 @@ smoothing) an empty target with an empty prediction scores as a perfect match, l
 
 from __future__ import annotations
 
+import warnings
 from abc import abstractmethod
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -15,13 +16,14 @@ from typing import Any
 import torch
 
 from ._base import LossBase, apply_class_weight, reduce_loss, safe_pow
-from ._inputs import Prepared
-from ._stats import pool, region_sums
+from ._inputs import InputShapeError, Prepared
+from ._stats import activate, compute_dtype, pool, region_sums
 
 __all__ = [
     "RegionLoss",
     "DiceLoss",
     "JaccardLoss",
+    "MaskedDiceLoss",
     "TverskyLoss",
     "FocalTverskyLoss",
     "GeneralizedDiceLoss",
@@ -95,6 +97,7 @@ class RegionLoss(LossBase):
     """
 
     moments: tuple[str, ...] = ("tp", "sp", "sg")
+    accepts_no_spatial = True
     none_keeps_spatial = True  # MONAI's Dice returns (B, C, 1, ..., 1) for reduction="none"; Tversky (B, C)
 
     def __init__(
@@ -143,9 +146,20 @@ class RegionLoss(LossBase):
     def from_sums(self, sums: dict[str, torch.Tensor], n_spatial: int) -> torch.Tensor:
         """The loss from per-(sample, class) sums of every channel (a compound loss may have computed them
         together with its own statistics in the same pass)."""
-        first = self._first_kept(next(iter(sums.values())).shape[1])
-        s = pool({k: sums[k][:, first:] for k in self.moments}, self.batch, self.distributed)
-        f = apply_class_weight(self.score(s), self.class_weight, s[self.moments[0]].shape[-1])
+        n_classes = next(iter(sums.values())).shape[1]
+        first = self._first_kept(n_classes)
+        s = {k: sums[k][:, first:] for k in self.moments}
+        n_kept = n_classes - first
+        if n_spatial == 0 and not self.batch:
+            # a (B, C) input: MONAI sums over an empty list of spatial axes, which torch reads as every axis, so
+            # its score is one number pooled over the samples and the classes; the class weights then scale it
+            s = pool({k: v.reshape(-1, 1) for k, v in s.items()}, True, self.distributed)
+            f = self.score(s).reshape(())
+            if self.class_weight is not None and n_kept > 1:
+                f = apply_class_weight(f.expand(n_kept), self.class_weight, n_kept)
+            return reduce_loss(f, self.reduction)
+        s = pool(s, self.batch, self.distributed)
+        f = apply_class_weight(self.score(s), self.class_weight, n_kept)
         none_shape = list(f.shape) + [1] * n_spatial if self.none_keeps_spatial else None
         return reduce_loss(f, self.reduction, self.distributed and not self.batch, none_shape)
 
@@ -330,6 +344,157 @@ class JaccardLoss(DiceLoss):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         kwargs["jaccard"] = True
         super().__init__(*args, **kwargs)
+
+
+class MaskedDiceLoss(DiceLoss):
+    """Dice loss restricted to a region by a mask, drop-in for ``monai.losses.MaskedDiceLoss`` (same arguments,
+    ``forward(input, target, mask=None)``, values and input gradients).
+
+    As MONAI: the activation (``sigmoid``, ``softmax`` or ``other_act``) runs first, on the whole input; then the
+    probabilities *and* the target are multiplied by ``mask`` (``(B, 1, *spatial)`` or ``(1, 1, *spatial)``,
+    1 = keep), and ``DiceLoss`` scores the products. A voxel outside the mask therefore has probability 0 in
+    every channel (not the activation of a zeroed logit). With index labels (``to_onehot_y=True``) MONAI
+    multiplies the *labels* by the mask, so a voxel outside the mask becomes background (label 0) with a
+    zero prediction: the background class counts it in its ``sum g`` (a false negative), kept here for equal
+    values. A soft mask m in ``(0, 1)`` weighs ``TP`` by ``m^2`` and ``sum p``, ``sum g`` by ``m``.
+
+    Exact relation to ``ignore_index``: for a binary mask, ``MaskedDiceLoss(**kw)(x, y, mask=m)`` equals
+    ``DiceLoss(**kw, ignore_index=k)(x, y_k)``, with ``y_k`` the target whose voxels outside the mask hold
+    ``k`` (index labels), or are zero in every channel with ``k`` outside ``[0, C)`` (one-hot), whenever the
+    target is one-hot / one-channel or ``include_background=False``; with index labels and
+    ``include_background=True`` the background term differs as said above (``ignore_index`` leaves those
+    voxels out of every sum). Both may be combined: ``ignore_index`` voxels are left out of every sum, the
+    mask then applies to the rest. A binary mask runs the fused statistics (no probability map kept); a
+    soft mask computes the masked probabilities explicitly.
+
+    Empty patch: as ``DiceLoss``; an all-zero mask scores every class as empty (0 with the default
+    smoothing), except the background with index labels (about 1: it counts the masked voxels as missed).
+
+    Args:
+        include_background: whether channel 0 (background) is scored. With ``False`` and more than one
+            channel, channel 0 is dropped after the activation. Ignored, with a warning, for a single-channel
+            input.
+        to_onehot_y: ``True``: the target is ``(B, 1, *spatial)`` index labels. ``False``: the target already
+            has one channel per input channel.
+        sigmoid: apply a sigmoid to the input (before the mask).
+        softmax: apply a softmax over the channels (before the mask). Ignored, with a warning, for a single
+            channel.
+        other_act: any other activation, called on the input first. At most one of ``sigmoid``, ``softmax``
+            and ``other_act``; with none of them the input is read as probabilities in ``[0, 1]``.
+        squared_pred: use the V-Net denominator ``sum p^2 + sum g^2``.
+        jaccard: compute the soft Jaccard (IoU) loss instead of Dice.
+        reduction: ``"mean"``, ``"sum"`` or ``"none"`` (``(B, C, 1, ..., 1)``, as ``DiceLoss``).
+        smooth_nr: added to the numerator of the score.
+        smooth_dr: added to the denominator of the score.
+        batch: pool the sums over the batch (over every rank with ``distributed``) before the score.
+        weight: factor of each scored class's loss: a scalar or one value ``>= 0`` per scored class.
+        soft_label: the target holds soft values in ``[0, 1]``: ``TP = sum min(p, g)`` as in MONAI.
+        ignore_index: label of the voxels to leave out of every sum (as ``DiceLoss``); None: every voxel counts.
+        distributed: as ``DiceLoss``: with ``batch=True`` the sums are pooled over every DDP rank, otherwise
+            the mean runs over every rank's samples. No effect in a single process.
+        validate: check the values of ``input``, ``target`` and ``mask`` at every call; ``False`` skips them
+            (the shape checks always run).
+
+    Raises:
+        ValueError: at construction: as ``DiceLoss``.
+        ValueError: at call time (see ``forward``): ``mask`` is not ``(B, 1, *spatial)`` or ``(1, 1, *spatial)``
+            (an axis of length 1 broadcasts); with ``validate=True`` it holds NaN/Inf or values outside
+            ``[0, 1]``; a soft (non-binary) mask with index labels; every input error of ``DiceLoss``.
+        TypeError: as ``DiceLoss``.
+
+    Warns:
+        UserWarning: no ``mask`` given (the plain Dice loss is returned), or a mask whose spatial shape differs
+            from the input's and broadcasts, both as MONAI; the single-channel warnings of ``DiceLoss``.
+    """
+
+    def forward(self, input: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Compute the masked Dice loss of a batch.
+
+        Args:
+            input: the network output ``(B, C, *spatial)``: logits with an activation, otherwise probabilities.
+            target: ``(B, 1, *spatial)`` index labels (``to_onehot_y=True``) or ``(B, C, *spatial)`` one-hot;
+                a single-channel input takes a ``(B, 1, *spatial)`` binary target.
+            mask: ``(B, 1, *spatial)`` or ``(1, 1, *spatial)`` values in ``[0, 1]`` (1 = the voxel counts; bool
+                is accepted); a spatial axis of length 1 broadcasts. None: no mask, the plain Dice loss (warns).
+
+        Returns:
+            The loss, shaped as ``DiceLoss`` returns it: 0-d for ``"mean"``/``"sum"``, ``(B, C, 1, ..., 1)``
+            (``(C, 1, ..., 1)`` with ``batch=True``) for ``"none"``.
+
+        Raises:
+            ValueError: ``mask`` has another number of dimensions than ``input``, more than one channel, a
+                batch size other than 1 or B, or a spatial axis that neither matches nor is 1; with
+                ``validate=True`` it holds NaN/Inf or values outside ``[0, 1]``; a non-binary mask with index
+                labels (MONAI would scale the labels themselves); every input error of ``DiceLoss.forward``.
+            TypeError: ``input`` or ``target`` is not a tensor, or ``input`` is not floating point.
+        """
+        if mask is None:
+            warnings.warn("No mask value specified for the MaskedLoss.", stacklevel=2)
+            return super().forward(input, target)
+        prep = self._prepare(input, target)
+        m = self._flat_mask(mask, input)
+        binary = m.dtype == torch.bool or bool(((m == 0) | (m == 1)).all())
+        b, n = prep.x.shape[0], prep.x.shape[2]
+        if binary:
+            keep = (m > 0).expand(b, 1, n)
+            valid = keep if prep.valid is None else prep.valid & keep
+            sums = region_sums(
+                Prepared(prep.x, prep.act, prep.target, prep.is_index, valid, prep.spatial),
+                self.moments,
+                soft_label=self.soft_tp,
+            )
+            if prep.is_index:  # MONAI's target * mask: a masked voxel is background with prediction 0
+                out = ~keep if prep.valid is None else prep.valid & ~keep
+                key = "sg2" if self.squared_pred else "sg"
+                extra = torch.zeros_like(sums[key])
+                extra[:, 0] = out.sum((1, 2))
+                sums = dict(sums, **{key: sums[key] + extra})
+            return self.from_sums(sums, len(prep.spatial))
+        if prep.is_index:
+            raise ValueError(
+                "a soft mask (values strictly between 0 and 1) with index labels: MONAI multiplies the labels "
+                "themselves by the mask, turning label 2 at m = 0.5 into label 1. Pass a binary mask, or a one-hot "
+                "target (to_onehot_y=False), which a soft mask weighs as documented."
+            )
+        dt = compute_dtype(prep.x)
+        m = m.to(dt)
+        p = activate(prep.x.to(dt), prep.act, 1) * m
+        masked = Prepared(p, "none", prep.target.to(dt) * m, False, prep.valid, prep.spatial)
+        return self.from_sums(region_sums(masked, self.moments, soft_label=self.soft_tp), len(prep.spatial))
+
+    def _flat_mask(self, mask: torch.Tensor, input: torch.Tensor) -> torch.Tensor:
+        """Check ``mask`` against ``input`` and return it as ``(B or 1, 1, N)`` (bool, or float in [0, 1])."""
+        if not isinstance(mask, torch.Tensor):
+            mask = torch.as_tensor(mask)
+        if type(mask) is not torch.Tensor:
+            mask = mask.as_subclass(torch.Tensor)
+        mask = mask.detach().to(input.device)
+        want = f"(B, 1, *spatial) or (1, 1, *spatial) with B={input.shape[0]}, spatial={tuple(input.shape[2:])}"
+        if mask.ndim != input.ndim:
+            raise ValueError(f"mask has shape {tuple(mask.shape)} but input is {tuple(input.shape)}: expected {want}.")
+        if mask.shape[0] not in (1, input.shape[0]):
+            raise ValueError(
+                f"batch size of mask {tuple(mask.shape)} must be one or equal to input {tuple(input.shape)}: "
+                f"expected {want}."
+            )
+        if mask.shape[1] != 1:
+            raise ValueError(f"mask {tuple(mask.shape)} must have only one channel: expected {want}.")
+        if any(ms not in (1, s) for ms, s in zip(mask.shape[2:], input.shape[2:])):
+            raise ValueError(f"mask has shape {tuple(mask.shape)} but input is {tuple(input.shape)}: expected {want}.")
+        if mask.shape[2:] != input.shape[2:]:
+            warnings.warn(f"Spatial size of input ({input.shape}) is different from mask ({mask.shape}).", stacklevel=3)
+            mask = mask.expand(mask.shape[0], 1, *input.shape[2:])
+        if mask.dtype != torch.bool:
+            if not mask.is_floating_point():
+                mask = mask.to(torch.float32)
+            if self.validate:
+                lo, hi = (float(v) for v in torch.aminmax(mask))
+                if not (0 <= lo and hi <= 1):  # also False for NaN
+                    raise ValueError(
+                        f"mask values lie in [{lo:g}, {hi:g}]: a mask holds weights in [0, 1] (1 = the voxel counts); "
+                        "a 0/255 mask needs mask / 255 or mask > 0."
+                    )
+        return mask.reshape(mask.shape[0], 1, -1)
 
 
 class TverskyLoss(RegionLoss):
@@ -603,18 +768,24 @@ class GeneralizedDiceLoss(RegionLoss):
             raise ValueError(f"w_type={w_type!r} is not supported: use 'square', 'simple' or 'uniform'.")
         self.w_type = w_type
 
+    def from_sums(self, sums: dict[str, torch.Tensor], n_spatial: int) -> torch.Tensor:
+        """The loss from per-(sample, class) sums; a ``(B, C)`` input (no spatial axes) needs ``batch=True``."""
+        if n_spatial == 0 and not self.batch:
+            raise InputShapeError(
+                "GeneralizedDiceLoss got a (B, C) input without spatial axes: its class weights need each class's "
+                "volume, which one voxel per sample does not give; pass batch=True (the volumes over the batch) "
+                "or give the input spatial axes (B, C, *spatial)."
+            )
+        return super().from_sums(sums, n_spatial)
+
     def score(self, s: dict[str, torch.Tensor]) -> torch.Tensor:
         """The generalised Dice loss from the pooled sums, one value per sample: ``(B, 1)``, ``(1,)`` with ``batch``."""
         tp, sg = s["tp"], s["sg"]
-        vol = sg.detach()
-        if self.w_type == "square":
-            w = 1 / (vol * vol)
-        elif self.w_type == "simple":
-            w = 1 / vol
-        else:
-            w = torch.ones_like(vol)
-        infs = torch.isinf(w)
-        w = torch.where(infs, torch.zeros_like(w), w)
+        weights = {"square": lambda v: 1 / (v * v), "simple": lambda v: 1 / v, "uniform": torch.ones_like}[self.w_type]
+        # as MONAI, the weights are not detached: a soft target that requires grad gets their gradient too; an
+        # empty class's infinite weight is replaced, and its volume taken as 1 so that no inf/NaN enters backward
+        infs = torch.isinf(weights(sg.detach()))
+        w = torch.where(infs, 0.0, weights(torch.where(infs, 1.0, sg)))
         wmax = w.max() if self.batch else w.max(dim=-1, keepdim=True).values
         w = w + infs * wmax
         numer = 2 * (tp * w).sum(-1, keepdim=True) + self.smooth_nr
@@ -746,5 +917,8 @@ class SensitivitySpecificityLoss(RegionLoss):
     def score(self, s: dict[str, torch.Tensor]) -> torch.Tensor:
         """The sensitivity-specificity loss per class from the pooled sums: ``(B, C)``, ``(C,)`` with ``batch``."""
         sens = (s["sg"] - 2 * s["tp"] + s["p2g"]) / (s["sg"] + self.smooth_dr)
-        spec = (s["sp2"] - s["p2g"]) / (s["n"] - s["sg"] + self.smooth_dr)
+        # sum p^2 (1 - g) = sp2 - p2g; a class filling every valid voxel has no such voxel: exactly 0, not the
+        # rounding noise of the difference divided by smooth_dr
+        n_bg = s["n"] - s["sg"]
+        spec = torch.where(n_bg > 0, s["sp2"] - s["p2g"], 0.0) / (n_bg + self.smooth_dr)
         return self.r * sens + (1 - self.r) * spec
