@@ -149,6 +149,40 @@ def apply_fused(cls, *args):
     return (cls if compiling() else cls.eager).apply(*args)
 
 
+class Slabs:
+    """A (B, *shape) result assembled sample by sample (and chunk by chunk along the last axis): written into one
+    preallocated buffer in eager mode (no extra copy), collected and concatenated under torch.compile, where
+    writes into slices of a fresh buffer proved fragile (inductor lost a gradient later added to such a buffer)
+    and the compiler plans the memory itself."""
+
+    def __init__(self, b: int, shape, dtype, device) -> None:
+        self.dtype = dtype
+        self.buf = None if compiling() else torch.empty((b, *shape), dtype=dtype, device=device)
+        self.rows: list[list[torch.Tensor]] = [[] for _ in range(b)]
+
+    def slot(self, bi: int, like: torch.Tensor) -> tuple[torch.Tensor, bool]:
+        """Where sample ``bi``'s result may be computed in place: (the buffer's row, True) in eager mode with a
+        matching dtype, else (a fresh tensor like ``like``, False); hand the latter to ``put``."""
+        if self.buf is not None and self.buf.dtype == like.dtype:
+            return self.buf[bi], True
+        return torch.empty_like(like), False
+
+    def put(self, bi: int, value: torch.Tensor, sl: slice | None = None) -> None:
+        """Sample ``bi``'s result, or its chunk ``sl`` of the last axis (chunks in order)."""
+        if self.buf is None:
+            self.rows[bi].append(value.to(self.dtype))
+        elif sl is None:
+            self.buf[bi] = value
+        else:
+            self.buf[bi, ..., sl] = value
+
+    def result(self) -> torch.Tensor:
+        """The assembled (B, *shape) tensor."""
+        if self.buf is not None:
+            return self.buf
+        return torch.stack([r[0] if len(r) == 1 else torch.cat(r, -1) for r in self.rows])
+
+
 def run_backward(fn, kernel: str, anchor: torch.Tensor, *tensors) -> tuple:
     """Run a kernel's backward ``fn(*tensors)`` through ``_Backward`` (see there); while torch.compile traces the
     backward it is called directly (the compiled graph is differentiated once)."""
@@ -234,8 +268,8 @@ def _region_sums_backward(
     dt = probs[0].dtype
     with torch.autocast(device_type=probs[0].device.type, enabled=False):
         grad_out = grad_out.to(dt)
-        gx = torch.empty((b, c, n), dtype=x_dtype, device=probs[0].device) if need_x else None
-        gt = torch.empty_like(target) if need_t else None
+        gx = Slabs(b, (c, n), x_dtype, probs[0].device) if need_x else None
+        gt = Slabs(b, target.shape[1:], target.dtype, target.device) if need_t else None
         for bi in range(b):
             g = {m: grad_out[i, bi] for i, m in enumerate(moments)}
             p = probs[bi]
@@ -243,25 +277,23 @@ def _region_sums_backward(
             w = weight[bi] if weight is not None else None
             if need_t:
                 logp = logps[bi] if logps else None
-                gt[bi] = _sums_target_backward(g, p, target[bi].to(dt), _mult(v, w), soft_label, logp)
+                gt.put(bi, _sums_target_backward(g, p, target[bi].to(dt), _mult(v, w), soft_label, logp))
             if not need_x:
                 continue
-            if is_index:
-                in_place = gx.dtype == dt  # half-precision input: compute in float32, then cast
-                res = gx[bi] if in_place else torch.empty_like(p)
-                _index_backward(res, g, p, flats[bi], target[bi].reshape(1, -1), v, w, act)
+            if is_index:  # computed in place in the buffer's row where it can (not for half-precision input)
+                dx, in_place = gx.slot(bi, p)
+                _index_backward(dx, g, p, flats[bi], target[bi].reshape(1, -1), v, w, act)
                 if not in_place:
-                    gx[bi] = res
+                    gx.put(bi, dx)
                 continue
-            m = _mult(v, w)
-            dp = _sums_backward(g, p, target[bi], m, soft_label, dt)
+            dp = _sums_backward(g, p, target[bi], _mult(v, w), soft_label, dt)
             dx = activation_backward(dp, p, act, 0)
             if "nll" in g:  # d/dx sum_c e_c (-g_c log p_c) = p * sum_c e_c g_c - e * g, on valid voxels
                 eg = g["nll"].unsqueeze(1) * dense_chunk(target[bi], c, dt)
                 nll_dx = p * eg.sum(0, keepdim=True) - eg
                 dx += nll_dx if v is None else nll_dx * v
-            gx[bi] = dx
-    return gx, gt
+            gx.put(bi, dx)
+    return None if gx is None else gx.result(), None if gt is None else gt.result()
 
 
 def _mult(v, w):

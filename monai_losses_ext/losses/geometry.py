@@ -25,6 +25,7 @@ import torch
 from ._base import LossBase, not_scriptable, reduce_loss
 from ._inputs import Prepared, check_label_smoothing
 from ._stats import (
+    Slabs,
     _chunks,
     activate,
     all_reduce_sum,
@@ -852,11 +853,11 @@ class _ForegroundProb(torch.autograd.Function):
 
     @staticmethod
     def forward(x):
-        out = torch.empty((x.shape[0], x.shape[2]), dtype=x.dtype, device=x.device)  # fresh, written by chunk
+        out = Slabs(x.shape[0], (x.shape[2],), x.dtype, x.device)
         for bi in range(x.shape[0]):
             for sl in _chunks(x.shape[2]):
-                out[bi, sl] = 1 - torch.softmax(x[bi, :, sl], 0)[0]
-        return out
+                out.put(bi, 1 - torch.softmax(x[bi, :, sl], 0)[0], sl)
+        return out.result()
 
     @staticmethod
     def setup_context(ctx, inputs, output):
@@ -874,13 +875,13 @@ class _ForegroundProb(torch.autograd.Function):
 
 def _foreground_prob_backward(grad_out, x):
     """dL/dx of ``_ForegroundProb``, the softmax recomputed chunk by chunk."""
-    gx = torch.empty_like(x)
+    gx = Slabs(x.shape[0], x.shape[1:], x.dtype, x.device)
     for bi in range(x.shape[0]):
         for sl in _chunks(x.shape[2]):
             p = torch.softmax(x[bi, :, sl], 0)
             p[0] -= 1
-            gx[bi, :, sl] = p.mul_(p[0:1] + 1).mul_(grad_out[bi, sl])
-    return (gx,)
+            gx.put(bi, p.mul_(p[0:1] + 1).mul_(grad_out[bi, sl]), sl)
+    return (gx.result(),)
 
 
 class BlobLoss(LossBase):

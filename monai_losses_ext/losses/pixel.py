@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from ._base import LossBase, reduce_loss
 from ._inputs import Prepared, check_label_smoothing
 from ._stats import (
+    Slabs,
     _chunks,
     _take,
     all_reduce_sum,
@@ -346,9 +347,8 @@ class _FocalTerms(torch.autograd.Function):
             b, c, n = x.shape
             dt = compute_dtype(x)
             p = _FocalParams(gamma, gamma_scalar, alpha, alpha_pos_only, weight, use_softmax, dt)
-            # fresh buffers written chunk by chunk (never a view of an input): exact under torch.compile too
-            out = torch.empty(b, c, n, dtype=dt, device=x.device) if per_voxel else None
-            grad = torch.empty(b, c, n, dtype=dt, device=x.device) if keep_grad else None
+            terms = Slabs(b, (c, n), dt, x.device) if per_voxel else None
+            grad = Slabs(b, (c, n), dt, x.device) if keep_grad else None
             rows = []
             for bi in range(b):
                 row = None
@@ -357,15 +357,14 @@ class _FocalTerms(torch.autograd.Function):
                         x[bi, :, sl].to(dt), target[bi, :, sl], _vchunk(valid, bi, sl), p, 1.0 if keep_grad else None
                     )
                     if per_voxel:
-                        out[bi, :, sl] = loss
+                        terms.put(bi, loss, sl)
                     else:
                         row = loss.sum(1) if row is None else row + loss.sum(1)
                     if keep_grad:
-                        grad[bi, :, sl] = g
+                        grad.put(bi, g, sl)
                 rows.append(row)
-            if not per_voxel:
-                out = torch.stack(rows)
-        return out, grad
+        out = terms.result() if per_voxel else torch.stack(rows)
+        return out, None if grad is None else grad.result()
 
     @staticmethod
     def setup_context(ctx, inputs, output):
@@ -408,19 +407,18 @@ def _focal_backward(config, need_x, need_t, grad_out, x, target, valid, grad, ga
             elif bool((u == u[:, :1]).all()):  # softmax couples the classes: exact for one weight per sample
                 gx = (grad * u[:, :1]).to(x.dtype)
         recompute = need_x and gx is None
-        if recompute:
-            gx = torch.empty_like(x)
-        gt = torch.empty_like(target) if need_t else None
+        gxs = Slabs(b, (c, n), x.dtype, x.device) if recompute else None
+        gt = Slabs(b, target.shape[1:], target.dtype, target.device) if need_t else None
         if recompute or need_t:
             for bi in range(b):
                 for sl in _chunks(n):
                     u = grad_out[bi, :, sl] if per_voxel else grad_out[bi].unsqueeze(1)
                     xc, tc, vc = x[bi, :, sl].to(dt), target[bi, :, sl], _vchunk(valid, bi, sl)
                     if recompute:
-                        gx[bi, :, sl] = _focal_chunk(xc, tc, vc, p, u)[1]
+                        gxs.put(bi, _focal_chunk(xc, tc, vc, p, u)[1], sl)
                     if need_t:
-                        gt[bi, :, sl] = _focal_target_grad(xc, tc.to(dt), vc, p, u)
-    return gx, gt
+                        gt.put(bi, _focal_target_grad(xc, tc.to(dt), vc, p, u), sl)
+    return (gxs.result() if recompute else gx), None if gt is None else gt.result()
 
 
 class _FocalParams:
@@ -969,8 +967,8 @@ def _voxel_sums_backward(fn, need, grad_out, x, target, valid, *params):
     with torch.autocast(device_type=x.device.type, enabled=False):
         b, c, n = x.shape
         dt = compute_dtype(x)
-        gx = torch.empty_like(x) if need[0] else None
-        gt = torch.empty_like(target) if need[1] else None
+        gx = Slabs(b, (c, n), x.dtype, x.device) if need[0] else None
+        gt = Slabs(b, target.shape[1:], target.dtype, target.device) if need[1] else None
         gp = [torch.zeros_like(q) if nq else None for q, nq in zip(params, need[2:])]
         for bi in range(b):
             for sl in _chunks(n):
@@ -982,13 +980,13 @@ def _voxel_sums_backward(fn, need, grad_out, x, target, valid, *params):
                     wrt = [t for t, nt in zip((xc, tc, *ps), need) if nt]
                     grads = list(torch.autograd.grad(val.sum(-1), wrt, grad_out[bi].to(dt)))
                 if need[0]:
-                    gx[bi, :, sl] = grads.pop(0)
+                    gx.put(bi, grads.pop(0), sl)
                 if need[1]:
-                    gt[bi, :, sl] = grads.pop(0)
+                    gt.put(bi, grads.pop(0), sl)
                 for k, nq in enumerate(need[2:]):
                     if nq:
-                        gp[k] += grads.pop(0)
-    return gx, gt, *gp
+                        gp[k] = gp[k] + grads.pop(0)
+    return None if gx is None else gx.result(), None if gt is None else gt.result(), *gp
 
 
 def _vchunk(valid, bi, sl):
