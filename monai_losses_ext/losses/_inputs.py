@@ -147,21 +147,24 @@ def _value_checks(
 ) -> None:
     """Every value check of one call, with a single device-to-host transfer.
 
-    The few numbers the checks need (input range; target range, non-integer and out-of-range labels, voxels
-    off a one-hot) are reduced on the device into one small tensor and read back once, so a GPU step pays
+    The few numbers the checks need (ranges: of the input, of the target, of the labels' fractional parts, of
+    the labels other than ``ignore_index``, of each voxel's channel sum) are reduced on the device into one
+    small tensor and read back once, so a GPU step pays
     one synchronisation (one graph break under ``torch.compile``) for all the checks. Only when a check fails
     are more values fetched, to write the message.
     """
     n_classes = x.shape[1]
-    xs = torch.stack(torch.aminmax(x.detach())).to(torch.float64)
     td = t.detach()
-    parts = [xs, torch.stack(torch.aminmax(td)).to(torch.float64)]
+    ranges = [x.detach(), td]  # every check is a range: aminmax only (bool-valued kernels are slow on CPU)
     if is_index:
-        frac = (td != torch.round(td)).any() if td.is_floating_point() else td.new_zeros((), dtype=torch.bool)
-        parts.append(torch.stack([frac, _bad_labels(td, n_classes, ignore_index).any()]).to(torch.float64))
-    elif act == "softmax" and t.shape[1] > 1 and not soft_label:
-        parts.append(_off_one_hot(td, valid).any().reshape(1).to(torch.float64))
-    stats = torch.cat(parts).tolist()  # the one synchronisation
+        if td.is_floating_point():  # non-integer labels: a fractional part other than 0 (NaN shows in the range)
+            ranges.append(torch.frac(td))
+        if ignore_index is not None:  # the labels other than ignore_index (read as 0)
+            ranges.append(td - (td == ignore_index).to(td.dtype) * ignore_index)
+    elif act == "softmax" and t.shape[1] > 1 and not soft_label:  # each voxel's channel sum (1 when unchecked)
+        sums = td.sum(1, keepdim=True)
+        ranges.append(sums if valid is None else torch.where(valid, sums, 1))
+    stats = torch.cat([torch.stack(torch.aminmax(r)).to(torch.float64) for r in ranges]).tolist()  # the one sync
     x_lo, x_hi, t_lo, t_hi = stats[:4]
     if not (math.isfinite(x_lo) and math.isfinite(x_hi)):
         bad = int((~torch.isfinite(x.detach())).sum())
@@ -184,14 +187,14 @@ def _value_checks(
         else ""
     )
     if is_index:
-        frac, bad = stats[4:6]
-        if frac:
+        if td.is_floating_point() and stats[4:6] != [0.0, 0.0]:
             raise ValueError(
                 f"target index labels hold non-integer values such as {_describe(td[td != torch.round(td)], 5)}: "
                 "labels were probably resampled with linear interpolation; resample labels with mode='nearest', "
                 "or pass a one-hot / soft target with one channel per class."
             )
-        if bad:
+        lo, hi = stats[-2:] if ignore_index is not None else (t_lo, t_hi)
+        if lo < 0 or hi > n_classes - 1:
             raise ValueError(
                 f"target holds labels {_describe(td)} but input has {n_classes} channel(s), so labels must lie in "
                 f"[0, {n_classes - 1}]"
@@ -205,7 +208,7 @@ def _value_checks(
             f"target values lie in [{t_lo:g}, {t_hi:g}] but a one-hot/soft target must lie in [0, 1]. For index "
             f"labels (B, 1, ...) with several classes pass to_onehot_y=True.{hint255}"
         )
-    if len(stats) > 4 and stats[4]:
+    if len(stats) > 4 and (stats[4] < 1 - 1e-3 or stats[5] > 1 + 1e-3):
         off = _off_one_hot(td, valid)
         sums = td.sum(1, keepdim=True)
         raise ValueError(

@@ -27,10 +27,10 @@ import torch.distributed as dist
 __all__ = ["MOMENTS", "region_sums", "pool", "all_reduce_sum", "compute_dtype", "is_distributed"]
 
 MOMENTS = ("tp", "sp", "sg", "sp2", "sg2", "p2g", "n", "nll")
-# voxels per chunk of the chunked kernels (focal, checkpointed per-voxel terms): an eighth of a sample, within
-# [2^14, 2^18]; the temporaries of one chunk then stay well under one copy of the logits, and the Python loop
-# costs little next to the arithmetic.
-CHUNK_MIN, CHUNK_MAX = 1 << 14, 1 << 18
+# voxels per chunk of the chunked kernels (focal, checkpointed per-voxel terms): half a sample, within
+# [2^16, 2^18]; the temporaries of one chunk then stay under one copy of the logits, and the Python loop (about
+# twenty operations per chunk, some 10 us each) costs little next to the arithmetic.
+CHUNK_MIN, CHUNK_MAX = 1 << 16, 1 << 18
 
 
 def compute_dtype(x: torch.Tensor) -> torch.dtype:
@@ -46,17 +46,18 @@ def activate(x: torch.Tensor, act: str, dim: int) -> torch.Tensor:
     return x
 
 
-def activation_backward(dp: torch.Tensor, p: torch.Tensor, act: str, dim: int) -> torch.Tensor:
-    """Gradient w.r.t. the pre-activation input given dL/dp and p = act(x)."""
+def activation_backward(dp: torch.Tensor, p: torch.Tensor, act: str, out: torch.Tensor) -> torch.Tensor:
+    """dL/dx, written into ``out``, from dL/dp (C, N) given p = act(x) with the activation over axis 0: PyTorch's
+    fused softmax and sigmoid backward kernels (one pass; ``dp`` may be ``out`` only without an activation)."""
     if act == "softmax":
-        return p * (dp - (p * dp).sum(dim, keepdim=True))
+        return torch.ops.aten._softmax_backward_data.out(dp, p, 0, p.dtype, grad_input=out)
     if act == "sigmoid":
-        return dp * p * (1 - p)
-    return dp
+        return torch.ops.aten.sigmoid_backward.grad_input(dp, p, grad_input=out)
+    return dp if dp is out else out.copy_(dp)
 
 
 def _chunks(n: int):
-    size = min(max(n // 8, CHUNK_MIN), CHUNK_MAX)
+    size = min(max(n // 2, CHUNK_MIN), CHUNK_MAX)
     for start in range(0, n, size):
         yield slice(start, min(start + size, n))
 
@@ -144,9 +145,31 @@ def fused(cls):
     return cls
 
 
+def _apply(cls, *args):
+    """``cls.apply(*args)`` with every argument given positionally. Outside torch.func transforms this calls
+    autograd's C++ entry directly: ``Function.apply`` binds the arguments to ``forward``'s signature through
+    ``inspect`` on every call when ``setup_context`` is defined, about 60 us per call, a tenth of a small loss's
+    step. Inside a transform (and should PyTorch's internals move) it is ``cls.apply`` itself."""
+    if _FAST_APPLY is None or torch._C._are_functorch_transforms_active():
+        return cls.apply(*args)
+    return _FAST_APPLY(cls, *args)
+
+
+def _fast_apply():
+    desc = getattr(getattr(torch._C, "_FunctionBase", None), "__dict__", {}).get("apply")
+    if not hasattr(desc, "__get__") or not hasattr(torch._C, "_are_functorch_transforms_active"):
+        return None
+    return lambda cls, *args: desc.__get__(None, cls)(*args)
+
+
+_FAST_APPLY = _fast_apply()
+
+
 def apply_fused(cls, *args):
     """``cls.apply(*args)`` for a ``fused`` kernel: the jvp-free class while torch.compile traces, else ``eager``."""
-    return (cls if compiling() else cls.eager).apply(*args)
+    if compiling():
+        return cls.apply(*args)
+    return _apply(cls.eager, *args)
 
 
 class Slabs:
@@ -188,18 +211,21 @@ def run_backward(fn, kernel: str, anchor: torch.Tensor, *tensors) -> tuple:
     backward it is called directly (the compiled graph is differentiated once)."""
     if compiling():
         return tuple(fn(*tensors))
-    return _Backward.apply(fn, kernel, anchor, *tensors)
+    return _apply(_Backward, fn, kernel, anchor, *tensors)
 
 
 @fused
 class _RegionSums(torch.autograd.Function):
-    """Fused activation + sums, one sample at a time. The probabilities (and, for index labels, the int32 flat
-    index of each voxel's true class) are kept for backward: about one copy of the logits, cheaper in time
-    than recomputing the softmax and far cheaper in memory than autograd's graph of the same computation.
+    """Fused activation + sums, one sample at a time. The probabilities are kept for backward: one copy of the
+    logits, cheaper in time than recomputing the softmax and far cheaper in memory than autograd's graph of the
+    same computation. Index labels are read once into one byte per voxel (``compact_labels``, kept for backward)
+    and, one sample at a time, into a one-hot that lives only inside the kernel (``label_one_hot``): no gather or
+    scatter by the label (a scatter-add into one bucket serialises when nearly every voxel is background).
 
-    forward returns ``(out (M, B, C), *probabilities, *flat indices, *log-probabilities)``; the log-probabilities
-    (dense targets with the cross-entropy) only when ``keep_logp``: the target's gradient needs them. Every result
-    is built out of place (per-sample rows, then stacked), which torch.compile traces exactly."""
+    forward returns ``(out (M, B, C), *probabilities, *extra)``: for index labels the compact labels (B, 1, N);
+    for dense targets with the cross-entropy and ``keep_logp`` the log-probabilities (the target's gradient
+    needs them), else nothing. Every result is built out
+    of place (per-sample rows, then stacked), which torch.compile traces exactly."""
 
     @staticmethod
     def forward(x, target, valid, weight, act, moments, soft_label, keep_logp):
@@ -207,27 +233,33 @@ class _RegionSums(torch.autograd.Function):
             b, c, n = x.shape
             dt = compute_dtype(x)
             is_index = target.shape[1] == 1 and c > 1
-            rows, probs, flats, logps = [], [], [], []
+            labels = compact_labels(target, c) if is_index else None  # read once; 1 byte per voxel, kept
+            rows, probs, logps = [], [], []
+            binary = _binary_path(is_index, c, act, weight, moments)
             for bi in range(b):
-                # dense targets need every log p for the cross-entropy; index labels only the true class's,
-                # which _index_sums takes from p (one exp pass less)
-                logp = torch.log_softmax(x[bi].to(dt), 0) if "nll" in moments and not is_index else None
-                p = logp.exp() if logp is not None else activate(x[bi].to(dt), act, 0)
-                v = valid[bi] if valid is not None else None
+                xb = x[bi].to(dt)
+                if binary:  # two softmax classes: everything from the logit gap, one value per voxel kept
+                    v = valid[bi].to(dt) if valid is not None else None
+                    p1, sums = _binary_sums(moments, xb, labels[bi], v, n)
+                    rows.append(torch.stack([sums[m] for m in moments]))
+                    probs.append(p1)
+                    continue
+                # dense targets need every log p for the cross-entropy; index labels only the true class's, which
+                # _sums takes from p (one exp pass less)
+                logp = torch.log_softmax(xb, 0) if "nll" in moments and not is_index else None
+                p = logp.exp() if logp is not None else activate(xb, act, 0)
+                v = valid[bi].to(dt) if valid is not None else None  # 0/1 floats: bool arithmetic is slow on CPU
                 w = weight[bi] if weight is not None else None
-                if is_index:
-                    sums, flat = _index_sums(moments, p, x[bi], target[bi], v, w, c)
-                    flats.append(flat)
-                else:
-                    sums = _dense_sums(moments, p, logp, target[bi].to(dt), _mult(v, w), soft_label)
-                    if keep_logp and logp is not None:
-                        logps.append(logp)
+                t = label_one_hot(labels[bi], c, dt) if is_index else target[bi].to(dt)
+                sums = _sums(moments, p, logp, t, _mult(v, w), soft_label, xb if is_index else None)
+                if keep_logp and logp is not None:
+                    logps.append(logp)
                 if "n" in moments:  # number of valid voxels, whatever the weights
                     sums["n"] = p.new_full((c,), n) if v is None else v.sum().to(dt).expand(c)
                 rows.append(torch.stack([sums[m] for m in moments]))
                 probs.append(p)
             out = torch.stack(rows, 1)
-        return (out, *probs, *flats, *logps)
+        return (out, *probs, *((labels,) if is_index else logps))
 
     @staticmethod
     def setup_context(ctx, inputs, output):
@@ -237,6 +269,7 @@ class _RegionSums(torch.autograd.Function):
         ctx.save_for_backward(out, target, valid, weight, *kept)
         ctx.act, ctx.moments, ctx.soft_label, ctx.x_dtype = act, moments, soft_label, x.dtype
         ctx.is_index = target.shape[1] == 1 and x.shape[1] > 1
+        ctx.binary = _binary_path(ctx.is_index, x.shape[1], act, weight, moments)
 
     @staticmethod
     def backward(ctx, grad_out, *_):
@@ -244,9 +277,12 @@ class _RegionSums(torch.autograd.Function):
         need_x, need_t = ctx.needs_input_grad[0], ctx.needs_input_grad[1] and not ctx.is_index
         if not (need_x or need_t):
             return (None,) * 8
-        fn = functools.partial(
-            _region_sums_backward, ctx.act, ctx.moments, ctx.soft_label, ctx.is_index, ctx.x_dtype, need_x, need_t
-        )
+        if ctx.binary:
+            fn = functools.partial(_binary_backward, ctx.moments, ctx.x_dtype)
+        else:
+            fn = functools.partial(
+                _region_sums_backward, ctx.act, ctx.moments, ctx.soft_label, ctx.is_index, ctx.x_dtype, need_x, need_t
+            )
         gx, gt = run_backward(fn, "_RegionSums", out, grad_out, target, valid, weight, *kept)
         return gx, gt, None, None, None, None, None, None
 
@@ -259,11 +295,11 @@ def _region_sums_backward(
     act, moments, soft_label, is_index, x_dtype, need_x, need_t, grad_out, target, valid, weight, *kept
 ):
     """dL/dx (B, C, N) and, for a dense floating target, dL/dtarget, from dL/d(sums) (M, B, C) and what forward
-    kept (probabilities, flat indices for index labels, log-probabilities when the target needs a gradient)."""
+    kept (probabilities, log-probabilities when the target needs a gradient)."""
     b = target.shape[0]
-    probs, rest = kept[:b], kept[b:]
-    flats = rest if is_index else ()
-    logps = rest if not is_index else ()
+    probs, extra = kept[:b], kept[b:]
+    labels = extra[0] if is_index else None
+    logps = () if is_index else extra
     c, n = probs[0].shape
     dt = probs[0].dtype
     with torch.autocast(device_type=probs[0].device.type, enabled=False):
@@ -271,29 +307,103 @@ def _region_sums_backward(
         gx = Slabs(b, (c, n), x_dtype, probs[0].device) if need_x else None
         gt = Slabs(b, target.shape[1:], target.dtype, target.device) if need_t else None
         for bi in range(b):
-            g = {m: grad_out[i, bi] for i, m in enumerate(moments)}
+            g = dict(zip(moments, grad_out[:, bi].unbind(0)))
             p = probs[bi]
-            v = valid[bi] if valid is not None else None
+            v = valid[bi].to(dt) if valid is not None else None
             w = weight[bi] if weight is not None else None
+            t = label_one_hot(labels[bi], c, dt) if is_index else target[bi].to(dt)
             if need_t:
                 logp = logps[bi] if logps else None
-                gt.put(bi, _sums_target_backward(g, p, target[bi].to(dt), _mult(v, w), soft_label, logp))
+                gt.put(bi, _sums_target_backward(g, p, t, _mult(v, w), soft_label, logp))
             if not need_x:
                 continue
-            if is_index:  # computed in place in the buffer's row where it can (not for half-precision input)
-                dx, in_place = gx.slot(bi, p)
-                _index_backward(dx, g, p, flats[bi], target[bi].reshape(1, -1), v, w, act)
-                if not in_place:
-                    gx.put(bi, dx)
-                continue
-            dp = _sums_backward(g, p, target[bi], _mult(v, w), soft_label, dt)
-            dx = activation_backward(dp, p, act, 0)
-            if "nll" in g:  # d/dx sum_c e_c (-g_c log p_c) = p * sum_c e_c g_c - e * g, on valid voxels
-                eg = g["nll"].unsqueeze(1) * dense_chunk(target[bi], c, dt)
-                nll_dx = p * eg.sum(0, keepdim=True) - eg
-                dx += nll_dx if v is None else nll_dx * v
-            gx.put(bi, dx)
+            dx, in_place = gx.slot(bi, p)  # in the buffer's row where it can (not for half-precision input)
+            dp = None if act == "none" else torch.empty_like(p)  # dL/dp, then through the activation into dx
+            activation_backward(_sums_backward(dx if dp is None else dp, g, p, t, _mult(v, w), soft_label), p, act, dx)
+            if "nll" in g:
+                _nll_backward(dx, g["nll"].unsqueeze(1), p, t, v)
+            if not in_place:
+                gx.put(bi, dx)
     return None if gx is None else gx.result(), None if gt is None else gt.result()
+
+
+_BINARY_MOMENTS = frozenset(("tp", "sp", "sg", "n", "nll"))
+
+
+def _binary_path(is_index, c, act, weight, moments) -> bool:
+    """Whether ``_RegionSums`` takes its two-class path: softmax over two channels with index labels, no weight
+    map, and only the sums that path computes (those of Dice, Tversky, DiceCE, ...)."""
+    return is_index and c == 2 and act == "softmax" and weight is None and _BINARY_MOMENTS.issuperset(moments)
+
+
+def _binary_sums(moments, x, t, v, n):
+    """Sums of one sample for two softmax classes and index labels t (1, N) (0/1), from the logit gap
+    d = x_1 - x_0 alone: p_1 = sigmoid(d), p_0 = 1 - p_1, so every class-0 sum is a count minus a class-1 sum
+    (the difference taken in float64) and one value per voxel serves both classes. The cross-entropy is
+    softplus(-z) with z = d for t = 1 and -d for t = 0: exact at any logit gap. Returns p_1 (1, N), kept for
+    backward, and the sums, each a (2,) vector."""
+    d = x[1:2] - x[0:1]
+    p1 = torch.sigmoid(d)
+    tf = t.to(x.dtype)
+    tv = tf if v is None else tf * v
+    n_valid = torch.tensor(float(n), dtype=torch.float64, device=x.device) if v is None else v.sum().double()
+    sg1 = tv.sum().double()
+    s = {}
+
+    def pair(total, one):  # (class 0, class 1) from a total over the valid voxels and the class-1 part
+        return torch.stack([total - one, one]).to(x.dtype)
+
+    if "tp" in moments or "sp" in moments:
+        sp1 = (p1 if v is None else p1 * v).sum().double()
+        tp1 = (p1 * tv).sum().double()
+        if "tp" in moments:  # tp_0 = sum over valid t = 0 of (1 - p_1) = (N_valid - sg_1) - (sp_1 - tp_1)
+            s["tp"] = torch.stack([(n_valid - sg1) - (sp1 - tp1), tp1]).to(x.dtype)
+        if "sp" in moments:
+            s["sp"] = pair(n_valid, sp1)
+    if "sg" in moments:
+        s["sg"] = pair(n_valid, sg1)
+    if "n" in moments:
+        s["n"] = n_valid.to(x.dtype).expand(2)
+    if "nll" in moments:
+        nll = torch.nn.functional.softplus(d * (1 - 2 * tf))  # -log p_t
+        if v is not None:
+            nll = nll * v
+        s["nll"] = pair(nll.sum().double(), (nll * tf).sum().double())
+    return p1, s
+
+
+def _binary_backward(moments, x_dtype, grad_out, target, valid, weight, *kept):
+    """dL/dx of ``_binary_sums`` for every sample: with a, b, k = dL/d(sp, tp, nll) (each (2,)) and p = p_1,
+    dL/dd = v [p (1 - p) (a_1 - a_0 - b_0 + (b_0 + b_1) t) + (k_0 + (k_1 - k_0) t)(p - t)] and dx_1 = -dx_0 =
+    dL/dd. Returns (dL/dx, None)."""
+    b = target.shape[0]
+    probs, labels = kept[:b], kept[b]
+    dt = probs[0].dtype
+    n = probs[0].shape[-1]
+    with torch.autocast(device_type=probs[0].device.type, enabled=False):
+        grad_out = grad_out.to(dt)
+        gx = Slabs(b, (2, n), x_dtype, probs[0].device)
+        zero = grad_out.new_zeros(2)
+        for bi in range(b):
+            g = dict(zip(moments, grad_out[:, bi].unbind(0)))
+            a, bt, k = g.get("sp", zero), g.get("tp", zero), g.get("nll", zero)
+            p = probs[bi]
+            tf = labels[bi].to(dt)
+            # eager: dL/dd into the buffer's row for class 1, its negative into the row for class 0
+            dx, in_place = (None, False) if compiling() else gx.slot(bi, p.new_empty((2, n)))
+            gd = torch.addcmul(p, p, p, value=-1, out=None if dx is None else dx[1:2])  # p (1 - p)
+            gd.mul_(torch.addcmul(a[1] - a[0] - bt[0], tf, bt[0] + bt[1]))
+            if "nll" in g:
+                gd.addcmul_(torch.addcmul(k[0], tf, k[1] - k[0]), p - tf)
+            if valid is not None:
+                gd.mul_(valid[bi])
+            if dx is None:
+                gx.put(bi, torch.cat([-gd, gd]))
+                continue
+            torch.neg(gd, out=dx[0:1])
+            if not in_place:
+                gx.put(bi, dx)
+    return gx.result(), None
 
 
 def _mult(v, w):
@@ -303,113 +413,53 @@ def _mult(v, w):
     return w if v is None else w * v
 
 
+def compact_labels(t: torch.Tensor, c: int) -> torch.Tensor:
+    """Index labels (values in ``[0, c)``) in the smallest integer type that holds them: one byte per voxel up to
+    256 classes. Comparisons on int64 labels run several times slower than on bytes, and the bytes are cheap to
+    keep for backward."""
+    small = torch.uint8 if c <= 256 else torch.int32
+    return t if t.dtype == small else t.to(small)
+
+
+def label_one_hot(t: torch.Tensor, c: int, dt) -> torch.Tensor:
+    """The (C, n) float one-hot of index labels t (1, n), built inside a kernel for one sample (or chunk) at a
+    time and dropped after use, never kept nor part of an autograd graph: C comparisons of the labels' bytes
+    (``compact_labels``) written into one buffer, on CPU and GPU alike far cheaper than a scatter, a gather or a
+    scatter-add by the label (which serialises on one bucket when nearly every voxel is background). Floats, not
+    bool or bytes: PyTorch's CPU kernels run bool-valued operations unvectorised, and a product of floats with
+    bytes first copies the bytes to floats."""
+    t = compact_labels(t, c)
+    if compiling():  # one fused comparison; no writes into slices of a fresh buffer
+        return (t == torch.arange(c, device=t.device, dtype=t.dtype).view(c, 1)).to(dt)
+    out = torch.empty((c, t.shape[-1]), dtype=dt, device=t.device)
+    for k in range(c):
+        torch.eq(t[0], k, out=out[k])
+    return out
+
+
 def dense_chunk(t: torch.Tensor, c: int, dt) -> torch.Tensor:
-    if t.shape[0] == 1 and c > 1:
-        return torch.zeros(c, t.shape[-1], dtype=dt, device=t.device).scatter_(0, t.reshape(1, -1).long(), 1.0)
-    return t.to(dt)
+    """A target chunk as C float channels: index labels t (1, n) become their one-hot (C, n); a dense target is
+    only cast."""
+    if t.shape[0] != 1 or c == 1:
+        return t.to(dt)
+    return label_one_hot(t, c, dt)
 
 
-def _at_true_class(w: torch.Tensor | None, flat: torch.Tensor, dtype) -> torch.Tensor | None:
-    """A weight map (1 or C, N) read at each voxel's true class: (N,), or None without a map."""
-    if w is None:
-        return None
-    return (w.reshape(-1).index_select(0, flat) if w.shape[0] > 1 else w[0]).to(dtype)
+def _class_dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """sum over the class axis of a * b, (C, n) maps (either may have one row), as (1, n)."""
+    if compiling() or max(a.shape[0], b.shape[0]) == 1:
+        return (a * b).sum(0, keepdim=True)
+    c = max(a.shape[0], b.shape[0])
+    row = lambda m, k: m[k : k + 1] if m.shape[0] > 1 else m  # noqa: E731
+    out = row(a, 0) * row(b, 0)
+    for k in range(1, c):
+        out.addcmul_(row(a, k), row(b, k))
+    return out
 
 
 def _take(vec: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
     """vec[t] for a small per-class vector and index labels t (1, n); index_select is the fast path."""
     return vec.index_select(0, t.reshape(-1)).reshape(t.shape)
-
-
-def _index_backward(out, g, p, flat, t, v, w, act):
-    """Backward for index labels, written into ``out`` (C, N) in place, without building a one-hot or dL/dp.
-
-    dL/dp_c = A_c + [t == c] B with A_c = (a_c + 2 a2_c p_c) w_c and B = (b_t + 2 e_t p_t) w_t, where a, a2, b,
-    e are dL/d(sp, sp2, tp, p2g) and w the voxel weight (1 without a map); the cross-entropy adds
-    k (p - onehot) in logit space, k = dL/dnll_t. Softmax: dx = p A - p s + [t == c](p_t B - k) with
-    s = sum_c p_c A_c + p_t B - k; sigmoid: dx = (A + [t == c] B) p (1 - p); none: dx = A + [t == c] B.
-    On CPU every fresh large buffer costs page faults as well as a pass, hence the in-place steps."""
-    c = p.shape[0]
-    a = g["sp"] if "sp" in g else p.new_zeros(c)
-    needs_pt = "tp" in g or "p2g" in g
-    pt = p.view(-1).index_select(0, flat).unsqueeze(0) if needs_pt else None  # recomputed: cheaper than kept
-    wt = _at_true_class(w, flat, p.dtype)
-    # A into out
-    if "sp2" in g:
-        torch.mul(p, (2 * g["sp2"]).unsqueeze(1), out=out).add_(a.unsqueeze(1))
-        if w is not None:
-            out.mul_(w)
-    elif w is not None:
-        torch.mul(w, a.unsqueeze(1), out=out)
-    elif act != "softmax":  # (softmax with A_c = a_c takes the gemv path below)
-        out.copy_(a.unsqueeze(1).expand_as(out))
-    bvec = None  # B, per voxel
-    if "tp" in g:
-        bvec = _take(g["tp"], t)[0]
-    if "p2g" in g:
-        e2 = 2 * _take(g["p2g"], t)[0] * pt[0]
-        bvec = e2 if bvec is None else bvec + e2
-    if bvec is not None and wt is not None:
-        bvec = bvec * wt
-    if act == "softmax":
-        extra = None if bvec is None else pt[0] * bvec
-        if "nll" in g:
-            k = _take(g["nll"], t)[0]
-            extra = -k if extra is None else extra - k
-        if w is None and "sp2" not in g:  # A_c = a_c: s by one gemv, out = p * a
-            s = a @ p
-            torch.mul(p, a.unsqueeze(1).to(p.dtype), out=out)
-        else:
-            out.mul_(p)
-            s = out.sum(0)
-        if extra is not None:
-            s += extra
-        out.addcmul_(p, s.unsqueeze(0), value=-1)
-        if extra is not None:
-            out.view(-1).index_add_(0, flat, extra)
-    else:
-        if bvec is not None:
-            out.view(-1).index_add_(0, flat, bvec)
-        if act == "sigmoid":
-            out.mul_(p).mul_(1 - p)
-    if v is not None:
-        out *= v
-
-
-def _index_sums(moments, p, x, t, v, w, c):
-    """Sums for one sample, index labels t (1, N), probabilities p (C, N) of the logits x, as a dict of (C,)
-    vectors, and the flat index of the true class of every voxel, which backward reuses. ``w`` (1 or C, N) weighs
-    every voxel's contribution."""
-    t = t.reshape(1, -1)
-    bins = t[0] if v is None else torch.where(v[0], t[0], c)  # ignored voxels go to an extra bin, dropped
-    nb = c + 1
-
-    def binned(src):  # per-class sums of a per-voxel vector; scatter_add, not bincount: one pass, static size
-        return torch.zeros(nb, dtype=src.dtype, device=src.device).scatter_add(0, bins, src)[:c]
-
-    flat = _flat_index(t[0], p.shape[1], c)  # position of (t_v, v) in the flattened (C, N) map
-    pt = p.view(-1).index_select(0, flat)
-    s = {}
-    if "nll" in moments:
-        s["nll"] = -binned(_log_true_class(pt, x, flat))
-    wt = _at_true_class(w, flat, p.dtype)
-    ptw = pt if wt is None else pt * wt
-    if "tp" in moments:
-        s["tp"] = binned(ptw)
-    if "p2g" in moments:
-        s["p2g"] = binned(pt * ptw)
-    if "sg" in moments or "sg2" in moments:
-        counts = (bin_counts(bins, nb)[:c] if wt is None else binned(wt)).to(p.dtype)
-        for m in ("sg", "sg2"):
-            if m in moments:
-                s[m] = counts
-    m = _mult(v, w)
-    pm = p if m is None else p * m
-    if "sp" in moments:
-        s["sp"] = pm.sum(1)
-    if "sp2" in moments:
-        s["sp2"] = (pm * p).sum(1)
-    return s, flat
 
 
 def bin_counts(bins: torch.Tensor, nb: int) -> torch.Tensor:
@@ -420,54 +470,51 @@ def bin_counts(bins: torch.Tensor, nb: int) -> torch.Tensor:
     return torch.zeros(nb, dtype=torch.int64, device=bins.device).scatter_add(0, bins, ones)
 
 
-def _log_true_class(pt: torch.Tensor, x: torch.Tensor, flat: torch.Tensor) -> torch.Tensor:
-    """log p_t from the softmax probability of the true class; where that probability underflows (a logit gap
-    beyond ~80 in float32) it is recomputed exactly as x_t - logsumexp(x), so the cross-entropy equals
-    PyTorch's log-softmax value everywhere. Eager recomputes only those voxels (usually none); under
-    torch.compile, which cannot branch on the data, every voxel's exact value is computed and selected."""
+def _log_true_class(pt: torch.Tensor, x: torch.Tensor, onehot: torch.Tensor) -> torch.Tensor:
+    """log p_t (1, n) from the softmax probability of the true class pt (1, n) (x the logits, onehot the labels'
+    one-hot); where that probability underflows (a logit gap beyond ~80 in float32) it is recomputed exactly as
+    x_t - logsumexp(x), so the cross-entropy equals PyTorch's log-softmax value everywhere. Eager recomputes only
+    those voxels (usually none); under torch.compile, which cannot branch on the data, every voxel's exact value
+    is computed and selected."""
     lpt = torch.log(pt)
     low = pt < torch.finfo(pt.dtype).tiny * 2**20
     if compiling():
-        cols = None
-    elif bool(low.any()):
-        cols = low.nonzero()[:, 0]
-    else:
+        return torch.where(low, _class_dot(x, onehot) - torch.logsumexp(x, 0, keepdim=True), lpt)
+    if not bool(low.any()):
         return lpt
-    xs, fl = (x, flat) if cols is None else (x[:, cols], flat[cols])
-    exact = x.reshape(-1).index_select(0, fl).to(pt.dtype) - torch.logsumexp(xs.to(pt.dtype), 0)
-    return torch.where(low, exact, lpt) if cols is None else lpt.index_put((cols,), exact)
+    cols = low[0].nonzero()[:, 0]
+    xs = x[:, cols]
+    exact = _class_dot(xs, onehot[:, cols])[0] - torch.logsumexp(xs, 0)
+    return lpt.index_put((torch.zeros_like(cols), cols), exact)
 
 
-_ARANGE: dict = {}
+def _nll_backward(dx, k, p, t, v):
+    """Adds the cross-entropy's dL/dx to ``dx`` (C, N): d/dx sum_c t_c (-k_c log p_c) = p sum_c t_c k_c - t k (for
+    a target t that sums to 1 over the classes) on the valid voxels (v), with k = dL/dnll (C, 1)."""
+    tk = _class_dot(k.expand_as(p), t)  # sum_c t_c k_c: k at each voxel's label for a one-hot
+    if v is None:
+        return dx.addcmul_(p, tk).addcmul_(t, k, value=-1)
+    return dx.addcmul_(p, tk * v).sub_(t * k * v)
 
 
-def _flat_index(t: torch.Tensor, n: int, c: int) -> torch.Tensor:
-    """t * n + arange(n): with it, index_select / index_add on the flattened (C, N) map replace gather /
-    scatter along the class axis, which are about twice as slow on CPU. int32 (half the memory kept for
-    backward) whenever the map has fewer than 2^31 entries. The arange is cached in eager mode; torch.compile
-    fuses it into the addition (and would recompile on every change of a cached global)."""
-    dtype = torch.int32 if c * n < 2**31 else torch.int64
-    key = (n, t.device, dtype)
-    ar = torch.arange(n, device=t.device, dtype=dtype) if compiling() else _ARANGE.get(key)
-    if ar is None:
-        if len(_ARANGE) >= 8:  # a few sizes (patch, validation volume) recur; keep the cache small
-            _ARANGE.pop(next(iter(_ARANGE)))
-        ar = _ARANGE[key] = torch.arange(n, device=t.device, dtype=dtype)
-    return torch.add(ar, t.to(dtype), alpha=n)
-
-
-def _dense_sums(moments, p, logp, g, m, soft_label):
-    """Sums for one sample with a dense target g (C, N), as a dict of (C,) vectors; m (1 or C, N) multiplies every
-    voxel's term."""
+def _sums(moments, p, logp, g, m, soft_label, x=None):
+    """Sums for one sample with probabilities p and a target g (C, N) (the one-hot of index labels, or a dense
+    one-hot / soft target), as a dict of (C,) vectors; m (1 or C, N) multiplies every voxel's term. The
+    cross-entropy reads logp (C, N) or, without it (index labels, ``x`` the sample's logits), the log of the true
+    class's probability only: one log per voxel instead of C."""
     s = {}
-    if "nll" in moments:
-        nll = -(g * logp)
-        s["nll"] = (nll if m is None else nll * m).sum(1)
-    pm = p if m is None else p * m
     gm = g if m is None else g * m
-    if "tp" in moments:  # soft labels: sum min(p, g) (m is the 0/1 valid mask there)
+    pm = p if m is None else p * m
+    if "nll" in moments:
+        lp = logp if logp is not None else _log_true_class(_class_dot(p, g), x, g)
+        s["nll"] = -(gm * lp).sum(1)
+    if x is not None and "tp" in moments:  # g: the one-hot of index labels
+        s["tp"], sp = _tp_sp(pm, g)
+        if "sp" in moments:
+            s["sp"] = sp
+    elif "tp" in moments:  # soft labels: sum min(p, g) (m is the 0/1 valid mask there)
         s["tp"] = (torch.minimum(pm, gm) if soft_label else pm * g).sum(1)
-    if "sp" in moments:
+    if "sp" in moments and "sp" not in s:
         s["sp"] = pm.sum(1)
     if "sg" in moments:
         s["sg"] = gm.sum(1)
@@ -500,26 +547,54 @@ def _sums_target_backward(g, p, t, m, soft_label, logp):
     return dg if m is None else dg * m
 
 
-def _sums_backward(g, p, t, m, soft_label, dt):
-    """dL/dp for one sample with a dense target t (C, N), given dL/d(sum) per class g[m] (C,); m (1 or C, N)
-    multiplies every voxel's term."""
+_BLOCK = 1 << 15  # voxels per block of ``_tp_sp``'s matrix products
+
+
+def _tp_sp(pm: torch.Tensor, g: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """tp = sum pm g and sp = sum pm per class (C,), for a one-hot g (C, N) (every voxel's channels sum to 1):
+    the diagonal and the row sums of pm g^T. One batched matrix product over blocks of 2^15 voxels reads pm and g
+    once and writes no product map (on CPU and GPU alike a third fewer bytes than a product and two sums); each
+    block's sums are exact to float32 rounding and the blocks are added in float64."""
+    c, n = pm.shape
+    nb = n // _BLOCK
+    total = pm.new_zeros((c, c), dtype=torch.float64)
+    if nb:
+        head = nb * _BLOCK
+        a = pm[:, :head].view(c, nb, _BLOCK).transpose(0, 1)
+        b = g[:, :head].view(c, nb, _BLOCK).permute(1, 2, 0)
+        total = total + torch.bmm(a, b).double().sum(0)
+    if nb * _BLOCK < n:
+        tail = slice(nb * _BLOCK, n)
+        total = total + (pm[:, tail] @ g[:, tail].T).double()
+    return torch.diagonal(total).to(pm.dtype), total.sum(1).to(pm.dtype)
+
+
+def _sums_backward(out, g, p, t, m, soft_label):
+    """dL/dp for one sample with a target t (C, N) (the one-hot of index labels, or a dense one-hot / soft
+    target), given dL/d(sum) per class g[m] (C,),
+    written into ``out`` (C, N); m (1 or C, N) multiplies every voxel's term. In place, term by term: on CPU every
+    fresh large buffer costs page faults as well as a pass."""
     col = lambda k: g[k].unsqueeze(1)  # noqa: E731
-    gt = t.to(dt)
-    dp = torch.zeros_like(p)
-    if "sp" in g:
-        dp += col("sp")
+    terms = []  # (map, per-class factor): dL/dp = sum of map * factor, plus the constant dL/d(sum p)
     if "sp2" in g:
-        dp += 2 * col("sp2") * p
-    if "tp" in g:
-        if soft_label:  # d/dp sum(min(p, g)), split evenly at ties as |p - g| does
-            dp += col("tp") * (1 - torch.sign(p - gt)) / 2
-        else:
-            dp += col("tp") * gt
+        terms.append((p, 2 * col("sp2")))
+    if "tp" in g:  # soft labels: d/dp sum(min(p, g)), split evenly at ties as |p - g| does
+        terms.append(((1 - torch.sign(p - t)) / 2 if soft_label else t, col("tp")))
     if "p2g" in g:
-        dp += 2 * col("p2g") * p * gt
+        terms.append((p * t, 2 * col("p2g")))
+    if terms:
+        torch.mul(*terms[0], out=out)
+        for a, f in terms[1:]:
+            out.addcmul_(a, f)
+        if "sp" in g:
+            out.add_(col("sp"))
+    elif "sp" in g:
+        out.copy_(col("sp").expand_as(out))
+    else:
+        out.zero_()
     if m is not None:
-        dp *= m
-    return dp
+        out *= m
+    return out
 
 
 def region_sums(prep, moments, soft_label: bool = False, weight: torch.Tensor | None = None) -> dict[str, torch.Tensor]:

@@ -1,0 +1,137 @@
+"""The statistics kernels' internal paths (monai_losses_ext/losses/_stats.py), each against another way to compute
+the same thing: the two-class softmax path against the general path (values and gradients, with and without an
+ignored label, float32 and float64, extreme logit gaps), the blocked matrix-product sums against float64 sums
+(sizes below, at and across the block size), the labels' one-hot against ``torch.nn.functional.one_hot``, and the
+chunked kernels (focal, per-voxel sums) with many small chunks against one chunk per sample. Checks that read the
+labels' range are tested where a narrower integer type would wrap (labels 256 and -256 with two classes)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import monai_losses_ext as E
+from monai_losses_ext.losses import _stats as S
+
+SM = dict(softmax=True, to_onehot_y=True)
+
+BINARY_LOSSES = {
+    "dice": lambda **k: E.DiceLoss(**SM, **k),
+    "dice_batch": lambda **k: E.DiceLoss(**SM, batch=True, **k),
+    "dice_ce": lambda **k: E.DiceCELoss(**SM, **k),
+    "tversky": lambda **k: E.TverskyLoss(alpha=0.3, beta=0.7, **SM, **k),
+    "generalized_dice": lambda **k: E.GeneralizedDiceLoss(**SM, **k),
+}
+
+
+def _value_and_grad(loss, x, y):
+    x = x.clone().requires_grad_(True)
+    value = loss(x, y)
+    (grad,) = torch.autograd.grad(value, x)
+    return value.detach(), grad
+
+
+def _case(dtype, scale, seed=0, shape=(2, 2, 9, 10, 11)):
+    g = torch.Generator().manual_seed(seed)
+    x = (torch.randn(shape, generator=g) * scale).to(dtype)
+    y = (torch.rand((shape[0], 1, *shape[2:]), generator=g) < 0.2).long()
+    return x, y
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("scale", [1.0, 40.0])  # 40: logit gaps of ~100, where 1 - p rounds to 0 in float32
+@pytest.mark.parametrize("ignore", [False, True])
+@pytest.mark.parametrize("name", sorted(BINARY_LOSSES))
+def test_binary_path_equals_general_path(monkeypatch, name, ignore, scale, dtype):
+    x, y = _case(dtype, scale)
+    kwargs = {}
+    if ignore:
+        y[:, :, :3] = 255  # a slab of ignored voxels
+        kwargs["ignore_index"] = 255
+    loss = BINARY_LOSSES[name](**kwargs)
+    calls = []
+    original = S._binary_sums
+    monkeypatch.setattr(S, "_binary_sums", lambda *a: calls.append(1) or original(*a))
+    fast = _value_and_grad(loss, x, y)
+    assert calls, "the two-class path was not taken"
+    monkeypatch.setattr(S, "_binary_path", lambda *a: False)
+    general = _value_and_grad(loss, x, y)
+    tol = dict(rtol=1e-5, atol=1e-6) if dtype == torch.float32 else dict(rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(fast[0], general[0], **tol)
+    torch.testing.assert_close(fast[1], general[1], **tol)
+    assert torch.isfinite(fast[1]).all()
+
+
+def test_binary_path_gradcheck():
+    x, y = _case(torch.float64, 3.0, shape=(2, 2, 4, 5))
+    y[0, :, 0] = 7  # ignored
+    for loss in (E.DiceCELoss(**SM, ignore_index=7), E.TverskyLoss(**SM, alpha=0.2, beta=0.8, ignore_index=7)):
+        assert torch.autograd.gradcheck(lambda t, loss=loss: loss(t, y), (x.clone().requires_grad_(True),))
+
+
+@pytest.mark.parametrize("n", [1, 1000, S._BLOCK, 3 * S._BLOCK + 123])
+def test_blocked_sums_equal_float64_sums(n):
+    g = torch.Generator().manual_seed(n)
+    p = torch.softmax(torch.randn(3, n, generator=g), 0)
+    labels = torch.randint(0, 3, (1, n), generator=g)
+    onehot = S.label_one_hot(labels, 3, torch.float32)
+    tp, sp = S._tp_sp(p, onehot)
+    torch.testing.assert_close(tp.double(), (p.double() * onehot.double()).sum(1), rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(sp.double(), p.double().sum(1), rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("c", [2, 5, 300])
+def test_label_one_hot_equals_torch_one_hot(c):
+    labels = torch.randint(0, c, (1, 777), generator=torch.Generator().manual_seed(c))
+    expected = torch.nn.functional.one_hot(labels[0], c).T.float()
+    assert torch.equal(S.label_one_hot(labels, c, torch.float32), expected)
+    assert torch.equal(S.dense_chunk(labels, c, torch.float64), expected.double())
+
+
+CHUNKED = {
+    "focal": lambda: E.FocalLoss(to_onehot_y=True, gamma=2.0, alpha=0.25),
+    "focal_softmax": lambda: E.FocalLoss(to_onehot_y=True, use_softmax=True, gamma=1.5),
+    "dice_focal": lambda: E.DiceFocalLoss(**SM),
+    "combo": lambda: E.ComboLoss(**SM),
+    "exp_log": lambda: E.ExpLogLoss(**SM),
+}
+
+
+@pytest.mark.parametrize("name", sorted(CHUNKED))
+def test_many_chunks_equal_one_chunk(monkeypatch, name):
+    x, y = _case(torch.float32, 2.0, shape=(2, 3, 10, 11, 12))
+    y = torch.randint(0, 3, y.shape, generator=torch.Generator().manual_seed(1))
+    one = _value_and_grad(CHUNKED[name](), x, y)
+    monkeypatch.setattr(S, "CHUNK_MIN", 97)
+    monkeypatch.setattr(S, "CHUNK_MAX", 97)  # 14 chunks of 97 voxels and a partial one per sample
+    assert len(list(S._chunks(1320))) == 14
+    many = _value_and_grad(CHUNKED[name](), x, y)
+    torch.testing.assert_close(many[0], one[0], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(many[1], one[1], rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("bad", [2, 256, -256, 258])
+def test_out_of_range_labels_are_reported_not_wrapped(bad):
+    x, y = _case(torch.float32, 1.0)
+    y[0, 0, 0, 0, 0] = bad  # 256 and -256 read as 0 in one byte, 258 as 2
+    with pytest.raises(ValueError, match=rf"out of range: \{{{bad}\}}"):
+        E.DiceLoss(**SM)(x, y)
+
+
+def test_ignore_index_labels_pass_and_others_are_reported():
+    x, y = _case(torch.float32, 1.0)
+    y[0, 0, 0] = 255
+    E.DiceLoss(**SM, ignore_index=255)(x, y)  # 255 ignored: no error
+    y[1, 0, 0, 0, 0] = 3
+    with pytest.raises(ValueError, match=r"out of range: \{3\}"):
+        E.DiceLoss(**SM, ignore_index=255)(x, y)
+
+
+def test_non_integer_float_labels_are_reported():
+    x, y = _case(torch.float32, 1.0)
+    yf = y.float()
+    yf[0, 0, 0, 0, 0] = 0.5
+    with pytest.raises(ValueError, match="non-integer"):
+        E.DiceLoss(**SM)(x, yf)
+    yf[0, 0, 0, 0, 0] = -0.0  # a signed zero is an integer label
+    E.DiceLoss(**SM)(x, yf)
