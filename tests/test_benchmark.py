@@ -11,6 +11,7 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
+import torch
 
 from monai_losses_ext import metrics as M
 from monai_losses_ext.benchmark import (
@@ -27,6 +28,7 @@ from monai_losses_ext.benchmark import (
     validation_summary,
 )
 from monai_losses_ext.benchmark import quality as Q
+from monai_losses_ext.benchmark import regime as R
 from monai_losses_ext.benchmark import speed as S
 from monai_losses_ext.benchmark.__main__ import main as cli
 from monai_losses_ext.metrics import score_case
@@ -605,3 +607,29 @@ def test_bundle_args_reach_training_inference_and_scoring(tmp_path):
     study = Study(replace(PRESETS["tiny"], losses=["dice_ce"], baseline="dice_ce"), out, data=data, log=lambda m: None)
     with pytest.raises(ValueError, match=r"unexpected \{255\}.*--bundle-args .*label_remap"):
         study.score_predictions(study.run_dir("dice_ce", 0) / "test_pred", study.splits()[1])
+
+
+# -- the bundles' regime (speed part; wall times are never asserted) ----------------------------------------
+def test_sparse_labels_hold_the_requested_foreground():
+    from monai_losses_ext.benchmark.regime import sparse_labels
+
+    two = sparse_labels(2, 2, 64)
+    assert set(two.unique().tolist()) == {0, 1}
+    assert 0.003 < float((two > 0).float().mean()) < 0.006  # ~0.5 %, less where balls overlap
+    four = sparse_labels(2, 4, 64)
+    assert set(four.unique().tolist()) == {0, 1, 2, 3}
+    assert torch.equal(four > 0, two > 0)  # the same balls, classes nested inside them
+    assert (four == 3).sum() < (four == 2).sum() < (four == 1).sum()
+
+
+def test_regime_cli_writes_both_tables(tmp_path):
+    cli(["regime", "--sizes", "8", "--step-patch", "16", "--repeats", "1", "--out", str(tmp_path), "--no-progress"])
+    table = (tmp_path / "regime.md").read_text()
+    assert "| 2, 8^3 |" in table and "| 4, 8^3 |" in table and "loss share of the step" in table
+    with open(tmp_path / "regime.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert {(r["classes"], r["loss"]) for r in rows} == {(c, n) for c in ("2", "4") for n in R.LOSSES}
+    assert all(float(r["ours_ms"]) > 0 and float(r["monai_ms"]) > 0 for r in rows)
+    share = json.loads((tmp_path / "step_share.json").read_text())
+    assert share["loss"] == "DiceCELoss" and share["patch"] == [16, 16, 16] and share["patches"] == 4
+    assert 0 < share["ours_share"] < 1 and 0 < share["monai_share"] < 1

@@ -18,6 +18,7 @@ EPILOG = r"""examples:
   python -m monai_losses_ext.benchmark quality --data /data/MyLesions \
       --bundle-args "{'in_channels': 1, 'label_remap': {255: 1}}"
   python -m monai_losses_ext.benchmark speed --device cuda --size 128 --amp
+  python -m monai_losses_ext.benchmark regime               # sparse labels, the bundles' patch sizes, step share
 
 Run the same command again to resume: finished runs are read back, an interrupted training continues from
 its last checkpoint. Outputs (default runs/benchmark/<preset>/): report.md, cases.csv, summary.csv,
@@ -40,7 +41,7 @@ def parser() -> argparse.ArgumentParser:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("part", nargs="?", default="all", choices=["all", "speed", "quality"])
+    p.add_argument("part", nargs="?", default="all", choices=["all", "speed", "quality", "regime"])
     p.add_argument("--preset", default="cpu", choices=sorted(PRESETS), help="study size (default cpu)")
     p.add_argument("--out", type=Path, help="output folder (default runs/benchmark/<preset>)")
     q = p.add_argument_group("quality study (defaults from the preset)")
@@ -93,6 +94,10 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--amp", action="store_true", default=None)
     s.add_argument("--only", nargs="*", help="case names or registry names to time")
     s.add_argument("--no-peers", action="store_true", help="skip segmentation_models_pytorch / kornia")
+    r = p.add_argument_group("regime (sparse labels at the bundles' patch sizes; the loss's share of a step)")
+    r.add_argument("--sizes", nargs="+", type=int, help="patch edges of the sparse-label table (default 64 96)")
+    r.add_argument("--step-patch", type=int, help="patch edge of the step-share run (default: the bundle's)")
+    r.add_argument("--no-step", action="store_true", help="skip the step-share run")
     return p
 
 
@@ -150,6 +155,13 @@ def main(argv=None) -> int:
         a.threads_speed = a.threads
         print(f"== speed and memory ({a.device}, {a.size}^3) ==", flush=True)
         speed.main(argparse.Namespace(**{**vars(a), "out": a.out, "threads": a.threads}))
+    if a.part == "regime":
+        from . import regime
+
+        a.device = a.device or ("cuda" if torch.cuda.is_available() else "cpu")
+        a.repeats = a.repeats or 7
+        print(f"== loss speed in the bundles' regime ({a.device}) ==", flush=True)
+        regime.main(a)
     if a.part in ("all", "quality"):
         from .report import write_report
 
