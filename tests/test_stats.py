@@ -1,6 +1,6 @@
 """The statistics kernels' internal paths (monai_losses_ext/losses/_stats.py), each against another way to compute
 the same thing: the two-class softmax path against the general path (values and gradients, with and without an
-ignored label, float32 and float64, extreme logit gaps), the blocked matrix-product sums against float64 sums
+ignored label, float32 and float64, extreme logit gaps), the blocked matrix products against float64 products
 (sizes below, at and across the block size), the labels' one-hot against ``torch.nn.functional.one_hot``, and the
 chunked kernels (focal, per-voxel sums) with many small chunks against one chunk per sample. Checks that read the
 labels' range are tested where a narrower integer type would wrap (labels 256 and -256 with two classes)."""
@@ -75,9 +75,12 @@ def test_blocked_sums_equal_float64_sums(n):
     p = torch.softmax(torch.randn(3, n, generator=g), 0)
     labels = torch.randint(0, 3, (1, n), generator=g)
     onehot = S.label_one_hot(labels, 3, torch.float32)
-    tp, sp = S._tp_sp(p, onehot)
-    torch.testing.assert_close(tp.double(), (p.double() * onehot.double()).sum(1), rtol=1e-6, atol=1e-6)
-    torch.testing.assert_close(sp.double(), p.double().sum(1), rtol=1e-6, atol=1e-6)
+    pg = S._blocked_mm(p, onehot)
+    torch.testing.assert_close(pg, p.double() @ onehot.double().T, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(pg.diagonal(), (p.double() * onehot.double()).sum(1), rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(pg.sum(1), p.double().sum(1), rtol=1e-6, atol=1e-6)  # one-hot: row sums are sum p
+    logp = torch.log(torch.rand(1, n, generator=g))  # like the log-probabilities the cross-entropy sums
+    torch.testing.assert_close(S._blocked_mm(onehot, logp), onehot.double() @ logp.double().T, rtol=1e-6, atol=1e-6)
 
 
 @pytest.mark.parametrize("c", [2, 5, 300])

@@ -477,11 +477,12 @@ def _log_true_class(pt: torch.Tensor, x: torch.Tensor, onehot: torch.Tensor) -> 
     those voxels (usually none); under torch.compile, which cannot branch on the data, every voxel's exact value
     is computed and selected."""
     lpt = torch.log(pt)
-    low = pt < torch.finfo(pt.dtype).tiny * 2**20
+    tiny = torch.finfo(pt.dtype).tiny * 2**20
     if compiling():
-        return torch.where(low, _class_dot(x, onehot) - torch.logsumexp(x, 0, keepdim=True), lpt)
-    if not bool(low.any()):
+        return torch.where(pt < tiny, _class_dot(x, onehot) - torch.logsumexp(x, 0, keepdim=True), lpt)
+    if not bool(pt.amin() < tiny):  # a minimum, not a bool map: bool kernels are slow on CPU
         return lpt
+    low = pt < tiny
     cols = low[0].nonzero()[:, 0]
     xs = x[:, cols]
     exact = _class_dot(xs, onehot[:, cols])[0] - torch.logsumexp(xs, 0)
@@ -505,13 +506,16 @@ def _sums(moments, p, logp, g, m, soft_label, x=None):
     s = {}
     gm = g if m is None else g * m
     pm = p if m is None else p * m
-    if "nll" in moments:
-        lp = logp if logp is not None else _log_true_class(_class_dot(p, g), x, g)
-        s["nll"] = -(gm * lp).sum(1)
-    if x is not None and "tp" in moments:  # g: the one-hot of index labels
-        s["tp"], sp = _tp_sp(pm, g)
+    if "nll" in moments and logp is not None:
+        s["nll"] = -(gm * logp).sum(1)
+    elif "nll" in moments:  # index labels: sum over each class's voxels of -log p_t, a matrix product
+        lpt = _log_true_class(_class_dot(p, g), x, g)
+        s["nll"] = -_blocked_mm(gm, lpt)[:, 0].to(p.dtype)
+    if x is not None and "tp" in moments:  # g: the one-hot of index labels: tp and sp from pm g^T
+        pg = _blocked_mm(pm, g)
+        s["tp"] = torch.diagonal(pg).to(p.dtype)
         if "sp" in moments:
-            s["sp"] = sp
+            s["sp"] = pg.sum(1).to(p.dtype)
     elif "tp" in moments:  # soft labels: sum min(p, g) (m is the 0/1 valid mask there)
         s["tp"] = (torch.minimum(pm, gm) if soft_label else pm * g).sum(1)
     if "sp" in moments and "sp" not in s:
@@ -547,26 +551,26 @@ def _sums_target_backward(g, p, t, m, soft_label, logp):
     return dg if m is None else dg * m
 
 
-_BLOCK = 1 << 15  # voxels per block of ``_tp_sp``'s matrix products
+_BLOCK = 1 << 15  # voxels per block of ``_blocked_mm``'s matrix products
 
 
-def _tp_sp(pm: torch.Tensor, g: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """tp = sum pm g and sp = sum pm per class (C,), for a one-hot g (C, N) (every voxel's channels sum to 1):
-    the diagonal and the row sums of pm g^T. One batched matrix product over blocks of 2^15 voxels reads pm and g
-    once and writes no product map (on CPU and GPU alike a third fewer bytes than a product and two sums); each
-    block's sums are exact to float32 rounding and the blocks are added in float64."""
-    c, n = pm.shape
+def _blocked_mm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """a b^T in float64 for (C or K, N) maps: one batched matrix product over blocks of 2^15 voxels, which reads a
+    and b once and writes no product map (on CPU and GPU alike fewer bytes than a product and a sum); each block's
+    sums are exact to float32 rounding and the blocks are added in float64. With a one-hot b (every voxel's
+    channels sum to 1) the diagonal of ``a b^T`` is sum a g per class and its row sums are sum a."""
+    (ka, n), kb = a.shape, b.shape[0]
     nb = n // _BLOCK
-    total = pm.new_zeros((c, c), dtype=torch.float64)
+    total = a.new_zeros((ka, kb), dtype=torch.float64)
     if nb:
         head = nb * _BLOCK
-        a = pm[:, :head].view(c, nb, _BLOCK).transpose(0, 1)
-        b = g[:, :head].view(c, nb, _BLOCK).permute(1, 2, 0)
-        total = total + torch.bmm(a, b).double().sum(0)
+        blocks_a = a[:, :head].reshape(ka, nb, _BLOCK).transpose(0, 1)
+        blocks_b = b[:, :head].reshape(kb, nb, _BLOCK).permute(1, 2, 0)
+        total = total + torch.bmm(blocks_a, blocks_b).double().sum(0)
     if nb * _BLOCK < n:
         tail = slice(nb * _BLOCK, n)
-        total = total + (pm[:, tail] @ g[:, tail].T).double()
-    return torch.diagonal(total).to(pm.dtype), total.sum(1).to(pm.dtype)
+        total = total + (a[:, tail] @ b[:, tail].T).double()
+    return total
 
 
 def _sums_backward(out, g, p, t, m, soft_label):

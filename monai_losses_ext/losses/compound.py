@@ -533,6 +533,8 @@ def _logsumexp_others(x: torch.Tensor) -> torch.Tensor:
     """r_c = logsumexp over the classes k != c of x (C, n), per voxel. With it log p_c = -softplus(r_c - x_c) and
     log(1 - p_c) = -softplus(x_c - r_c) for p = softmax(x) are exact in float32 also where p_c rounds to 1 (where
     log_softmax and log1p(-p) lose every digit: gradients off by 1e-5 relative in float32)."""
+    if x.shape[0] == 2:  # the one other class's logit itself
+        return x.flip(0)
     return torch.stack([torch.logsumexp(torch.cat([x[:c], x[c + 1 :]]), 0) for c in range(x.shape[0])])
 
 
