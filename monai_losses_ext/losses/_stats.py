@@ -234,16 +234,13 @@ class _RegionSums(torch.autograd.Function):
             dt = compute_dtype(x)
             is_index = target.shape[1] == 1 and c > 1
             labels = compact_labels(target, c) if is_index else None  # read once; 1 byte per voxel, kept
+            if _binary_path(is_index, c, act, weight, moments):  # two softmax classes: from the logit gap
+                v = valid.to(dt) if valid is not None else None
+                p1, sums = _binary_sums(moments, x.to(dt), labels, v, n)
+                return torch.stack([sums[m] for m in moments]), p1, labels
             rows, probs, logps = [], [], []
-            binary = _binary_path(is_index, c, act, weight, moments)
             for bi in range(b):
                 xb = x[bi].to(dt)
-                if binary:  # two softmax classes: everything from the logit gap, one value per voxel kept
-                    v = valid[bi].to(dt) if valid is not None else None
-                    p1, sums = _binary_sums(moments, xb, labels[bi], v, n)
-                    rows.append(torch.stack([sums[m] for m in moments]))
-                    probs.append(p1)
-                    continue
                 # dense targets need every log p for the cross-entropy; index labels only the true class's, which
                 # _sums takes from p (one exp pass less)
                 logp = torch.log_softmax(xb, 0) if "nll" in moments and not is_index else None
@@ -266,6 +263,7 @@ class _RegionSums(torch.autograd.Function):
         x, target, valid, weight, act, moments, soft_label, _ = inputs
         out, *kept = output
         ctx.mark_non_differentiable(*kept)
+        ctx.set_materialize_grads(False)  # no zero gradients for the kept tensors: a copy of the logits saved
         ctx.save_for_backward(out, target, valid, weight, *kept)
         ctx.act, ctx.moments, ctx.soft_label, ctx.x_dtype = act, moments, soft_label, x.dtype
         ctx.is_index = target.shape[1] == 1 and x.shape[1] > 1
@@ -275,7 +273,7 @@ class _RegionSums(torch.autograd.Function):
     def backward(ctx, grad_out, *_):
         out, target, valid, weight, *kept = ctx.saved_tensors
         need_x, need_t = ctx.needs_input_grad[0], ctx.needs_input_grad[1] and not ctx.is_index
-        if not (need_x or need_t):
+        if grad_out is None or not (need_x or need_t):
             return (None,) * 8
         if ctx.binary:
             fn = functools.partial(_binary_backward, ctx.moments, ctx.x_dtype)
@@ -311,17 +309,29 @@ def _region_sums_backward(
             p = probs[bi]
             v = valid[bi].to(dt) if valid is not None else None
             w = weight[bi] if weight is not None else None
-            t = label_one_hot(labels[bi], c, dt) if is_index else target[bi].to(dt)
+            # index labels whose sums are linear in p (all but sp2, p2g): read class by class from the labels, no
+            # one-hot in backward (it would cost half a copy of a sample's logits more)
+            from_labels = is_index and not compiling() and not ({"sp2", "p2g"} & set(g))
+            t = None if from_labels else label_one_hot(labels[bi], c, dt) if is_index else target[bi].to(dt)
             if need_t:
                 logp = logps[bi] if logps else None
                 gt.put(bi, _sums_target_backward(g, p, t, _mult(v, w), soft_label, logp))
             if not need_x:
                 continue
             dx, in_place = gx.slot(bi, p)  # in the buffer's row where it can (not for half-precision input)
-            dp = None if act == "none" else torch.empty_like(p)  # dL/dp, then through the activation into dx
-            activation_backward(_sums_backward(dx if dp is None else dp, g, p, t, _mult(v, w), soft_label), p, act, dx)
+            dp = dx if act == "none" else torch.empty_like(p)  # dL/dp, then through the activation into dx
+            if from_labels:
+                _label_affine(dp, labels[bi], g.get("sp"), g.get("tp"), _mult(v, w))
+            else:
+                _sums_backward(dp, g, p, t, _mult(v, w), soft_label)
+            activation_backward(dp, p, act, dx)
+            del dp
             if "nll" in g:
-                _nll_backward(dx, g["nll"].unsqueeze(1), p, t, v)
+                k = g["nll"].unsqueeze(1)
+                if from_labels:
+                    _nll_backward_labels(dx, k, p, labels[bi], v)
+                else:
+                    _nll_backward(dx, k, p, t, v)
             if not in_place:
                 gx.put(bi, dx)
     return None if gx is None else gx.result(), None if gt is None else gt.result()
@@ -337,73 +347,75 @@ def _binary_path(is_index, c, act, weight, moments) -> bool:
 
 
 def _binary_sums(moments, x, t, v, n):
-    """Sums of one sample for two softmax classes and index labels t (1, N) (0/1), from the logit gap
-    d = x_1 - x_0 alone: p_1 = sigmoid(d), p_0 = 1 - p_1, so every class-0 sum is a count minus a class-1 sum
+    """Sums for two softmax classes and index labels t (B, 1, N) (0/1), the whole batch at once, from the logit
+    gap d = x_1 - x_0 alone: p_1 = sigmoid(d), p_0 = 1 - p_1, so every class-0 sum is a count minus a class-1 sum
     (the difference taken in float64) and one value per voxel serves both classes. The cross-entropy is
-    softplus(-z) with z = d for t = 1 and -d for t = 0: exact at any logit gap. Returns p_1 (1, N), kept for
-    backward, and the sums, each a (2,) vector."""
-    d = x[1:2] - x[0:1]
+    softplus(-z) with z = d for t = 1 and -d for t = 0: exact at any logit gap. Returns p_1 (B, 1, N), kept for
+    backward, and the sums, each (B, 2)."""
+    d = x[:, 1:2] - x[:, 0:1]
     p1 = torch.sigmoid(d)
     tf = t.to(x.dtype)
     tv = tf if v is None else tf * v
-    n_valid = torch.tensor(float(n), dtype=torch.float64, device=x.device) if v is None else v.sum().double()
-    sg1 = tv.sum().double()
+
+    def total(a):  # (B,) float64 sums over the voxels (float32 sums, as every kernel takes them)
+        return a.sum((1, 2)).double()
+
+    n_valid = total(v) if v is not None else torch.full((x.shape[0],), float(n), dtype=torch.float64, device=x.device)
+    sg1 = total(tv)
+
+    def pair(whole, one):  # (class 0, class 1) from a sum over the valid voxels and its class-1 part
+        return torch.stack([whole - one, one], 1).to(x.dtype)
+
     s = {}
-
-    def pair(total, one):  # (class 0, class 1) from a total over the valid voxels and the class-1 part
-        return torch.stack([total - one, one]).to(x.dtype)
-
     if "tp" in moments or "sp" in moments:
-        sp1 = (p1 if v is None else p1 * v).sum().double()
-        tp1 = (p1 * tv).sum().double()
+        sp1 = total(p1 if v is None else p1 * v)
         if "tp" in moments:  # tp_0 = sum over valid t = 0 of (1 - p_1) = (N_valid - sg_1) - (sp_1 - tp_1)
-            s["tp"] = torch.stack([(n_valid - sg1) - (sp1 - tp1), tp1]).to(x.dtype)
+            tp1 = total(p1 * tv)
+            s["tp"] = torch.stack([n_valid - sg1 - sp1 + tp1, tp1], 1).to(x.dtype)
         if "sp" in moments:
             s["sp"] = pair(n_valid, sp1)
     if "sg" in moments:
         s["sg"] = pair(n_valid, sg1)
     if "n" in moments:
-        s["n"] = n_valid.to(x.dtype).expand(2)
-    if "nll" in moments:
-        nll = torch.nn.functional.softplus(d * (1 - 2 * tf))  # -log p_t
+        s["n"] = n_valid.to(x.dtype).unsqueeze(1).expand(-1, 2)
+    if "nll" in moments:  # in place where it can: the batch at once must not cost more memory than MONAI's
+        nll = torch.nn.functional.softplus(d.mul_(tf.mul(-2).add_(1)))  # -log p_t
+        del d
         if v is not None:
-            nll = nll * v
-        s["nll"] = pair(nll.sum().double(), (nll * tf).sum().double())
+            nll.mul_(v)
+        whole = total(nll)
+        s["nll"] = pair(whole, total(nll.mul_(tf)))
     return p1, s
 
 
-def _binary_backward(moments, x_dtype, grad_out, target, valid, weight, *kept):
-    """dL/dx of ``_binary_sums`` for every sample: with a, b, k = dL/d(sp, tp, nll) (each (2,)) and p = p_1,
+def _binary_backward(moments, x_dtype, grad_out, target, valid, weight, p, labels):
+    """dL/dx of ``_binary_sums``: with a, b, k = dL/d(sp, tp, nll) (each (B, 2)) and p = p_1,
     dL/dd = v [p (1 - p) (a_1 - a_0 - b_0 + (b_0 + b_1) t) + (k_0 + (k_1 - k_0) t)(p - t)] and dx_1 = -dx_0 =
     dL/dd. Returns (dL/dx, None)."""
-    b = target.shape[0]
-    probs, labels = kept[:b], kept[b]
-    dt = probs[0].dtype
-    n = probs[0].shape[-1]
-    with torch.autocast(device_type=probs[0].device.type, enabled=False):
-        grad_out = grad_out.to(dt)
-        gx = Slabs(b, (2, n), x_dtype, probs[0].device)
-        zero = grad_out.new_zeros(2)
-        for bi in range(b):
-            g = dict(zip(moments, grad_out[:, bi].unbind(0)))
+    dt = p.dtype
+    b, n = p.shape[0], p.shape[-1]
+    with torch.autocast(device_type=p.device.type, enabled=False):
+        eager = not compiling() and x_dtype == dt
+        gx = torch.empty((b, 2, n), dtype=dt, device=p.device) if eager else None
+        parts = []
+        for bi in range(b):  # sample by sample: the temporaries stay a fraction of the logits
+            sl = slice(bi, bi + 1)
+            g = dict(zip(moments, grad_out[:, sl].to(dt).unsqueeze(-1).unbind(0)))  # each (1, 2, 1)
+            zero = grad_out.new_zeros((1, 2, 1), dtype=dt)
             a, bt, k = g.get("sp", zero), g.get("tp", zero), g.get("nll", zero)
-            p = probs[bi]
-            tf = labels[bi].to(dt)
-            # eager: dL/dd into the buffer's row for class 1, its negative into the row for class 0
-            dx, in_place = (None, False) if compiling() else gx.slot(bi, p.new_empty((2, n)))
-            gd = torch.addcmul(p, p, p, value=-1, out=None if dx is None else dx[1:2])  # p (1 - p)
-            gd.mul_(torch.addcmul(a[1] - a[0] - bt[0], tf, bt[0] + bt[1]))
+            ps, tf = p[sl], labels[sl].to(dt)
+            # dL/dd, in eager mode straight into the rows of class 1, its negative into those of class 0
+            gd = torch.addcmul(ps, ps, ps, value=-1, out=gx[sl, 1:2] if eager else None)  # p (1 - p)
+            gd.mul_(torch.addcmul(a[:, 1:2] - a[:, 0:1] - bt[:, 0:1], tf, bt[:, 0:1] + bt[:, 1:2]))
             if "nll" in g:
-                gd.addcmul_(torch.addcmul(k[0], tf, k[1] - k[0]), p - tf)
+                gd.addcmul_(torch.addcmul(k[:, 0:1], tf, k[:, 1:2] - k[:, 0:1]), ps - tf)
             if valid is not None:
-                gd.mul_(valid[bi])
-            if dx is None:
-                gx.put(bi, torch.cat([-gd, gd]))
-                continue
-            torch.neg(gd, out=dx[0:1])
-            if not in_place:
-                gx.put(bi, dx)
-    return gx.result(), None
+                gd.mul_(valid[sl])
+            if eager:
+                torch.neg(gd, out=gx[sl, 0:1])
+            else:
+                parts.append(torch.cat([-gd, gd], 1).to(x_dtype))
+    return (gx if eager else torch.cat(parts)), None
 
 
 def _mult(v, w):
@@ -549,6 +561,35 @@ def _sums_target_backward(g, p, t, m, soft_label, logp):
     if "nll" in g:
         dg -= col("nll") * logp
     return dg if m is None else dg * m
+
+
+def _label_affine(out: torch.Tensor, t: torch.Tensor, a, b, m) -> torch.Tensor:
+    """out_c = m (a_c + b_c [t == c]) (a = dL/dsp, b = dL/dtp, each (C,) or None; m (1 or C, N) or None) for index
+    labels t (1, N), written class by class in place: dL/dp of the sums that are linear in p, without a one-hot."""
+    t = compact_labels(t, out.shape[0])
+    for k in range(out.shape[0]):
+        row = torch.eq(t[0], k, out=out[k]) if b is not None else out[k].zero_()
+        if b is not None:
+            row.mul_(b[k])
+        if a is not None:
+            row.add_(a[k])
+    if m is not None:
+        out *= m
+    return out
+
+
+def _nll_backward_labels(dx, k, p, t, v):
+    """``_nll_backward`` for index labels t (1, N), class by class from the labels: two rows of temporaries."""
+    t = compact_labels(t, dx.shape[0])
+    e = torch.empty_like(p[:1])
+    kt = torch.zeros_like(p[:1])
+    for j in range(dx.shape[0]):
+        torch.eq(t, j, out=e)  # [t == j]
+        kt.addcmul_(e, k[j : j + 1])
+        if v is not None:
+            e.mul_(v)
+        dx[j : j + 1].addcmul_(e, k[j : j + 1], value=-1)
+    return dx.addcmul_(p, kt if v is None else kt.mul_(v))
 
 
 _BLOCK = 1 << 15  # voxels per block of ``_blocked_mm``'s matrix products

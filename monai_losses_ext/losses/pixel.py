@@ -372,6 +372,7 @@ class _FocalTerms(torch.autograd.Function):
         grad = output[1]
         if grad is not None:
             ctx.mark_non_differentiable(grad)
+        ctx.set_materialize_grads(False)  # no zero gradient for the kept derivative: a copy of the logits saved
         ctx.save_for_backward(x, target, valid, grad, gamma, alpha, weight)
         ctx.config = (gamma_scalar, alpha_pos_only, use_softmax, per_voxel)
 
@@ -379,7 +380,7 @@ class _FocalTerms(torch.autograd.Function):
     def backward(ctx, grad_out, _):
         x = ctx.saved_tensors[0]
         need_x, need_t = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
-        if not (need_x or need_t):
+        if grad_out is None or not (need_x or need_t):
             return (None,) * 11
         fn = functools.partial(_focal_backward, ctx.config, need_x, need_t)
         gx, gt = run_backward(fn, "_FocalTerms", x, grad_out, *ctx.saved_tensors)
