@@ -138,3 +138,18 @@ def test_non_integer_float_labels_are_reported():
         E.DiceLoss(**SM)(x, yf)
     yf[0, 0, 0, 0, 0] = -0.0  # a signed zero is an integer label
     E.DiceLoss(**SM)(x, yf)
+
+
+@pytest.mark.parametrize("act", ["softmax", "sigmoid"])
+@pytest.mark.parametrize("shape", [(2, 1), (4, 7), (3, 70_001), (16, 4097)])
+def test_activation_backward_in_place_equals_out_of_place(act, shape):
+    """The kernels write dL/dx over dL/dp (no second copy of the logits); PyTorch's fused backward must then give
+    what it gives into a separate buffer, or this fails loudly after a PyTorch upgrade."""
+    g = torch.Generator().manual_seed(shape[1])
+    x = torch.randn(shape, generator=g) * 3
+    p = S.activate(x, act, 0)
+    dp = torch.randn(shape, generator=g)
+    expected = S.activation_backward(dp, p, act, torch.empty_like(dp))
+    torch.testing.assert_close(expected, torch.func.vjp(lambda t: S.activate(t, act, 0), x)[1](dp)[0])
+    aliased = dp.clone()
+    assert torch.equal(S.activation_backward(aliased, p, act, aliased), expected)

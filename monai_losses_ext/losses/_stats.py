@@ -27,9 +27,10 @@ import torch.distributed as dist
 __all__ = ["MOMENTS", "region_sums", "pool", "all_reduce_sum", "compute_dtype", "is_distributed"]
 
 MOMENTS = ("tp", "sp", "sg", "sp2", "sg2", "p2g", "n", "nll")
-# voxels per chunk of the chunked kernels (focal, checkpointed per-voxel terms): half a sample, within
-# [2^16, 2^18]; the temporaries of one chunk then stay under one copy of the logits, and the Python loop (about
-# twenty operations per chunk, some 10 us each) costs little next to the arithmetic.
+# voxels per chunk of the chunked kernels (focal, checkpointed per-voxel terms): an eighth of a sample, within
+# [2^16, 2^18] (a 64^3 patch: 4 chunks, 96^3: 8); the temporaries of one chunk then stay well under one copy of the
+# logits, and the Python loop (about twenty operations per chunk, some 10 us each) costs little next to the
+# arithmetic.
 CHUNK_MIN, CHUNK_MAX = 1 << 16, 1 << 18
 
 
@@ -48,7 +49,9 @@ def activate(x: torch.Tensor, act: str, dim: int) -> torch.Tensor:
 
 def activation_backward(dp: torch.Tensor, p: torch.Tensor, act: str, out: torch.Tensor) -> torch.Tensor:
     """dL/dx, written into ``out``, from dL/dp (C, N) given p = act(x) with the activation over axis 0: PyTorch's
-    fused softmax and sigmoid backward kernels (one pass; ``dp`` may be ``out`` only without an activation)."""
+    fused softmax and sigmoid backward kernels, one pass. ``dp`` may be ``out`` (no second copy of a sample's
+    logits): the sigmoid's is element-wise, and the softmax's over a non-last axis reads each voxel's values
+    before it writes them (tests/test_stats.py checks both against the out-of-place result)."""
     if act == "softmax":
         return torch.ops.aten._softmax_backward_data.out(dp, p, 0, p.dtype, grad_input=out)
     if act == "sigmoid":
@@ -57,7 +60,7 @@ def activation_backward(dp: torch.Tensor, p: torch.Tensor, act: str, out: torch.
 
 
 def _chunks(n: int):
-    size = min(max(n // 2, CHUNK_MIN), CHUNK_MAX)
+    size = min(max(n // 8, CHUNK_MIN), CHUNK_MAX)
     for start in range(0, n, size):
         yield slice(start, min(start + size, n))
 
@@ -309,9 +312,9 @@ def _region_sums_backward(
             p = probs[bi]
             v = valid[bi].to(dt) if valid is not None else None
             w = weight[bi] if weight is not None else None
-            # index labels whose sums are linear in p (all but sp2, p2g): read class by class from the labels, no
-            # one-hot in backward (it would cost half a copy of a sample's logits more)
-            from_labels = is_index and not compiling() and not ({"sp2", "p2g"} & set(g))
+            # index labels: read class by class from the label bytes, no one-hot in backward (it would cost half a
+            # copy of a sample's logits more); under torch.compile the one-hot, which the compiler fuses
+            from_labels = is_index and not compiling()
             t = None if from_labels else label_one_hot(labels[bi], c, dt) if is_index else target[bi].to(dt)
             if need_t:
                 logp = logps[bi] if logps else None
@@ -319,13 +322,12 @@ def _region_sums_backward(
             if not need_x:
                 continue
             dx, in_place = gx.slot(bi, p)  # in the buffer's row where it can (not for half-precision input)
-            dp = dx if act == "none" else torch.empty_like(p)  # dL/dp, then through the activation into dx
+            dp = dx  # dL/dp, then through the activation in place (see activation_backward)
             if from_labels:
-                _label_affine(dp, labels[bi], g.get("sp"), g.get("tp"), _mult(v, w))
+                _label_dp(dp, g, p, labels[bi], _mult(v, w))
             else:
                 _sums_backward(dp, g, p, t, _mult(v, w), soft_label)
             activation_backward(dp, p, act, dx)
-            del dp
             if "nll" in g:
                 k = g["nll"].unsqueeze(1)
                 if from_labels:
@@ -511,26 +513,19 @@ def _nll_backward(dx, k, p, t, v):
 
 
 def _sums(moments, p, logp, g, m, soft_label, x=None):
-    """Sums for one sample with probabilities p and a target g (C, N) (the one-hot of index labels, or a dense
-    one-hot / soft target), as a dict of (C,) vectors; m (1 or C, N) multiplies every voxel's term. The
-    cross-entropy reads logp (C, N) or, without it (index labels, ``x`` the sample's logits), the log of the true
-    class's probability only: one log per voxel instead of C."""
+    """Sums for one sample with probabilities p and a target g (C, N), as a dict of (C,) vectors; m (1 or C, N)
+    multiplies every voxel's term. ``x`` (the sample's logits) is given exactly when g is the one-hot of index
+    labels (``_index_sums``); otherwise g is a dense one-hot / soft target and the cross-entropy reads logp."""
+    if x is not None:
+        return _index_sums(moments, p, x, g, m)
     s = {}
     gm = g if m is None else g * m
     pm = p if m is None else p * m
-    if "nll" in moments and logp is not None:
+    if "nll" in moments:
         s["nll"] = -(gm * logp).sum(1)
-    elif "nll" in moments:  # index labels: sum over each class's voxels of -log p_t, a matrix product
-        lpt = _log_true_class(_class_dot(p, g), x, g)
-        s["nll"] = -_blocked_mm(gm, lpt)[:, 0].to(p.dtype)
-    if x is not None and "tp" in moments:  # g: the one-hot of index labels: tp and sp from pm g^T
-        pg = _blocked_mm(pm, g)
-        s["tp"] = torch.diagonal(pg).to(p.dtype)
-        if "sp" in moments:
-            s["sp"] = pg.sum(1).to(p.dtype)
-    elif "tp" in moments:  # soft labels: sum min(p, g) (m is the 0/1 valid mask there)
+    if "tp" in moments:  # soft labels: sum min(p, g) (m is the 0/1 valid mask there)
         s["tp"] = (torch.minimum(pm, gm) if soft_label else pm * g).sum(1)
-    if "sp" in moments and "sp" not in s:
+    if "sp" in moments:
         s["sp"] = pm.sum(1)
     if "sg" in moments:
         s["sg"] = gm.sum(1)
@@ -541,6 +536,34 @@ def _sums(moments, p, logp, g, m, soft_label, x=None):
     if "p2g" in moments:
         s["p2g"] = (pm * p * g).sum(1)
     return s
+
+
+def _index_sums(moments, p, x, g, m):
+    """``_sums`` for the one-hot g of index labels: every sum of a product is a diagonal entry of a blocked matrix
+    product (``_blocked_mm``), so that no product map is written: tp and sp from pm g^T (its row sums are sum pm,
+    each voxel's channels of g summing to 1), sp2 from pm p^T, the counts from g m^T, the cross-entropy (one log
+    per voxel, of the true class's probability) from g log(p_t)^T."""
+    diag = lambda a, b: torch.diagonal(_blocked_mm(a, b)).to(p.dtype)  # noqa: E731
+    s = {}
+    pm = p if m is None else p * m
+    if "nll" in moments:  # with the 0/1 valid mask as m (no weight maps with the cross-entropy)
+        lpt = _log_true_class(_class_dot(p, g), x, g)
+        s["nll"] = -_blocked_mm(g, lpt if m is None else lpt * m)[:, 0].to(p.dtype)
+    if "tp" in moments or "sp" in moments:
+        pg = _blocked_mm(pm, g)
+        s["tp"], s["sp"] = torch.diagonal(pg).to(p.dtype), pg.sum(1).to(p.dtype)
+    if "sg" in moments or "sg2" in moments:  # g^2 = g
+        if m is None:
+            counts = g.sum(1)
+        else:
+            gm = _blocked_mm(g, m)
+            counts = (gm[:, 0] if m.shape[0] == 1 else torch.diagonal(gm)).to(p.dtype)
+        s["sg"] = s["sg2"] = counts
+    if "sp2" in moments:
+        s["sp2"] = diag(pm, p)
+    if "p2g" in moments:
+        s["p2g"] = diag(pm * p, g)
+    return {k: s[k] for k in moments if k in s}
 
 
 def _sums_target_backward(g, p, t, m, soft_label, logp):
@@ -563,16 +586,26 @@ def _sums_target_backward(g, p, t, m, soft_label, logp):
     return dg if m is None else dg * m
 
 
-def _label_affine(out: torch.Tensor, t: torch.Tensor, a, b, m) -> torch.Tensor:
-    """out_c = m (a_c + b_c [t == c]) (a = dL/dsp, b = dL/dtp, each (C,) or None; m (1 or C, N) or None) for index
-    labels t (1, N), written class by class in place: dL/dp of the sums that are linear in p, without a one-hot."""
+def _label_dp(out: torch.Tensor, g: dict, p: torch.Tensor, t: torch.Tensor, m) -> torch.Tensor:
+    """dL/dp for index labels t (1, N), written class by class into ``out`` (C, N) from the label bytes, without a
+    one-hot: dL/dp_c = m (a_c + 2 a2_c p_c + [t == c] (b_c + 2 e_c p_c)) with a, a2, b, e = dL/d(sp, sp2, tp, p2g)
+    (absent ones 0) and m (1 or C, N) the voxel multiplier (None: 1). Temporaries: one row."""
     t = compact_labels(t, out.shape[0])
+    a, a2, b, e = (g.get(k) for k in ("sp", "sp2", "tp", "p2g"))
     for k in range(out.shape[0]):
-        row = torch.eq(t[0], k, out=out[k]) if b is not None else out[k].zero_()
-        if b is not None:
-            row.mul_(b[k])
+        row = out[k]
+        if b is None and e is None:
+            row.zero_()
+        else:
+            torch.eq(t[0], k, out=row)  # [t == k]
+            if e is None:
+                row.mul_(b[k])
+            else:  # [t == k] (b_k + 2 e_k p_k)
+                row.mul_(torch.mul(p[k], 2 * e[k]).add_(b[k] if b is not None else 0))
         if a is not None:
             row.add_(a[k])
+        if a2 is not None:
+            row.add_(p[k] * (2 * a2[k]))
     if m is not None:
         out *= m
     return out
