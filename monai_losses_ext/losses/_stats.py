@@ -227,8 +227,8 @@ class _RegionSums(torch.autograd.Function):
 
     forward returns ``(out (M, B, C), *probabilities, *extra)``: for index labels the compact labels (B, 1, N);
     for dense targets with the cross-entropy and ``keep_logp`` the log-probabilities (the target's gradient
-    needs them), else nothing. Every result is built out
-    of place (per-sample rows, then stacked), which torch.compile traces exactly."""
+    needs them), else nothing. Every result is built out of place (per-sample rows, then stacked), which
+    torch.compile traces exactly."""
 
     @staticmethod
     def forward(x, target, valid, weight, act, moments, soft_label, keep_logp):
@@ -648,10 +648,9 @@ def _blocked_mm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 
 def _sums_backward(out, g, p, t, m, soft_label):
-    """dL/dp for one sample with a target t (C, N) (the one-hot of index labels, or a dense one-hot / soft
-    target), given dL/d(sum) per class g[m] (C,),
-    written into ``out`` (C, N); m (1 or C, N) multiplies every voxel's term. In place, term by term: on CPU every
-    fresh large buffer costs page faults as well as a pass."""
+    """dL/dp for one sample with a dense one-hot / soft target t (C, N), or the one-hot of index labels under
+    torch.compile, given dL/d(sum) per class g[m] (C,), written into ``out`` (C, N); m (1 or C, N) multiplies every
+    voxel's term. In place, term by term: on CPU every fresh large buffer costs page faults as well as a pass."""
     col = lambda k: g[k].unsqueeze(1)  # noqa: E731
     terms = []  # (map, per-class factor): dL/dp = sum of map * factor, plus the constant dL/d(sum p)
     if "sp2" in g:
