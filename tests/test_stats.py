@@ -7,6 +7,8 @@ labels' range are tested where a narrower integer type would wrap (labels 256 an
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -153,3 +155,87 @@ def test_activation_backward_in_place_equals_out_of_place(act, shape):
     torch.testing.assert_close(expected, torch.func.vjp(lambda t: S.activate(t, act, 0), x)[1](dp)[0])
     aliased = dp.clone()
     assert torch.equal(S.activation_backward(aliased, p, act, aliased), expected)
+
+
+@pytest.mark.parametrize("traced", [False, True], ids=["eager", "compile_branch"])
+def test_others_keeps_precision_where_one_row_dominates(monkeypatch, traced):
+    """``_others`` (row c = sum of the other rows; added into ``out`` where given) equals the float64 total minus
+    the row, and in float32 keeps its relative precision where row c holds nearly all the mass (1 - p_c for p_c
+    rounding to 1): the eager branches (rows summed directly up to four classes, prefix and suffix sums beyond)
+    and torch.compile's alike."""
+    monkeypatch.setattr(S, "compiling", lambda: traced)
+    g = torch.Generator().manual_seed(3)
+    for c in (1, 2, 3, 4, 5, 7):
+        a = torch.rand((c, 40), generator=g, dtype=torch.float64)
+        torch.testing.assert_close(S._others(a), a.sum(0, keepdim=True) - a, rtol=1e-12, atol=1e-15)
+        base = torch.rand((c, 40), generator=g, dtype=torch.float64)
+        got = S._others(a, out=base.clone())
+        torch.testing.assert_close(got, base + a.sum(0, keepdim=True) - a, rtol=1e-12, atol=1e-15)
+    x = torch.randn((4, 1000), generator=g, dtype=torch.float64)
+    x[0] += 30  # p_0 within 1e-12 of 1: 1 - p_0 is lost in float32 as a difference, kept as a sum
+    p64 = torch.softmax(x, 0)
+    exact = torch.stack([p64[[k for k in range(4) if k != c]].sum(0) for c in range(4)])
+    got = S._others(torch.softmax(x.float(), 0)).double()
+    assert ((got - exact).abs() / exact).max() < 1e-5
+
+
+def _exact_log_probs(x):
+    """float64 log p and log(1 - p) of softmax over axis 1, from logsumexp over the other classes (autograd)."""
+    c = x.shape[1]
+    rest = torch.stack([torch.logsumexp(x[:, [k for k in range(c) if k != j]], 1) for j in range(c)], 1)
+    return -torch.nn.functional.softplus(rest - x), -torch.nn.functional.softplus(x - rest)
+
+
+def _combo_reference(x, y, alpha, beta, ignore):
+    c = x.shape[1]
+    v = (y != 255).double() if ignore else torch.ones_like(y, dtype=torch.float64)
+    g = torch.nn.functional.one_hot(torch.where(y == 255, 0, y)[:, 0], c).movedim(-1, 1).double()
+    logp, log1mp = _exact_log_probs(x)
+    bce = -(beta * g * logp + (1 - beta) * (1 - g) * log1mp.clamp_min(math.log(1e-7)))[:, 1:]
+    bce = (bce * v).sum() / (v.sum() * (c - 1))
+    p, axes = torch.softmax(x, 1), tuple(range(2, x.ndim))
+    tp, sp, sg = (p * g * v).sum(axes), (p * v).sum(axes), (g * v).sum(axes)
+    return alpha * bce + (1 - alpha) * (1 - (2 * tp + 1e-5) / (sp + sg + 1e-5)).mean()
+
+
+def _exp_log_reference(x, y, gamma_cross, ignore):
+    c = x.shape[1]
+    v = (y != 255).double() if ignore else torch.ones_like(y, dtype=torch.float64)
+    yl = torch.where(y == 255, 0, y)
+    g = torch.nn.functional.one_hot(yl[:, 0], c).movedim(-1, 1).double()
+    p, axes = torch.softmax(x, 1), tuple(range(2, x.ndim))
+    tp, sp, sg = (p * g * v).sum(axes), (p * v).sum(axes), (g * v).sum(axes)
+    l_dice = (-torch.log((2 * tp + 1) / (sp + sg + 1))).pow(0.3).mean()
+    f = sg.detach().sum(0)
+    w = (f.sum() / f).sqrt()
+    nll = -_exact_log_probs(x)[0].gather(1, yl)
+    return 0.8 * l_dice + 0.2 * (w[yl] * nll.pow(gamma_cross) * v).sum() / v.sum()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("scale", [1.0, 40.0])  # 40: gaps of ~100, where p_t rounds to 1 or underflows in float32
+@pytest.mark.parametrize("ignore", [False, True])
+@pytest.mark.parametrize("name", ["combo", "exp_log", "exp_log_gamma2"])
+def test_fused_log_terms_equal_exact_formula(name, ignore, scale, dtype):
+    """Combo's BCE (the nll and nlc sums) and the exp-log cross term (nllp), fused into the statistics kernel,
+    against autograd of the formulas written on float64 logsumexp over the other classes: values and gradients to
+    float32 rounding, also at logit gaps where 1 - p and log p_t lose every digit in float32."""
+    x, _ = _case(torch.float64, scale, seed=5, shape=(2, 4, 9, 10, 11))
+    y = torch.randint(0, 4, (2, 1, 9, 10, 11), generator=torch.Generator().manual_seed(6))
+    confident = torch.rand(y.shape, generator=torch.Generator().manual_seed(7)) < 0.7
+    x = x + 3 * scale * torch.nn.functional.one_hot(y[:, 0], 4).movedim(-1, 1) * confident
+    kwargs = {"ignore_index": 255} if ignore else {}
+    if ignore:
+        y[:, :, :3] = 255
+    if name == "combo":
+        loss = E.ComboLoss(alpha=0.6, beta=0.3, **SM, **kwargs)
+        reference = lambda xi, yi: _combo_reference(xi, yi, 0.6, 0.3, ignore)  # noqa: E731
+    else:
+        gamma = 2.0 if name == "exp_log_gamma2" else 0.3
+        loss = E.ExpLogLoss(gamma_cross=gamma, **SM, **kwargs)
+        reference = lambda xi, yi: _exp_log_reference(xi, yi, gamma, ignore)  # noqa: E731
+    value, grad = _value_and_grad(loss, x.to(dtype), y)
+    ref_value, ref_grad = _value_and_grad(reference, x, y)
+    tol = 1e-5 if dtype == torch.float32 else 1e-8  # float64: logits of ~300 round at ~1e-14 in both
+    assert abs(value.double() - ref_value) <= tol * abs(ref_value)
+    assert (grad.double() - ref_grad).abs().max() <= tol * ref_grad.abs().max()

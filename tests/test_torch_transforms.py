@@ -453,6 +453,7 @@ def _sums_reference(x, t, act, moments, soft_label, valid, weight):
         "p2g": p * p * t * m,
         "n": (torch.ones_like(p) * (valid if valid is not None else 1)),
         "nll": -t * torch.log_softmax(x, 1) * m if act == "softmax" else None,
+        "nlc": -(1 - t) * torch.log((1 - p).clamp_min(1e-7)) * m if act == "softmax" else None,
     }
     return {k: terms[k].sum(-1) for k in moments}
 
@@ -470,7 +471,9 @@ def test_region_sums_target_gradient_matches_autograd(act, variant):
     valid = (torch.rand(b, 1, n, generator=g) > 0.3) if variant == "valid" else None
     weight = torch.rand(b, 1, n, generator=g, dtype=torch.float64) if variant == "weight" else None
     soft_label = variant == "soft_label"
-    moments = [m for m in MOMENTS if m != "nll" or (act == "softmax" and weight is None)]
+    # nllp takes index labels only (tests/test_stats.py); the log terms softmax and no weight map
+    log_ok = act == "softmax" and weight is None
+    moments = [m for m in MOMENTS if m not in ("nll", "nlc", "nllp") or (m != "nllp" and log_ok)]
     if soft_label:
         t[0, 1, :5] = 1.0  # ties p = g do not occur; exact 0s and 1s do
     coef = {m: torch.randn(b, c, generator=g, dtype=torch.float64) for m in moments}
@@ -516,7 +519,27 @@ def test_generalized_dice_target_gradient_with_an_empty_class():
     _assert_same_grads(ours, ref, 1e-10)
 
 
-@pytest.mark.parametrize("name", ["combo", "exp_log", "asymmetric_unified_focal"])
+def test_combo_softmax_target_gradient_matches_autograd():
+    """Softmax Combo takes its BCE from the fused statistics (nll, nlc): value, input and soft-target gradients
+    equal plain autograd of the paper's formula on torch.softmax (float64)."""
+    x = torch.randn((2, 3, *SPATIAL), generator=torch.Generator().manual_seed(9), dtype=torch.float64)
+    t = _soft_target(2, 3, 10)
+    alpha, beta = 0.4, 0.7
+
+    def reference(xi, ti):
+        p = torch.softmax(xi, 1)
+        bce = -(beta * ti * torch.log(p) + (1 - beta) * (1 - ti) * torch.log(1 - p))[:, 1:].mean()
+        tp, sp, sg = (p * ti).sum((2, 3, 4)), p.sum((2, 3, 4)), ti.sum((2, 3, 4))
+        dice = (1 - (2 * tp + 1e-5) / (sp + sg + 1e-5)).mean()
+        return alpha * bce + (1 - alpha) * dice
+
+    loss = ext.ComboLoss(alpha=alpha, beta=beta, softmax=True, validate=False)
+    ours, ref = _grads(loss, x, t), _grads(reference, x, t)
+    assert ours[2].abs().max() > 0
+    _assert_same_grads(ours, ref, 1e-10)
+
+
+@pytest.mark.parametrize("name", ["exp_log", "asymmetric_unified_focal"])
 def test_voxel_sums_losses_target_gradient_matches_autograd(name, monkeypatch):
     """The per-voxel-sum kernel (no MONAI peer for these losses): its target (and input) gradient equals plain
     autograd of the same per-voxel formula, evaluated by the kernel's own forward without the kernel."""

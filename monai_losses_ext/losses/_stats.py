@@ -5,6 +5,12 @@ Every overlap loss is a formula over a few sums per sample b and class c, taken 
     tp  = sum p*g          sp  = sum p          sg  = sum g
     sp2 = sum p^2          sg2 = sum g^2        p2g = sum p^2 * g        n = number of valid voxels
     nll = sum -g * log softmax(x)   (cross-entropy, per true class; needs the softmax activation)
+    nlc = sum -(1 - g) * log max(1 - p, 1e-7)   (the one-vs-rest complement term of a BCE; softmax)
+    nllp = sum g * (-log p)^power    (a power of the cross-entropy, per true class; softmax, index labels)
+
+For softmax, 1 - p_c is taken as the sum of the other classes' probabilities and -log p_t as
+log1p(sum_{k != t} p_k / p_t): both exact to rounding also where p_c rounds to 1, where 1 - p and log p
+lose every digit in float32.
 
 ``region_sums`` computes the requested sums in one fused pass per sample that applies the activation on
 the fly, in float32 (float64 for float64 input). Backward keeps one tensor of the size of the logits (the
@@ -20,13 +26,16 @@ DDP's gradient averaging the parameter gradients equal those of one process on t
 from __future__ import annotations
 
 import functools
+import itertools
 
 import torch
 import torch.distributed as dist
 
 __all__ = ["MOMENTS", "region_sums", "pool", "all_reduce_sum", "compute_dtype", "is_distributed"]
 
-MOMENTS = ("tp", "sp", "sg", "sp2", "sg2", "p2g", "n", "nll")
+MOMENTS = ("tp", "sp", "sg", "sp2", "sg2", "p2g", "n", "nll", "nlc", "nllp")
+# the floor of 1 - p under the logarithm of ``nlc`` (the Combo loss's clamp: log(1 - p) >= log 1e-7)
+NLC_EPS = 1e-7
 # voxels per chunk of the chunked kernels (focal, checkpointed per-voxel terms): an eighth of a sample, within
 # [2^16, 2^18] (a 64^3 patch: 4 chunks, 96^3: 8); the temporaries of one chunk then stay well under one copy of the
 # logits, and the Python loop (about twenty operations per chunk, some 10 us each) costs little next to the
@@ -225,13 +234,13 @@ class _RegionSums(torch.autograd.Function):
     and, one sample at a time, into a one-hot that lives only inside the kernel (``label_one_hot``): no gather or
     scatter by the label (a scatter-add into one bucket serialises when nearly every voxel is background).
 
-    forward returns ``(out (M, B, C), *probabilities, *extra)``: for index labels the compact labels (B, 1, N);
-    for dense targets with the cross-entropy and ``keep_logp`` the log-probabilities (the target's gradient
-    needs them), else nothing. Every result is built out of place (per-sample rows, then stacked), which
-    torch.compile traces exactly."""
+    forward returns ``(out (M, B, C), *probabilities, *extra)``: for index labels the compact labels (B, 1, N)
+    and, with ``nllp``, each sample's factor power (-log p_t)^(power - 1) (1, N); for dense targets with the
+    cross-entropy and ``keep_logp`` the log-probabilities (the target's gradient needs them), else nothing.
+    Every result is built out of place (per-sample rows, then stacked), which torch.compile traces exactly."""
 
     @staticmethod
-    def forward(x, target, valid, weight, act, moments, soft_label, keep_logp):
+    def forward(x, target, valid, weight, act, moments, soft_label, keep_logp, power):
         with torch.autocast(device_type=x.device.type, enabled=False):
             b, c, n = x.shape
             dt = compute_dtype(x)
@@ -241,7 +250,8 @@ class _RegionSums(torch.autograd.Function):
                 v = valid.to(dt) if valid is not None else None
                 p1, sums = _binary_sums(moments, x.to(dt), labels, v, n)
                 return torch.stack([sums[m] for m in moments]), p1, labels
-            rows, probs, logps = [], [], []
+            rows, probs, logps, factors = [], [], [], []
+            core = tuple(m for m in moments if m != "nllp")  # nllp: its own kernel, which keeps a factor
             for bi in range(b):
                 xb = x[bi].to(dt)
                 # dense targets need every log p for the cross-entropy; index labels only the true class's, which
@@ -251,7 +261,10 @@ class _RegionSums(torch.autograd.Function):
                 v = valid[bi].to(dt) if valid is not None else None  # 0/1 floats: bool arithmetic is slow on CPU
                 w = weight[bi] if weight is not None else None
                 t = label_one_hot(labels[bi], c, dt) if is_index else target[bi].to(dt)
-                sums = _sums(moments, p, logp, t, _mult(v, w), soft_label, xb if is_index else None)
+                sums = _sums(core, p, logp, t, _mult(v, w), soft_label, xb if is_index else None)
+                if "nllp" in moments:  # index labels only (region_sums checks)
+                    sums["nllp"], fac = _true_class_power(p, xb, t, v, power)
+                    factors.append(fac)
                 if keep_logp and logp is not None:
                     logps.append(logp)
                 if "n" in moments:  # number of valid voxels, whatever the weights
@@ -259,11 +272,11 @@ class _RegionSums(torch.autograd.Function):
                 rows.append(torch.stack([sums[m] for m in moments]))
                 probs.append(p)
             out = torch.stack(rows, 1)
-        return (out, *probs, *((labels,) if is_index else logps))
+        return (out, *probs, *((labels, *factors) if is_index else logps))
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        x, target, valid, weight, act, moments, soft_label, _ = inputs
+        x, target, valid, weight, act, moments, soft_label, _, _ = inputs
         out, *kept = output
         ctx.mark_non_differentiable(*kept)
         ctx.set_materialize_grads(False)  # no zero gradients for the kept tensors: a copy of the logits saved
@@ -277,7 +290,7 @@ class _RegionSums(torch.autograd.Function):
         out, target, valid, weight, *kept = ctx.saved_tensors
         need_x, need_t = ctx.needs_input_grad[0], ctx.needs_input_grad[1] and not ctx.is_index
         if grad_out is None or not (need_x or need_t):
-            return (None,) * 8
+            return (None,) * 9
         if ctx.binary:
             fn = functools.partial(_binary_backward, ctx.moments, ctx.x_dtype)
         else:
@@ -285,7 +298,7 @@ class _RegionSums(torch.autograd.Function):
                 _region_sums_backward, ctx.act, ctx.moments, ctx.soft_label, ctx.is_index, ctx.x_dtype, need_x, need_t
             )
         gx, gt = run_backward(fn, "_RegionSums", out, grad_out, target, valid, weight, *kept)
-        return gx, gt, None, None, None, None, None, None
+        return gx, gt, None, None, None, None, None, None, None
 
     @staticmethod
     def vmap(info, in_dims, *args):
@@ -300,6 +313,7 @@ def _region_sums_backward(
     b = target.shape[0]
     probs, extra = kept[:b], kept[b:]
     labels = extra[0] if is_index else None
+    factors = extra[1:] if is_index else ()  # nllp's per-voxel factors
     logps = () if is_index else extra
     c, n = probs[0].shape
     dt = probs[0].dtype
@@ -327,6 +341,8 @@ def _region_sums_backward(
                 _label_dp(dp, g, p, labels[bi], _mult(v, w))
             else:
                 _sums_backward(dp, g, p, t, _mult(v, w), soft_label)
+            if "nlc" in g:
+                dp = _nlc_dp(dp, g["nlc"], p, labels[bi] if from_labels else None, t, v)
             activation_backward(dp, p, act, dx)
             if "nll" in g:
                 k = g["nll"].unsqueeze(1)
@@ -334,6 +350,8 @@ def _region_sums_backward(
                     _nll_backward_labels(dx, k, p, labels[bi], v)
                 else:
                     _nll_backward(dx, k, p, t, v)
+            if "nllp" in g:
+                _nllp_backward(dx, g["nllp"], p, labels[bi] if from_labels else None, t, _mult(v, factors[bi]))
             if not in_place:
                 gx.put(bi, dx)
     return None if gx is None else gx.result(), None if gt is None else gt.result()
@@ -476,21 +494,15 @@ def _take(vec: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
     return vec.index_select(0, t.reshape(-1)).reshape(t.shape)
 
 
-def bin_counts(bins: torch.Tensor, nb: int) -> torch.Tensor:
-    """How many entries of the int64 vector ``bins`` (values in ``[0, nb)``) fall in each of ``nb`` bins, as int64:
-    exact at any size (float32 stops counting at 2^24), and of a static size, unlike ``torch.bincount`` whose
-    output size depends on the data (torch.compile cannot trace that)."""
-    ones = torch.ones((), dtype=torch.int64, device=bins.device).expand(bins.shape[0])
-    return torch.zeros(nb, dtype=torch.int64, device=bins.device).scatter_add(0, bins, ones)
-
-
-def _log_true_class(pt: torch.Tensor, x: torch.Tensor, onehot: torch.Tensor) -> torch.Tensor:
+def _log_true_class(
+    pt: torch.Tensor, x: torch.Tensor, onehot: torch.Tensor, lpt: torch.Tensor | None = None
+) -> torch.Tensor:
     """log p_t (1, n) from the softmax probability of the true class pt (1, n) (x the logits, onehot the labels'
-    one-hot); where that probability underflows (a logit gap beyond ~80 in float32) it is recomputed exactly as
-    x_t - logsumexp(x), so the cross-entropy equals PyTorch's log-softmax value everywhere. Eager recomputes only
-    those voxels (usually none); under torch.compile, which cannot branch on the data, every voxel's exact value
-    is computed and selected."""
-    lpt = torch.log(pt)
+    one-hot), or ``lpt`` where given (a more exact value computed from pt); where that probability underflows (a
+    logit gap beyond ~80 in float32) it is recomputed exactly as x_t - logsumexp(x), so the cross-entropy equals
+    PyTorch's log-softmax value everywhere. Eager recomputes only those voxels (usually none); under
+    torch.compile, which cannot branch on the data, every voxel's exact value is computed and selected."""
+    lpt = torch.log(pt) if lpt is None else lpt
     tiny = torch.finfo(pt.dtype).tiny * 2**20
     if compiling():
         return torch.where(pt < tiny, _class_dot(x, onehot) - torch.logsumexp(x, 0, keepdim=True), lpt)
@@ -501,6 +513,109 @@ def _log_true_class(pt: torch.Tensor, x: torch.Tensor, onehot: torch.Tensor) -> 
     xs = x[:, cols]
     exact = _class_dot(xs, onehot[:, cols])[0] - torch.logsumexp(xs, 0)
     return lpt.index_put((torch.zeros_like(cols), cols), exact)
+
+
+def _others(a: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+    """(C, n) -> (C, n): row c is the sum of the other rows of ``a`` (added to ``out`` where given, in place in
+    eager mode), added up from the rows themselves, not as the total minus row c, which cancels where one row
+    holds nearly all the mass (1 - p_c as sum_{k != c} p_k keeps its relative precision where p_c rounds to 1).
+    Eager: up to four rows each row's sum directly, beyond that running prefix and suffix sums (one row of
+    temporaries); under torch.compile out of place."""
+    c = a.shape[0]
+    if compiling():
+        prefix = list(itertools.accumulate(a[k] for k in range(c - 1)))
+        suffix = list(itertools.accumulate(a[k] for k in range(c - 1, 0, -1)))[::-1]
+        rows = [sum(r) for r in zip([0, *prefix], [*suffix, 0])]
+        others = torch.stack([r if isinstance(r, torch.Tensor) else torch.zeros_like(a[0]) for r in rows])
+        return others if out is None else out + others
+    if c <= 4:
+        fresh = out is None
+        out = torch.empty_like(a) if fresh else out
+        for k in range(c):
+            rest = [a[i] for i in range(c) if i != k]
+            if fresh and len(rest) >= 2:
+                torch.add(rest[0], rest[1], out=out[k])
+                rest = rest[2:]
+            elif fresh:
+                out[k].copy_(rest[0]) if rest else out[k].zero_()
+                rest = []
+            for r in rest:
+                out[k].add_(r)
+        return out
+    out = torch.zeros_like(a) if out is None else out
+    acc = torch.empty_like(a[0])
+    for k in range(c - 1, 0, -1):  # suffix sums: out[k - 1] += a[k] + ... + a[c - 1]
+        (acc.copy_ if k == c - 1 else acc.add_)(a[k])
+        out[k - 1].add_(acc)
+    for k in range(c - 1):  # prefix sums: out[k + 1] += a[0] + ... + a[k]
+        (acc.copy_ if k == 0 else acc.add_)(a[k])
+        out[k + 1].add_(acc)
+    return out
+
+
+def _log_complement(p: torch.Tensor) -> torch.Tensor:
+    """log max(1 - p_c, NLC_EPS) per class for softmax probabilities p (C, n), 1 - p_c from the other classes."""
+    return _others(p).clamp_min_(NLC_EPS).log_()
+
+
+def _nlc_dp(dp, k, p, labels, t, v):
+    """dp (C, N) plus d/dp of sum_c k_c nlc_c (in place in eager mode): d/dp_j = -sum_{c != j} u_c with
+    u_c = k_c v (1 - g_c) [q_c > eps] / q_c and q_c = sum_{i != c} p_i = 1 - p_c. Summed over the other classes,
+    not as u_j - sum_c u_c (the softmax's backward would cancel the constant): where a wrong class's p_c rounds
+    to 1, u_c is large and the softmax's backward then rounds away the p_c u_c q_c that is its exact share. The
+    target from the label bytes (labels (1, N), eager) or the dense t (C, N)."""
+    # q, then d log max(q, eps) / dq in place: 1 / q, 0 where clamped (q -> inf there; no bool map, slow on CPU)
+    u = torch.nn.functional.threshold(_others(p), NLC_EPS, float("inf"), inplace=True).reciprocal_()
+    if labels is not None:
+        e = torch.empty_like(p[0])
+        for c in range(p.shape[0]):
+            torch.ne(labels[0], c, out=e)  # 1 - g_c
+            u[c].mul_(e).mul_(-k[c])
+    else:
+        u = u.mul_(1 - t).mul_(-k.unsqueeze(1))
+    return _others(u if v is None else u.mul_(v), out=dp)
+
+
+def _true_class_power(p, x, g, v, power):
+    """``nllp`` for one sample: (sum over the valid voxels labelled c of (-log p_c)^power per class (C,), the
+    per-voxel factor power (-log p_t)^(power - 1) (1, N), 0 where -log p_t = 0, for backward). -log p_t is
+    log1p(sum_{k != t} p_k / p_t), exact to rounding where p_t rounds to 1 (where log p_t loses every digit and a
+    fractional power magnifies the loss), and from the logits where p_t underflows (``_log_true_class``)."""
+    pt = _class_dot(p, g)
+    qt = _class_dot(p, 1 - g) if compiling() else torch.zeros_like(pt)  # sum_{k != t} p_k
+    if not compiling():
+        for j in range(p.shape[0]):
+            qt.addcmul_(p[j : j + 1], 1 - g[j : j + 1])
+    nll = -_log_true_class(pt, x, g, -torch.log1p(qt.div_(pt)))
+    pw = nll.pow(power)
+    fac = (pw / nll.clamp_min(torch.finfo(nll.dtype).tiny)).mul_(power)  # 0 where nll = 0 (pw = 0 there)
+    return _blocked_mm(g, pw if v is None else pw * v)[:, 0].to(p.dtype), fac
+
+
+def _nllp_backward(dx, k, p, labels, t, f):
+    """Adds d/dx of sum_c k_c nllp_c to ``dx`` (C, N): f k_t (p_j - [t == j]) per voxel and class j, with f the
+    power's factor (times the valid mask) and p_t - 1 written as -sum_{i != t} p_i: the factor grows without
+    bound as -log p_t -> 0, so p_t - 1 rounded in float32 would dominate the gradient. The labels from their
+    bytes (labels (1, N), eager; rows of temporaries only) or the one-hot t (C, N)."""
+    if labels is None:
+        kf = _class_dot(k.unsqueeze(1).expand_as(p), t) * f
+        return dx.add_(kf * (p * (1 - t) - _class_dot(p, 1 - t) * t))
+    c = p.shape[0]
+    on, off = torch.empty_like(p[:1]), torch.empty_like(p[:1])
+    kt, qt = torch.zeros_like(p[:1]), torch.zeros_like(p[:1])
+    for j in range(c):  # k_t and q_t = sum_{i != t} p_i
+        torch.eq(labels, j, out=on)
+        kt.addcmul_(on, k[j : j + 1].unsqueeze(1))
+        torch.ne(labels, j, out=off)
+        qt.addcmul_(off, p[j : j + 1])
+    kt.mul_(f)
+    for j in range(c):  # p_j [t != j] - q_t [t == j]: each product exactly 0 where it does not apply
+        torch.ne(labels, j, out=off)
+        off.mul_(p[j : j + 1])
+        torch.eq(labels, j, out=on)
+        off.addcmul_(on, qt, value=-1)
+        dx[j : j + 1].addcmul_(off, kt)
+    return dx
 
 
 def _nll_backward(dx, k, p, t, v):
@@ -523,6 +638,8 @@ def _sums(moments, p, logp, g, m, soft_label, x=None):
     pm = p if m is None else p * m
     if "nll" in moments:
         s["nll"] = -(gm * logp).sum(1)
+    if "nlc" in moments:
+        s["nlc"] = -((1 - g) * _log_complement(p) * (1 if m is None else m)).sum(1)
     if "tp" in moments:  # soft labels: sum min(p, g) (m is the 0/1 valid mask there)
         s["tp"] = (torch.minimum(pm, gm) if soft_label else pm * g).sum(1)
     if "sp" in moments:
@@ -563,6 +680,11 @@ def _index_sums(moments, p, x, g, m):
         s["sp2"] = diag(pm, p)
     if "p2g" in moments:
         s["p2g"] = diag(pm * p, g)
+    if "nlc" in moments:  # [c, k] = sum over the voxels labelled k of m log(1 - p_c): the off-diagonal row sums
+        lq = _log_complement(p)
+        pg = _blocked_mm(lq if m is None else lq * m, g)
+        off = 1 - torch.eye(pg.shape[0], dtype=pg.dtype, device=pg.device)
+        s["nlc"] = -(pg * off).sum(1).to(p.dtype)  # not the row sum minus the diagonal: no cancellation
     return {k: s[k] for k in moments if k in s}
 
 
@@ -583,6 +705,8 @@ def _sums_target_backward(g, p, t, m, soft_label, logp):
         dg += col("p2g") * p * p
     if "nll" in g:
         dg -= col("nll") * logp
+    if "nlc" in g:  # d/dg_c of -(1 - g_c) log(1 - p_c)
+        dg += col("nlc") * _log_complement(p)
     return dg if m is None else dg * m
 
 
@@ -674,26 +798,33 @@ def _sums_backward(out, g, p, t, m, soft_label):
     return out
 
 
-def region_sums(prep, moments, soft_label: bool = False, weight: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+def region_sums(
+    prep, moments, soft_label: bool = False, weight: torch.Tensor | None = None, power: float = 1.0
+) -> dict[str, torch.Tensor]:
     """Per-(sample, class) sums over the valid voxels of a ``Prepared`` input, as (B, C) tensors.
 
     ``weight`` (B, 1 or C, N), e.g. a distance map, multiplies every voxel's term: with it ``sp`` is
     sum p * w (the boundary loss) and sp2 - 2 tp + sg2 is sum (p - g)^2 w (the Hausdorff-DT loss). It takes
     neither soft labels nor the cross-entropy ``nll``. A dense floating target that requires grad gets its
-    gradient (soft labels: that of MONAI's L1 form, subgradient 0 at a target of 0)."""
+    gradient (soft labels: that of MONAI's L1 form, subgradient 0 at a target of 0). ``power`` is the exponent of
+    ``nllp``."""
     unknown = set(moments) - set(MOMENTS)
     if unknown:
         raise ValueError(f"unknown statistics {sorted(unknown)}; known: {MOMENTS}.")
     moments = tuple(moments)
     if weight is not None and soft_label:
         raise ValueError("soft-label statistics take no weight map.")
-    if weight is not None and "nll" in moments:
-        raise ValueError("the cross-entropy statistic takes no weight map.")
-    if "nll" in moments and prep.act != "softmax":
-        raise ValueError("the cross-entropy statistic needs softmax=True (it is a softmax cross-entropy).")
+    log_terms = {"nll", "nlc", "nllp"}.intersection(moments)
+    if weight is not None and log_terms:
+        raise ValueError(f"the statistics {sorted(log_terms)} take no weight map.")
+    if log_terms and prep.act != "softmax":
+        raise ValueError(f"the statistics {sorted(log_terms)} need softmax=True (they read softmax probabilities).")
+    if "nllp" in moments and not (prep.is_index and power > 0):
+        raise ValueError(f"the statistic nllp needs index labels and a power > 0, got power={power}.")
     # a soft target that requires grad (distillation) gets its gradient; its cross-entropy term needs log p
     keep_logp = "nll" in moments and not prep.is_index and prep.target.requires_grad
-    out = apply_fused(_RegionSums, prep.x, prep.target, prep.valid, weight, prep.act, moments, soft_label, keep_logp)[0]
+    args = (prep.x, prep.target, prep.valid, weight, prep.act, moments, soft_label, keep_logp, float(power))
+    out = apply_fused(_RegionSums, *args)[0]
     return {m: out[i] for i, m in enumerate(moments)}
 
 

@@ -649,19 +649,29 @@ class ComboLoss(LossBase):
         Returns:
             The loss, a 0-d tensor.
         """
-        first = self.dice._first_kept(prep.num_classes)
+        c = prep.num_classes
+        first = self.dice._first_kept(c)
         act, beta = prep.act, self.beta
-        bce_first = 1 if act == "softmax" and prep.num_classes > 1 else first  # softmax: foreground channels
-
-        def wbce(x, g, v):
-            logp, log1mp = _log_probs(x, act)
-            term = -(beta * g * logp + (1 - beta) * (1 - g) * log1mp)[bce_first:]
-            return term if v is None else term * v
-
-        sums = voxel_sums(wbce, prep)
         distributed = self.dice.distributed
-        bce = masked_mean(sums.sum(), prep.n_valid * sums.shape[1], distributed)
-        dice_loss = reduce_loss(self.dice.from_prepared(prep), "mean", distributed and not self.dice.batch)
+        if act == "softmax" and c > 1:  # one fused pass: the Dice sums, and the BCE's from the same softmax
+            # sum over the voxels of -[beta g_c log p_c + (1 - beta)(1 - g_c) log(1 - p_c)] is
+            # beta nll_c + (1 - beta) nlc_c, for the foreground classes c >= 1
+            sums = region_sums(prep, tuple(dict.fromkeys((*self.dice.moments, "nll", "nlc"))), self.dice.soft_tp)
+            bce_sum = (beta * sums["nll"][:, 1:] + (1 - beta) * sums["nlc"][:, 1:]).sum()
+            bce = masked_mean(bce_sum, prep.n_valid * (c - 1), distributed)
+            dice = self.dice.from_sums(sums, len(prep.spatial))
+        else:
+            bce_first = first
+
+            def wbce(x, g, v):
+                logp, log1mp = _log_probs(x, act)
+                term = -(beta * g * logp + (1 - beta) * (1 - g) * log1mp)[bce_first:]
+                return term if v is None else term * v
+
+            vsums = voxel_sums(wbce, prep)
+            bce = masked_mean(vsums.sum(), prep.n_valid * vsums.shape[1], distributed)
+            dice = self.dice.from_prepared(prep)
+        dice_loss = reduce_loss(dice, "mean", distributed and not self.dice.batch)
         if self.dice_term == "paper":  # minus the sum over the K scored classes of the mean Dice score
             dice_loss = -(1 - dice_loss) * (prep.num_classes - first)
         return self.alpha * bce + (1 - self.alpha) * dice_loss
@@ -1087,7 +1097,10 @@ class ExpLogLoss(LossBase):
         """
         prep = as_class_logits(prep, "ExpLogLoss")
         c = prep.num_classes
-        stats = region_sums(prep, ("tp", "sp", "sg"))
+        # index labels: the cross-entropy term's sums come from the same fused pass as the Dice sums (nllp)
+        fused_cross = prep.is_index
+        moments = ("tp", "sp", "sg", "nllp") if fused_cross else ("tp", "sp", "sg")
+        stats = region_sums(prep, moments, power=self.gamma_cross)
         first = 1 if not self.include_background else 0
         s = pool({k: v[:, first:] for k, v in stats.items()}, self.batch, self.distributed)
         dice = (2 * s["tp"] + self.smooth_nr) / (s["sp"] + s["sg"] + self.smooth_dr)
@@ -1100,6 +1113,9 @@ class ExpLogLoss(LossBase):
         else:
             freq = all_reduce_sum(stats["sg"].detach().sum(0), self.distributed)
         w = torch.where(freq > 0, (freq.sum() / freq.clamp_min(_EPS)).sqrt(), 0.0)
+        if fused_cross:
+            l_cross = masked_mean((stats["nllp"] * w).sum(), prep.n_valid, self.distributed)
+            return self.w_dice * l_dice + self.w_cross * l_cross
         gamma = self.gamma_cross
 
         def cross(x, g, v, w):  # w passed as a parameter of voxel_sums, not read from the closure (vmap)

@@ -25,7 +25,6 @@ from ._stats import (
     _take,
     all_reduce_sum,
     apply_fused,
-    bin_counts,
     compiling,
     compute_dtype,
     dense_chunk,
@@ -110,8 +109,12 @@ def _cross_entropy_total(prep: Prepared, weight: torch.Tensor | None, label_smoo
         if prep.valid is not None:
             t = torch.where(prep.valid[:, 0], t, -100)
         num = F.cross_entropy(x.to(dt), t, weight=w, reduction="sum", label_smoothing=label_smoothing)
-        counts = bin_counts((t + 1).clamp_min(0).reshape(-1), prep.num_classes + 1)[1:].to(dt)  # ignored -> bin 0
-        den = (counts * w).sum() if w is not None else counts.sum()
+        # the normaliser without per-class counts (a scatter-add by the label serialises on the background's
+        # bucket): the number of valid voxels, or the sum of their classes' weights (an ignored voxel weighs 0)
+        if w is None:
+            den = x.new_tensor(t.numel(), dtype=dt) if prep.valid is None else prep.valid.sum().to(dt)
+        else:
+            den = _take(torch.cat([w, w.new_zeros(1)]), torch.where(t < 0, w.shape[0], t)).sum()
         return num, den
     num = F.cross_entropy(x.to(dt), prep.target.to(dt), weight=w, reduction="sum", label_smoothing=label_smoothing)
     return num, float(x.shape[0] * x.shape[2])
