@@ -239,3 +239,39 @@ def test_fused_log_terms_equal_exact_formula(name, ignore, scale, dtype):
     tol = 1e-5 if dtype == torch.float32 else 1e-8  # float64: logits of ~300 round at ~1e-14 in both
     assert abs(value.double() - ref_value) <= tol * abs(ref_value)
     assert (grad.double() - ref_grad).abs().max() <= tol * ref_grad.abs().max()
+
+
+@pytest.mark.parametrize("n", [1, 2, 7, 1000, 70000])
+def test_sort_errors_sorts_like_argsort(n):
+    """The Lovasz sort's packed-key path orders the errors exactly as argsort(descending=True) (the same sorted
+    values: ties, exact 0s and 1s, the ignored voxels' -1 last), returns a permutation of the indices, and the
+    ground truth in that order."""
+    from monai_losses_ext.losses.lovasz import sort_errors
+
+    g = torch.Generator().manual_seed(n)
+    e = torch.rand(n, generator=g)
+    e[::7], e[3::11], e[5::13] = -1.0, 0.0, 1.0
+    fg = (torch.rand(n, generator=g) < 0.3).float()
+    order, fg_sorted = sort_errors(e.clone(), fg)
+    assert torch.equal(e[order], e[torch.argsort(e, descending=True)])
+    assert torch.equal(torch.sort(order).values, torch.arange(n))
+    assert torch.equal(fg_sorted, fg[order])
+
+
+def test_lovasz_packed_sort_equals_argsort(monkeypatch):
+    """LovaszSoftmaxLoss on float32 CPU input (the packed-key sort) equals the argsort path in value and gradient
+    (continuous logits: no ties, so the Lovasz weights are the same voxel by voxel), with an ignored label too."""
+    from monai_losses_ext.losses import lovasz
+
+    x, _ = _case(torch.float32, 3.0, seed=8, shape=(2, 3, 9, 10, 11))
+    y = torch.randint(0, 3, (2, 1, 9, 10, 11), generator=torch.Generator().manual_seed(9))
+    y[:, :, :2] = 255
+    for kwargs in (dict(), dict(per_image=True, ignore_index=255)):
+        yy = y if kwargs else y.clamp_max(2)
+        loss = E.LovaszSoftmaxLoss(**kwargs)
+        fast = _value_and_grad(loss, x, yy)
+        monkeypatch.setattr(lovasz, "compiling", lambda: True)  # sort_errors's argsort branch
+        plain = _value_and_grad(loss, x, yy)
+        monkeypatch.undo()
+        torch.testing.assert_close(fast[0], plain[0], rtol=0, atol=0)
+        torch.testing.assert_close(fast[1], plain[1], rtol=0, atol=0)

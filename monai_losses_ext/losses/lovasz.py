@@ -8,10 +8,39 @@ import torch
 
 from ._base import LossBase
 from ._inputs import Prepared, as_class_logits
-from ._stats import activate, region_sums
+from ._stats import activate, compiling, region_sums
 from .pixel import masked_mean
 
 __all__ = ["LovaszSoftmaxLoss", "lovasz_grad"]
+
+
+def sort_errors(errors: torch.Tensor, fg: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The order of decreasing ``errors`` (1-D), as ``torch.argsort(errors, descending=True)``, and the 0/1
+    ground truth ``fg`` in that order. On CPU, for float32 errors, one value sort of int64 keys that hold each
+    error's bits, then its fg bit, then its index: a sort of 8-byte keys runs about 4x faster there than argsort
+    of the floats (1.77M entries: 44 ms against 178 ms on two threads), and the sorted fg comes out of the keys
+    (no gather). The keys order like the errors (float32 bits of non-negative values order as integers; the
+    ignored voxels' -1 sorts last); ties come fg first, then in decreasing index order (argsort leaves their
+    order unspecified; the loss is the same for any order of ties). Elsewhere (GPU, float64, under
+    torch.compile) argsort itself."""
+    n = errors.numel()
+    if errors.device.type != "cpu" or errors.dtype != torch.float32 or n >= 2**31 or compiling():
+        perm = torch.argsort(errors, descending=True)
+        return perm, fg[perm]
+    key = errors.contiguous().view(torch.int32).to(torch.int64).bitwise_left_shift_(32)
+    del errors  # the last reference when the caller passed a temporary: one buffer fewer during the sort
+    # the fg bit and the index added in place, cast on the fly from 1- and 4-byte tensors (no third 8-byte buffer)
+    key.add_(fg.to(torch.uint8), alpha=1 << 31).add_(torch.arange(n, dtype=torch.int32))
+    torch.sort(key.neg_(), out=(key, torch.empty_like(key)))  # ascending -key, in place: decreasing errors
+    key.neg_()
+    fg_sorted = key.bitwise_right_shift(31).bitwise_and_(1).to(fg.dtype)
+    return key.bitwise_and_(0x7FFFFFFF), fg_sorted
+
+
+def _errors(f: torch.Tensor, p: torch.Tensor, valid: torch.Tensor | None) -> torch.Tensor:
+    """|f - p| per voxel of one class (1-D), -1 at ignored voxels, which then sort last."""
+    errors = (f - p).abs_()
+    return errors if valid is None else torch.where(valid.reshape(-1), errors, -1.0)
 
 
 def lovasz_grad(gt_sorted: torch.Tensor) -> torch.Tensor:
@@ -172,16 +201,18 @@ class LovaszSoftmaxLoss(LossBase):
             fg = (prep.target[:, 0] == cls) if prep.is_index else prep.target[:, cls] > 0.5
             for gsl in groups:
                 f = fg[gsl].reshape(-1).to(p.dtype)
-                errors = (f - p[gsl, cls].reshape(-1)).abs()
-                if valid is not None:
-                    errors = torch.where(valid[gsl].reshape(-1), errors, -1.0)  # ignored voxels sort last
-                perm = torch.argsort(errors, descending=True)
-                del errors
-                keep = perm if valid is None else perm[: int(valid[gsl].sum())]
+                v = None if valid is None else valid[gsl]
+                # the errors as a temporary only sort_errors holds: it frees them before its sort buffers
+                perm, f_sorted = sort_errors(_errors(f, p[gsl, cls].reshape(-1), v), f)
+                if v is not None:
+                    kept = int(v.sum())
+                    perm, f_sorted = perm[:kept], f_sorted[:kept]
+                has_fg = f_sorted.sum() > 0
                 w = p.new_zeros(f.numel())
-                w[keep] = lovasz_grad(f[keep])
+                w[perm] = lovasz_grad(f_sorted)
+                del perm, f_sorted  # before the weight map's temporaries
                 weight[gsl, cls] = (w * (1 - 2 * f)).view(weight[gsl, cls].shape)
                 row = gsl.start or 0  # per image: that sample; whole batch: kept once, in sample 0
                 const[row, cls] = (w * f).sum()
-                present[row, cls] = bool(f[keep].sum() > 0) if self.classes == "present" else True
+                present[row, cls] = bool(has_fg) if self.classes == "present" else True
         return weight, const, present
