@@ -559,7 +559,9 @@ class ComboLoss(LossBase):
     term counts every voxel again with beta and 1 - beta swapped, so that, for two channels, the sum of both
     terms is the plain cross-entropy whatever beta. For two softmax channels this is exactly the paper's
     binary form with ``p`` the foreground probability. Index targets are read directly. Empty patch: the
-    BCE of the background voxels, and the Dice term 0.
+    BCE of the background voxels, and the Dice term 0. With ``softmax`` the BCE comes from the same fused pass
+    as the Dice sums, ``log(1 - p_c)`` from the other classes' probabilities: exact to float32 rounding also
+    where ``p_c`` rounds to 1; ``log(1 - p)`` is floored at ``log(1e-7)`` (no gradient below it).
 
     The Dice term (``dice_term``): ``"loss"`` (default) adds ``(1 - alpha)`` times the Dice *loss*, the mean
     over samples and the K scored classes of ``1 - DSC``, so the loss is never negative. ``"paper"`` subtracts
@@ -1000,7 +1002,10 @@ class ExpLogLoss(LossBase):
     ``L_exp-cross = mean over voxels of w_l (-ln p_l)^gamma_cross`` for the true label l, with
     w_l = (sum_k f_k / f_l)^0.5 from ``class_frequencies`` (label counts or fractions of the training set),
     or from the batch's label counts when not given. gamma < 1 focuses on the less accurate classes.
-    Mutually exclusive classes: softmax, or one sigmoid channel. Empty patch: background terms only.
+    Mutually exclusive classes: softmax, or one sigmoid channel. Empty patch: background terms only. With index
+    labels the cross term comes from the same fused pass as the Dice sums, ``-ln p_l`` as
+    ``log1p(sum_{k != l} p_k / p_l)``: exact to float32 rounding also where ``p_l`` rounds to 1, where a
+    fractional ``gamma_cross`` magnifies any rounding of ``-ln p_l``.
 
     A single output channel is scored as two classes (background, foreground). Called as
     ``loss(input, target)`` (``LossBase.forward``), it returns a 0-d tensor.
