@@ -23,6 +23,7 @@ BINARY_LOSSES = {
     "dice_ce": lambda **k: E.DiceCELoss(**SM, **k),
     "tversky": lambda **k: E.TverskyLoss(alpha=0.3, beta=0.7, **SM, **k),
     "generalized_dice": lambda **k: E.GeneralizedDiceLoss(**SM, **k),
+    "combo": lambda **k: E.ComboLoss(alpha=0.6, beta=0.3, **SM, **k),
 }
 
 

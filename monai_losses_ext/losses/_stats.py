@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import functools
 import itertools
+import math
 
 import torch
 import torch.distributed as dist
@@ -248,8 +249,8 @@ class _RegionSums(torch.autograd.Function):
             labels = compact_labels(target, c) if is_index else None  # read once; 1 byte per voxel, kept
             if _binary_path(is_index, c, act, weight, moments):  # two softmax classes: from the logit gap
                 v = valid.to(dt) if valid is not None else None
-                p1, sums = _binary_sums(moments, x.to(dt), labels, v, n)
-                return torch.stack([sums[m] for m in moments]), p1, labels
+                p1, sums, unfloored = _binary_sums(moments, x.to(dt), labels, v, n)
+                return torch.stack([sums[m] for m in moments]), p1, labels, *unfloored
             rows, probs, logps, factors = [], [], [], []
             core = tuple(m for m in moments if m != "nllp")  # nllp: its own kernel, which keeps a factor
             for bi in range(b):
@@ -357,12 +358,12 @@ def _region_sums_backward(
     return None if gx is None else gx.result(), None if gt is None else gt.result()
 
 
-_BINARY_MOMENTS = frozenset(("tp", "sp", "sg", "n", "nll"))
+_BINARY_MOMENTS = frozenset(("tp", "sp", "sg", "n", "nll", "nlc"))
 
 
 def _binary_path(is_index, c, act, weight, moments) -> bool:
     """Whether ``_RegionSums`` takes its two-class path: softmax over two channels with index labels, no weight
-    map, and only the sums that path computes (those of Dice, Tversky, DiceCE, ...)."""
+    map, and only the sums that path computes (those of Dice, Tversky, DiceCE, Combo, ...)."""
     return is_index and c == 2 and act == "softmax" and weight is None and _BINARY_MOMENTS.issuperset(moments)
 
 
@@ -371,7 +372,10 @@ def _binary_sums(moments, x, t, v, n):
     gap d = x_1 - x_0 alone: p_1 = sigmoid(d), p_0 = 1 - p_1, so every class-0 sum is a count minus a class-1 sum
     (the difference taken in float64) and one value per voxel serves both classes. The cross-entropy is
     softplus(-z) with z = d for t = 1 and -d for t = 0: exact at any logit gap. Returns p_1 (B, 1, N), kept for
-    backward, and the sums, each (B, 2)."""
+    backward, the sums, each (B, 2), and, with ``nlc``, a one-element tuple of the bytes that mark where its floor
+    does not apply (B, 1, N) (backward needs them: near the floor, at a logit gap of about 16, p_1 rounds to 1 in
+    float32 and no longer tells the two sides apart), else (). The complement term of class c is the other
+    class's -log p, floored: nlc_0 = sum over t = 1 of min(-log p_1, -log 1e-7), nlc_1 likewise over t = 0."""
     d = x[:, 1:2] - x[:, 0:1]
     p1 = torch.sigmoid(d)
     tf = t.to(x.dtype)
@@ -398,20 +402,31 @@ def _binary_sums(moments, x, t, v, n):
         s["sg"] = pair(n_valid, sg1)
     if "n" in moments:
         s["n"] = n_valid.to(x.dtype).unsqueeze(1).expand(-1, 2)
-    if "nll" in moments:  # in place where it can: the batch at once must not cost more memory than MONAI's
+    unfloored = ()
+    if "nll" in moments or "nlc" in moments:  # in place where it can: no more memory than MONAI's
         nll = torch.nn.functional.softplus(d.mul_(tf.mul(-2).add_(1)))  # -log p_t
         del d
         if v is not None:
             nll.mul_(v)
-        whole = total(nll)
-        s["nll"] = pair(whole, total(nll.mul_(tf)))
-    return p1, s
+        if "nlc" in moments:  # the voxels of label 1 hold nlc_0, the others nlc_1
+            floor = -math.log(NLC_EPS)
+            unfloored = (torch.lt(nll, floor, out=torch.empty(nll.shape, dtype=torch.uint8, device=nll.device)),)
+            floored = nll.clamp_max(floor)
+            whole = total(floored)
+            ones = total(floored.mul_(tf))
+            s["nlc"] = torch.stack([ones, whole - ones], 1).to(x.dtype)
+            del floored
+        if "nll" in moments:
+            whole = total(nll)
+            s["nll"] = pair(whole, total(nll.mul_(tf)))
+    return p1, s, unfloored
 
 
-def _binary_backward(moments, x_dtype, grad_out, target, valid, weight, p, labels):
-    """dL/dx of ``_binary_sums``: with a, b, k = dL/d(sp, tp, nll) (each (B, 2)) and p = p_1,
-    dL/dd = v [p (1 - p) (a_1 - a_0 - b_0 + (b_0 + b_1) t) + (k_0 + (k_1 - k_0) t)(p - t)] and dx_1 = -dx_0 =
-    dL/dd. Returns (dL/dx, None)."""
+def _binary_backward(moments, x_dtype, grad_out, target, valid, weight, p, labels, unfloored=None):
+    """dL/dx of ``_binary_sums``: with a, b, k, j = dL/d(sp, tp, nll, nlc) (each (B, 2)) and p = p_1,
+    dL/dd = v [p (1 - p) (a_1 - a_0 - b_0 + (b_0 + b_1) t) + (k_0 + (k_1 - k_0) t + m (j_1 + (j_0 - j_1) t))
+    (p - t)] and dx_1 = -dx_0 = dL/dd, with m = ``unfloored`` (0 where nlc's floor applies, p_t <= 1e-7, else 1,
+    marked in forward from -log p_t itself). Returns (dL/dx, None)."""
     dt = p.dtype
     b, n = p.shape[0], p.shape[-1]
     with torch.autocast(device_type=p.device.type, enabled=False):
@@ -427,8 +442,12 @@ def _binary_backward(moments, x_dtype, grad_out, target, valid, weight, p, label
             # dL/dd, in eager mode straight into the rows of class 1, its negative into those of class 0
             gd = torch.addcmul(ps, ps, ps, value=-1, out=gx[sl, 1:2] if eager else None)  # p (1 - p)
             gd.mul_(torch.addcmul(a[:, 1:2] - a[:, 0:1] - bt[:, 0:1], tf, bt[:, 0:1] + bt[:, 1:2]))
-            if "nll" in g:
-                gd.addcmul_(torch.addcmul(k[:, 0:1], tf, k[:, 1:2] - k[:, 0:1]), ps - tf)
+            if "nll" in g or "nlc" in g:
+                kv = torch.addcmul(k[:, 0:1], tf, k[:, 1:2] - k[:, 0:1]) if "nll" in g else torch.zeros_like(tf)
+                if "nlc" in g:  # the other class's weight, where the floor does not apply
+                    j = g["nlc"]
+                    kv.addcmul_(torch.addcmul(j[:, 1:2], tf, j[:, 0:1] - j[:, 1:2]), unfloored[sl].to(dt))
+                gd.addcmul_(kv, ps - tf)
             if valid is not None:
                 gd.mul_(valid[sl])
             if eager:
