@@ -663,11 +663,10 @@ class ComboLoss(LossBase):
             bce = masked_mean(bce_sum, prep.n_valid * (c - 1), distributed)
             dice = self.dice.from_sums(sums, len(prep.spatial))
         else:
-            bce_first = first
 
             def wbce(x, g, v):
                 logp, log1mp = _log_probs(x, act)
-                term = -(beta * g * logp + (1 - beta) * (1 - g) * log1mp)[bce_first:]
+                term = -(beta * g * logp + (1 - beta) * (1 - g) * log1mp)[first:]
                 return term if v is None else term * v
 
             vsums = voxel_sums(wbce, prep)

@@ -112,7 +112,7 @@ def _cross_entropy_total(prep: Prepared, weight: torch.Tensor | None, label_smoo
         # the normaliser without per-class counts (a scatter-add by the label serialises on the background's
         # bucket): the number of valid voxels, or the sum of their classes' weights (an ignored voxel weighs 0)
         if w is None:
-            den = x.new_tensor(t.numel(), dtype=dt) if prep.valid is None else prep.valid.sum().to(dt)
+            den = prep.n_valid
         else:
             den = _take(torch.cat([w, w.new_zeros(1)]), torch.where(t < 0, w.shape[0], t)).sum()
         return num, den
